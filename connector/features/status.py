@@ -1,0 +1,113 @@
+"""Instance status and health: ``status`` (``online`` after every connect, ``offline`` as Last
+Will and on clean shutdown), ``meta/health`` (on change and at least every 60 s), and the status
+file the container's health check reads."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from shared.errors import ServiceError
+from shared.jsonutil import dumps
+from shared.timeutil import iso
+
+from .base import Feature
+
+log = logging.getLogger(__name__)
+
+CHECK_EVERY_S = 5.0
+REPUBLISH_EVERY_S = 60.0
+HANDLERS = ("serial-handler", "http-poller")
+
+
+class StatusFeature(Feature):
+    name = "status"
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._last: dict[str, Any] | None = None
+        self._last_at = 0.0
+        self.connected = False
+
+    def start(self) -> None:
+        self.ctx.settings.hub_run_dir.mkdir(parents=True, exist_ok=True)
+        threading.Thread(target=self._loop, name="health", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self.connected = False
+        self._write_status_file()
+
+    def announce_online(self) -> None:
+        """Runs on paho's thread right after the subscriptions are acknowledged."""
+        self.ctx.publisher.text(self.ctx.topics.status, "online", qos=1, retain=True)
+        self.connected = True
+        self._write_status_file()
+
+    def connection_lost(self) -> None:
+        self.connected = False
+        self._write_status_file()
+
+    def on_connect(self) -> None:
+        self._last = None  # republish health after a reconnect
+        self._wake.set()
+
+    # --- health --------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        processes = {"mqtt-bridge": "running", "state-aggregator": "down"}
+        processes.update(dict.fromkeys(HANDLERS, "unknown"))
+        devices = {"online": 0, "offline": 0}
+        try:
+            body = self.ctx.aggregator.get("/health", timeout=3.0)
+            processes["state-aggregator"] = "running"
+            processes.update(body.get("handlers", {}))
+            devices = body.get("devices", devices)
+        except ServiceError as exc:
+            log.debug("health: %s", exc)
+        if not self.ctx.mirror.synced:
+            state = "starting"
+        elif all(v == "running" for v in processes.values()):
+            state = "online"
+        else:
+            state = "degraded"
+        return {"state": state, "processes": processes,
+                "broker_outbox": self.ctx.publisher.pending, "devices": devices}
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception:
+                log.exception("health check failed")
+            self._wake.wait(CHECK_EVERY_S)
+            self._wake.clear()
+
+    def _tick(self) -> None:
+        self._write_status_file()
+        if not self.connected:
+            return
+        health = self.health()
+        now = time.monotonic()
+        if health != self._last or now - self._last_at >= REPUBLISH_EVERY_S:
+            if self._last is not None and health["state"] != self._last["state"]:
+                log.info("instance health: %s -> %s", self._last["state"], health["state"])
+            self._last, self._last_at = health, now
+            self.ctx.publisher.json(self.ctx.topics.meta("health"),
+                                    {**health, "timestamp": iso()}, qos=1, retain=True)
+
+    def _write_status_file(self) -> None:
+        """``{HUB_RUN_DIR}/mqtt-bridge.json``: read by ``python -m shared.healthcheck``."""
+        path = self.ctx.settings.hub_run_dir / "mqtt-bridge.json"
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_bytes(dumps({"connected": self.connected, "client_id": self.ctx.client_id,
+                                   "pid": os.getpid(), "updated": time.time()}))
+            tmp.replace(path)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", path, exc)

@@ -1,0 +1,1 @@
+"""The hub's Flask services: serial handler, HTTP poller, state aggregator (and demo sensors)."""

@@ -1,0 +1,31 @@
+"""The HTTP poller's Flask app factory."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from shared.pusher import Pusher
+from shared.rest import RestClient
+from shared.serve import load_config
+from shared.web import install_error_handlers
+
+from .core import HttpPoller
+from .routes import bp
+
+
+def create_app(poller: HttpPoller | None = None) -> Flask:
+    """The app; without a ``poller`` it builds one from the environment and starts polling."""
+    app = Flask(__name__)
+    if poller is None:
+        settings, instance = load_config("http-poller")
+        pusher = Pusher(RestClient(settings.state_aggregator, name="state-aggregator"),
+                        source="http-poller")
+        poller = HttpPoller(instance, pusher.emit, poll_interval=settings.poll_interval,
+                            workers=settings.poll_workers)
+        pusher.start()
+        poller.start()
+        app.extensions["pusher"] = pusher
+    app.extensions["http_poller"] = poller
+    app.register_blueprint(bp)
+    install_error_handlers(app)
+    return app

@@ -1,0 +1,1 @@
+"""The serial handler: sensors on serial ports (USB, ESP32/Arduino over UART) via pyserial."""

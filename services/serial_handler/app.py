@@ -1,0 +1,31 @@
+"""The serial handler's Flask app factory."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from shared.pusher import Pusher
+from shared.rest import RestClient
+from shared.serve import load_config
+from shared.web import install_error_handlers
+
+from .core import SerialHandler
+from .routes import bp
+
+
+def create_app(handler: SerialHandler | None = None) -> Flask:
+    """The app; without a ``handler`` it builds one from the environment, pushing to the
+    aggregator, and starts its port workers."""
+    app = Flask(__name__)
+    if handler is None:
+        settings, instance = load_config("serial-handler")
+        pusher = Pusher(RestClient(settings.state_aggregator, name="state-aggregator"),
+                        source="serial-handler")
+        handler = SerialHandler(instance, pusher.emit, update_interval=settings.update_interval)
+        pusher.start()
+        handler.start()
+        app.extensions["pusher"] = pusher
+    app.extensions["serial_handler"] = handler
+    app.register_blueprint(bp)
+    install_error_handlers(app)
+    return app

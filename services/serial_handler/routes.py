@@ -1,0 +1,56 @@
+"""The serial handler's REST endpoints: thin routes over ``SerialHandler``."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app
+
+from shared.models import CommandRequest
+from shared.pusher import Pusher
+from shared.timeutil import iso
+from shared.web import json_response, parse_body
+
+from .core import SerialHandler
+
+bp = Blueprint("serial_handler", __name__)
+
+
+def _handler() -> SerialHandler:
+    handler: SerialHandler = current_app.extensions["serial_handler"]
+    return handler
+
+
+@bp.get("/health")
+def health() -> Response:
+    pusher: Pusher | None = current_app.extensions.get("pusher")
+    return json_response({"status": "ok", "service": "serial-handler", **_handler().health(),
+                          "push": pusher.stats() if pusher else None, "timestamp": iso()})
+
+
+@bp.get("/sensors")
+def sensors() -> Response:
+    return json_response({"sensors": _handler().list(), "timestamp": iso()})
+
+
+@bp.get("/sensor/<sensor_id>")
+def read(sensor_id: str) -> Response:
+    reading = _handler().read(sensor_id)
+    return json_response({"sensor_id": sensor_id, "reading": reading.model_dump(),
+                          "cached": False, "timestamp": iso(reading.ts)})
+
+
+@bp.get("/sensor/<sensor_id>/cached")
+def cached(sensor_id: str) -> Response:
+    reading = _handler().cached(sensor_id)
+    return json_response({"sensor_id": sensor_id, "reading": reading.model_dump(),
+                          "cached": True, "timestamp": iso(reading.ts)})
+
+
+@bp.post("/sensor/<sensor_id>/command")
+def command(sensor_id: str) -> Response:
+    body = parse_body(CommandRequest)
+    return json_response(_handler().command(sensor_id, body).model_dump(exclude_none=True))
+
+
+@bp.get("/errors")
+def errors() -> Response:
+    return json_response({"errors": list(_handler().errors), "timestamp": iso()})

@@ -1,0 +1,1 @@
+"""The state aggregator: device registry, TTL cache over the handlers, change stream."""

@@ -1,0 +1,40 @@
+"""The state aggregator's Flask app factory."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from shared.instance import Instance
+from shared.rest import RestClient
+from shared.serve import load_config
+from shared.settings import Settings
+from shared.web import install_error_handlers
+
+from .core import Aggregator
+from .routes import bp
+
+
+def build_aggregator(settings: Settings, instance: Instance) -> Aggregator:
+    return Aggregator(
+        instance,
+        handlers={
+            "serial": RestClient(settings.serial_handler, name="serial-handler"),
+            "http": RestClient(settings.http_poller, name="http-poller"),
+        },
+        cache_ttl=settings.cache_ttl if settings.cache_ttl is not None else instance.config.cache_ttl,
+        poll_interval=settings.poll_interval,
+        update_interval=settings.update_interval,
+    )
+
+
+def create_app(aggregator: Aggregator | None = None) -> Flask:
+    """The app; without an ``aggregator`` it builds one from the environment and starts it."""
+    if aggregator is None:
+        settings, instance = load_config("state-aggregator")
+        aggregator = build_aggregator(settings, instance)
+        aggregator.start()
+    app = Flask(__name__)
+    app.extensions["aggregator"] = aggregator
+    app.register_blueprint(bp)
+    install_error_handlers(app)
+    return app

@@ -1,0 +1,59 @@
+"""The change log the bridge long-polls: every state, error, event, availability and registry
+change gets a sequence number; ``since(seq)`` returns all that came after, waiting up to a
+deadline when there is nothing yet. One request carries as many changes as have piled up, so the
+bridge makes a constant number of calls however many devices there are.
+
+A restart gives a new ``epoch``; a consumer whose epoch or position is gone gets ``resync`` and
+reloads the snapshot.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+
+class ChangeLog:
+    def __init__(self, capacity: int = 200_000) -> None:
+        self.epoch = uuid.uuid4().hex[:12]
+        self._capacity = capacity
+        self._items: list[dict[str, Any]] = []
+        self._first = 1  # seq of self._items[0]
+        self._seq = 0
+        self._cond = threading.Condition()
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    def append(self, change: dict[str, Any]) -> int:
+        """Give ``change`` the next sequence number and wake the waiting readers."""
+        with self._cond:
+            self._seq += 1
+            change["seq"] = self._seq
+            self._items.append(change)
+            if len(self._items) > 2 * self._capacity:  # amortised trim
+                drop = len(self._items) - self._capacity
+                del self._items[:drop]
+                self._first += drop
+            self._cond.notify_all()
+            return self._seq
+
+    def since(
+        self, seq: int, *, limit: int = 10_000, wait: float = 0.0
+    ) -> tuple[int, bool, list[dict[str, Any]]]:
+        """``(last_seq, resync, changes)`` for everything after ``seq``."""
+        with self._cond:
+            if wait > 0 and seq >= self._seq:
+                self._cond.wait_for(lambda: self._seq > seq, timeout=wait)
+            if seq > self._seq or seq + 1 < self._first:
+                return self._seq, True, []
+            start = seq + 1 - self._first
+            items = self._items[start : start + limit]
+            last = items[-1]["seq"] if items else self._seq
+            return last, False, items
+
+    def wake_all(self) -> None:
+        with self._cond:
+            self._cond.notify_all()

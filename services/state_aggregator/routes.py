@@ -1,0 +1,115 @@
+"""The aggregator's REST endpoints: thin routes over ``Aggregator``."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, request
+
+from shared.models import CommandRequest, IngestBatch, RefreshRequest
+from shared.timeutil import iso
+from shared.web import ApiError, json_response, parse_body
+
+from .core import Aggregator
+
+bp = Blueprint("state_aggregator", __name__)
+
+
+def _agg() -> Aggregator:
+    agg: Aggregator = current_app.extensions["aggregator"]
+    return agg
+
+
+def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_argument", f"{name} must be an integer, got {raw!r}") from exc
+    return max(lo, min(hi, value))
+
+
+@bp.get("/health")
+def health() -> Response:
+    agg = _agg()
+    handlers = agg.handler_health()
+    return json_response({
+        "status": "ok" if all(v == "running" for v in handlers.values()) else "degraded",
+        "service": "state-aggregator",
+        "instance": agg.instance.instance_id,
+        "uptime": round(agg.clock() - agg.started, 1),
+        "handlers": handlers,
+        "devices": agg.counts(),
+        "timestamp": iso(),
+    })
+
+
+@bp.post("/ingest")
+def ingest() -> Response:
+    batch = parse_body(IngestBatch)
+    return json_response(_agg().ingest(batch.items, source=batch.source))
+
+
+@bp.get("/devices")
+def devices() -> Response:
+    return json_response({"devices": [d.model_dump() for d in _agg().device_infos()],
+                          "timestamp": iso()})
+
+
+@bp.get("/device/<device_id>")
+def device(device_id: str) -> Response:
+    return json_response(_agg().cached_state(device_id))
+
+
+@bp.post("/device/<device_id>/force-refresh")
+def force_refresh(device_id: str) -> Response:
+    body = parse_body(RefreshRequest, allow_empty=True)
+    return json_response(_agg().refresh(device_id, body.properties))
+
+
+@bp.post("/device/<device_id>/command")
+def command(device_id: str) -> Response:
+    body = parse_body(CommandRequest)
+    return json_response(_agg().command(device_id, body).model_dump(exclude_none=True))
+
+
+@bp.get("/groups")
+def groups() -> Response:
+    return json_response({"groups": _agg().groups})
+
+
+@bp.get("/snapshot")
+def snapshot() -> Response:
+    return json_response(_agg().snapshot())
+
+
+@bp.get("/changes")
+def changes() -> Response:
+    """Long poll: ``?since=SEQ&epoch=E&wait=S&limit=N``."""
+    agg = _agg()
+    since = _int_arg("since", 0, 0, 2**62)
+    wait = _int_arg("wait", 0, 0, 30)
+    limit = _int_arg("limit", 10_000, 1, 100_000)
+    epoch = request.args.get("epoch")
+    if epoch is not None and epoch != agg.changes.epoch:
+        return json_response({"epoch": agg.changes.epoch, "seq": agg.changes.seq,
+                              "resync": True, "changes": []})
+    seq, resync, items = agg.changes.since(since, limit=limit, wait=wait)
+    return json_response({"epoch": agg.changes.epoch, "seq": seq, "resync": resync,
+                          "changes": items})
+
+
+@bp.get("/cache/stats")
+def cache_stats() -> Response:
+    return json_response(_agg().cache.stats())
+
+
+@bp.post("/cache/clear")
+def cache_clear() -> Response:
+    return json_response({"cleared": _agg().cache.clear()})
+
+
+@bp.get("/errors")
+def errors() -> Response:
+    agg = _agg()
+    return json_response({"errors": list(agg.errors), "counters": agg.counters})

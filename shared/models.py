@@ -1,0 +1,235 @@
+"""Pydantic models: the single schema of every payload that crosses a process boundary.
+
+Wire models (MQTT, contract) come first, then the internal REST models between the processes.
+Inside the hub time is epoch seconds (``ts``); the bridge renders ISO timestamps at the edge.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+from shared.topics import validate_id
+
+DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+Severity = Literal["info", "warning", "error", "critical"]
+CommandStatus = Literal["accepted", "success", "error", "timeout", "expired", "rejected"]
+Source = Literal["serial", "http", "probe", "sensor", "system"]
+
+
+def _check_property_names(values: dict[str, Any]) -> dict[str, Any]:
+    for key in values:
+        validate_id(key, "property name")
+    return values
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+# --- MQTT payloads (contract) ----------------------------------------------------------------
+
+
+class CommandIn(_Model):
+    """``devices/{d}/cmd`` and ``groups/{g}/cmd``."""
+
+    id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    timestamp: str | None = None
+    values: dict[str, Any]
+    timeout: Annotated[int, Field(gt=0, le=3_600_000)] | None = None  # milliseconds
+
+    _names = field_validator("values")(_check_property_names)
+
+
+class GetIn(_Model):
+    """``devices/{d}/get``; an empty payload means every property."""
+
+    properties: list[str] | None = None
+
+
+class MetaRequestIn(_Model):
+    id: Annotated[str, Field(max_length=128)] | None = None
+
+
+# --- internal: handlers -> aggregator ----------------------------------------------------------
+
+
+class ReadingObs(_Model):
+    """A good reading: property values sampled at ``ts``."""
+
+    kind: Literal["reading"] = "reading"
+    device_id: DeviceId
+    ts: float
+    values: dict[str, Any]
+
+    _names = field_validator("values")(_check_property_names)
+
+
+class ErrorObs(_Model):
+    """A failed read or a protocol problem, published on ``devices/{d}/error``."""
+
+    kind: Literal["error"] = "error"
+    device_id: DeviceId
+    ts: float
+    error_code: str
+    message: str
+    severity: Severity = "error"
+
+
+class EventObs(_Model):
+    """A discrete event (motion started, probe rebooted), published on ``devices/{d}/events``."""
+
+    kind: Literal["event"] = "event"
+    device_id: DeviceId
+    ts: float
+    event: str
+    data: dict[str, Any] | None = None
+
+
+class LinkObs(_Model):
+    """The transport's word on a device: ``up=False`` makes it offline at once (port gone)."""
+
+    kind: Literal["link"] = "link"
+    device_id: DeviceId
+    ts: float
+    up: bool
+    reason: str | None = None
+
+
+Observation = Annotated[ReadingObs | ErrorObs | EventObs | LinkObs, Field(discriminator="kind")]
+
+
+class IngestBatch(_Model):
+    source: str
+    items: list[Observation] = Field(max_length=100_000)
+
+
+# --- internal: aggregator -> bridge --------------------------------------------------------------
+
+
+class DeviceInfo(_Model):
+    """One entry of the registry as ``/devices`` and ``meta/devices_list`` show it."""
+
+    device_id: DeviceId
+    name: str
+    model: str
+    sensor_type: str
+    source: Source
+    enabled: bool
+    writable: bool
+    online: bool
+    last_seen: float | None
+    interval: float
+    units: dict[str, str] = Field(default_factory=dict)
+
+
+class StateChange(_Model):
+    """The device's whole state after a reading; ``sampled`` names what this reading carried."""
+
+    kind: Literal["state"] = "state"
+    seq: int
+    device_id: DeviceId
+    ts: float
+    values: dict[str, Any]
+    sampled: list[str] = Field(default_factory=list)
+
+
+class ErrorChange(_Model):
+    kind: Literal["error"] = "error"
+    seq: int
+    device_id: DeviceId
+    ts: float
+    error_code: str
+    message: str
+    severity: Severity
+
+
+class EventChange(_Model):
+    kind: Literal["event"] = "event"
+    seq: int
+    device_id: DeviceId
+    ts: float
+    event: str
+    data: dict[str, Any] | None = None
+
+
+class AvailabilityChange(_Model):
+    kind: Literal["availability"] = "availability"
+    seq: int
+    device_id: DeviceId
+    ts: float
+    online: bool
+
+
+class DeviceChange(_Model):
+    """A device was added to or removed from the registry."""
+
+    kind: Literal["device"] = "device"
+    seq: int
+    device_id: DeviceId
+    ts: float
+    action: Literal["added", "removed"]
+
+
+Change = Annotated[
+    StateChange | ErrorChange | EventChange | AvailabilityChange | DeviceChange,
+    Field(discriminator="kind"),
+]
+
+
+class ChangesPage(_Model):
+    """``GET /changes``: everything after ``since`` (``resync`` when the log no longer has it)."""
+
+    epoch: str
+    seq: int
+    resync: bool = False
+    changes: list[Change]
+
+
+class DeviceSnapshot(_Model):
+    info: DeviceInfo
+    state: StateChange | None = None
+
+
+class Snapshot(_Model):
+    """``GET /snapshot``: every device with its last state, and the change-log position."""
+
+    epoch: str
+    seq: int
+    devices: list[DeviceSnapshot]
+    groups: dict[str, list[str]]
+
+
+# --- internal: commands ----------------------------------------------------------------------
+
+
+class CommandRequest(_Model):
+    """A command on its way from the bridge to the handler that owns the device."""
+
+    cmd_id: Annotated[str, Field(min_length=1, max_length=128)]
+    values: dict[str, Any]
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+
+
+class CommandResult(_Model):
+    """The final outcome of a command, as the owning handler reports it."""
+
+    status: CommandStatus
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class RefreshRequest(_Model):
+    properties: list[str] | None = None
+
+
+class ErrorBody(_Model):
+    """Every REST error answer: ``{error, message, timestamp}``."""
+
+    error: str
+    message: str
+    timestamp: str
+
+
+changes_adapter: TypeAdapter[ChangesPage] = TypeAdapter(ChangesPage)

@@ -1,0 +1,93 @@
+"""Moves a handler's observations to the aggregator in batches.
+
+``emit`` only appends to a queue; one thread sends whatever has piled up in a single
+``POST /ingest`` (up to ``max_batch`` items), so an idle hub sends each reading at once and a
+busy one sends hundreds per request. While the aggregator is away the queue holds up to
+``capacity`` observations and the same batch is retried with backoff; only past that are the
+oldest dropped, and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Any
+
+from shared.errors import ServiceError
+from shared.models import ErrorObs, EventObs, LinkObs, ReadingObs
+from shared.rest import RestClient
+
+log = logging.getLogger(__name__)
+
+Obs = ReadingObs | ErrorObs | EventObs | LinkObs
+
+
+class Pusher:
+    def __init__(self, client: RestClient, *, source: str, max_batch: int = 1000,
+                 capacity: int = 200_000) -> None:
+        self._client = client
+        self._source = source
+        self._max_batch = max_batch
+        self._queue: deque[dict[str, Any]] = deque()
+        self._capacity = capacity
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.sent = 0
+        self.batches = 0
+        self.dropped = 0
+        self.failures = 0
+
+    def emit(self, obs: Obs) -> None:
+        with self._cond:
+            if len(self._queue) >= self._capacity:
+                self._queue.popleft()
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 10_000 == 0:
+                    log.error("aggregator backlog full: dropped %d oldest observations", self.dropped)
+            self._queue.append(obs.model_dump())
+            self._cond.notify()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"push-{self._source}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+
+    def stats(self) -> dict[str, int]:
+        with self._cond:
+            queued = len(self._queue)
+        return {"queued": queued, "sent": self.sent, "batches": self.batches,
+                "dropped": self.dropped, "failures": self.failures}
+
+    def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._stop)
+                if self._stop and not self._queue:
+                    return
+                n = min(len(self._queue), self._max_batch)
+                batch = [self._queue[i] for i in range(n)]
+            try:
+                self._client.post("/ingest", {"source": self._source, "items": batch},
+                                  timeout=10.0)
+            except ServiceError as exc:
+                self.failures += 1
+                if self.failures == 1 or backoff >= 5.0:
+                    log.warning("cannot deliver %d observations (%s); retrying", n, exc)
+                with self._cond:
+                    if self._cond.wait_for(lambda: self._stop, timeout=backoff):
+                        return
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            with self._cond:
+                for _ in range(n):
+                    self._queue.popleft()
+            self.sent += n
+            self.batches += 1

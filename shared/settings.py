@@ -1,0 +1,119 @@
+"""Process settings from the environment (the IoT2mqtt variables plus our own), one pydantic
+model for every process. ``load_settings`` turns a bad value into a ``ConfigError`` that names
+the variable."""
+
+from __future__ import annotations
+
+import os
+import time
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigError
+from shared.topics import validate_base_topic, validate_id
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    # --- instance ------------------------------------------------------------------------------
+    instance_name: str = "demo"
+    instances_dir: Path = Path("instances")
+    data_dir: Path = Path("data")
+    mode: Literal["production", "development"] = "production"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] | None = None
+    tz: str = "UTC"
+    update_interval: float | None = Field(default=None, gt=0)
+    cache_ttl: float | None = Field(default=None, ge=0)
+
+    # --- MQTT ---------------------------------------------------------------------------------
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
+    mqtt_base_topic: str = "IoT2mqtt"
+    mqtt_client_prefix: str = "sensor-hub"
+    mqtt_qos: Literal[0, 1, 2] = 1
+    mqtt_retain: bool = True
+    mqtt_keepalive: int = Field(default=60, ge=5, le=65535)
+
+    # --- the processes' local REST endpoints ----------------------------------------------------
+    service_host: str = "127.0.0.1"
+    serial_handler_port: int = Field(default=5001, ge=1, le=65535)
+    http_poller_port: int = Field(default=5002, ge=1, le=65535)
+    state_aggregator_port: int = Field(default=5003, ge=1, le=65535)
+    serial_handler_url: str | None = None
+    http_poller_url: str | None = None
+    state_aggregator_url: str | None = None
+    hub_run_dir: Path = Path("/tmp/sensor-hub")  # noqa: S108  (supervisord socket and status files)
+
+    # --- HTTP poller and the LAN-facing probe API -------------------------------------------------
+    poll_interval: float = Field(default=5.0, gt=0)
+    poll_workers: int = Field(default=32, ge=1, le=512)
+    host: str = "0.0.0.0"
+    port: int = Field(default=8088, ge=1, le=65535)
+    public_base: str | None = None
+    server_token: SecretStr | None = None
+    csv_file: Path = Path("temperature_log.csv")
+
+    @field_validator("instance_name")
+    @classmethod
+    def _instance_id(cls, v: str) -> str:
+        return validate_id(v, "INSTANCE_NAME")
+
+    @field_validator("mqtt_base_topic")
+    @classmethod
+    def _base_topic(cls, v: str) -> str:
+        return validate_base_topic(v)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) and v else (v or None)
+
+    @field_validator("mqtt_username", "mqtt_password", "public_base", "server_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @cached_property
+    def effective_log_level(self) -> str:
+        return self.log_level or ("DEBUG" if self.mode == "development" else "INFO")
+
+    def _url(self, given: str | None, port: int) -> str:
+        return (given or f"http://{self.service_host}:{port}").rstrip("/")
+
+    @cached_property
+    def serial_handler(self) -> str:
+        return self._url(self.serial_handler_url, self.serial_handler_port)
+
+    @cached_property
+    def http_poller(self) -> str:
+        return self._url(self.http_poller_url, self.http_poller_port)
+
+    @cached_property
+    def state_aggregator(self) -> str:
+        return self._url(self.state_aggregator_url, self.state_aggregator_port)
+
+    @property
+    def instance_file(self) -> Path:
+        return self.instances_dir / f"{self.instance_name}.json"
+
+
+def load_settings() -> Settings:
+    """Settings from the environment; a bad variable raises ``ConfigError`` naming it."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid environment: {problems}") from exc
+    # TZ is honoured for log timestamps and the simulators' daily cycle; the wire stays UTC.
+    os.environ["TZ"] = settings.tz
+    time.tzset()
+    return settings

@@ -1,0 +1,92 @@
+"""What every Flask service shares: JSON responses through orjson, request bodies validated by a
+pydantic model (400 for bad JSON, 422 for a body of the wrong shape), and JSON error answers
+``{error, message, timestamp}`` instead of HTML pages or 500s."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, TypeVar
+
+from flask import Flask, Response, request
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import HTTPException
+
+from shared.errors import ReadError, ServiceError, UnknownDevice
+from shared.jsonutil import JSONDecodeError, dumps, loads
+from shared.timeutil import iso
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApiError(Exception):
+    """An error answer: ``status``, a short ``error`` code and a human ``message``."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+
+
+def json_response(obj: Any, status: int = 200) -> Response:
+    return Response(dumps(obj), status=status, mimetype="application/json")
+
+
+def error_response(status: int, error: str, message: str, **extra: Any) -> Response:
+    return json_response({"error": error, "message": message, "timestamp": iso(), **extra}, status)
+
+
+def validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_body(model: type[M], *, allow_empty: bool = False) -> M:
+    """The request body as ``model``, or an ``ApiError`` that says what is wrong with it."""
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        if allow_empty:
+            return model.model_validate({})
+        raise ApiError(400, "empty_body", f"a JSON object is required ({model.__name__})")
+    try:
+        data = loads(raw)
+    except JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid_body", f"body must be a JSON object, not {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_body", validation_message(exc)) from exc
+
+
+def install_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.error, exc.message)
+
+    @app.errorhandler(UnknownDevice)
+    def _unknown(exc: UnknownDevice) -> Response:
+        return error_response(404, "unknown_device", str(exc))
+
+    @app.errorhandler(ReadError)
+    def _read(exc: ReadError) -> Response:
+        return error_response(503, exc.code, exc.message)
+
+    @app.errorhandler(ServiceError)
+    def _service(exc: ServiceError) -> Response:
+        return error_response(502, "upstream_error", str(exc))
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        name = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(exc.code or 500, name, exc.description or name)
+
+    @app.errorhandler(Exception)
+    def _crash(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")

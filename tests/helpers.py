@@ -1,0 +1,172 @@
+"""Test helpers: free ports, polling with a deadline (never sleeping for readiness), a real
+mosquitto, and an MQTT subscriber that records what it receives."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02,
+             what: str = "condition") -> T:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if found is None:
+        raise RuntimeError("mosquitto is not installed: run ./hub setup (it installs it with apt)")
+    return found
+
+
+@dataclass
+class Broker:
+    host: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    conf: Path
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def restart(self) -> None:
+        self.stop()
+        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: port_open(self.host, self.port), what="mosquitto to listen again")
+
+
+def start_broker(tmp: Path, port: int | None = None) -> Broker:
+    port = port or free_port()
+    conf = tmp / f"mosquitto-{port}.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                    "set_tcp_nodelay true\npersistence false\n")
+    proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: port_open("127.0.0.1", port), what="mosquitto to listen")
+    return Broker("127.0.0.1", port, proc, conf)
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+    qos: int
+
+    @property
+    def text(self) -> str:
+        return self.payload.decode()
+
+    def json(self) -> Any:
+        return orjson.loads(self.payload)
+
+
+@dataclass
+class Subscriber:
+    """A real MQTT subscriber that keeps every message it gets."""
+
+    host: str
+    port: int
+    messages: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.client = paho.Client(CallbackAPIVersion.VERSION2,
+                                  client_id=f"test-sub-{uuid.uuid4().hex[:8]}")
+        self.client.on_message = self._on_message
+        self._subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_a: self._subscribed.set()
+        self.client.connect(self.host, self.port)
+        self.client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain), msg.qos))
+
+    def subscribe(self, topic_filter: str) -> Subscriber:
+        self._subscribed.clear()
+        self.client.subscribe(topic_filter, qos=1)
+        if not self._subscribed.wait(5):
+            raise AssertionError(f"subscription to {topic_filter} not acknowledged")
+        return self
+
+    def on(self, topic: str) -> list[Received]:
+        with self.lock:
+            return [m for m in self.messages if m.topic == topic]
+
+    def last(self, topic: str) -> Received | None:
+        found = self.on(topic)
+        return found[-1] if found else None
+
+    def wait(self, topic: str, *, timeout: float = 10.0,
+             where: Callable[[Received], bool] = lambda _m: True) -> Received:
+        return wait_for(lambda: next((m for m in reversed(self.on(topic)) if where(m)), None),
+                        timeout=timeout, what=f"a message on {topic}")
+
+    def clear(self) -> None:
+        with self.lock:
+            self.messages.clear()
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def publish(host: str, port: int, topic: str, payload: bytes | str, *, retain: bool = False,
+            qos: int = 1) -> None:
+    """Publish one message and wait until the broker has it."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"test-pub-{uuid.uuid4().hex[:8]}")
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(5)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def unique_base() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def iter_lines(path: Path) -> Iterator[str]:
+    yield from path.read_text(errors="replace").splitlines()

@@ -25,7 +25,7 @@ def problems(run_dir: Path) -> list[str]:
         infos = proxy.supervisor.getAllProcessInfo()
     except (OSError, xmlrpc.client.Error) as exc:
         return [f"supervisord is not answering on {run_dir / 'supervisor.sock'}: {exc}"]
-    states = {info["name"]: info["statename"] for info in infos}  # type: ignore[union-attr]
+    states: dict[str, str] = {str(i["name"]): str(i["statename"]) for i in infos}  # type: ignore[index,union-attr,call-overload]
     found += [f"{name} is {states.get(name, 'missing')}" for name in PROGRAMS
               if states.get(name) != "RUNNING"]
     status_file = run_dir / "mqtt-bridge.json"

@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from shared import CONNECTOR_TYPE
 from shared.errors import ConfigError
 
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -48,8 +47,15 @@ class SerialSource(_Strict):
     baudrate: int = Field(default=115200, gt=0)
     bytesize: Literal[5, 6, 7, 8] = 8
     parity: Literal["N", "E", "O", "M", "S"] = "N"
-    stopbits: Literal[1, 1.5, 2] = 1
+    stopbits: float = Field(default=1, description="1, 1.5 or 2")
     line_ending: Literal["\n", "\r\n", "\r"] = "\n"
+
+    @field_validator("stopbits")
+    @classmethod
+    def _stopbits(cls, v: float) -> float:
+        if v not in (1, 1.5, 2):
+            raise ValueError("stopbits must be 1, 1.5 or 2")
+        return v
     read_timeout: float = Field(default=2.0, gt=0, le=60)
     mode: Literal["stream", "poll"] = Field(
         default="stream",
@@ -105,7 +111,7 @@ class GroupConfig(_Strict):
 class Instance(_Strict):
     schema_: str | None = Field(default=None, alias="$schema")
     instance_id: Id
-    connector_type: Literal["sensor-hub"] = CONNECTOR_TYPE
+    connector_type: Literal["sensor-hub"] = "sensor-hub"
     friendly_name: str
     enabled: bool = True
     update_interval: float = Field(default=10, gt=0)

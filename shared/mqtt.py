@@ -87,7 +87,7 @@ class MqttClient:
         client.on_publish = self._handle_publish
         client.on_message = self._handle_unrouted
         self._client = client
-        self._acks_lock: threading.RLock = client._out_message_mutex  # noqa: SLF001
+        self._acks_lock: threading.RLock = client._out_message_mutex
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -145,7 +145,7 @@ class MqttClient:
 
         def dispatch(_c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
             try:
-                handler(msg.topic, msg.payload, bool(msg.retain))
+                handler(msg.topic, bytes(msg.payload), bool(msg.retain))
             except Exception:
                 log.exception("handler for %s failed on a message to %s", topic_filter, msg.topic)
 

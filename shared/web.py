@@ -88,5 +88,5 @@ def install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _crash(exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
         return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")

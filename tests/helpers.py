@@ -47,7 +47,9 @@ def port_open(host: str, port: int) -> bool:
 
 
 def mosquitto_binary() -> str:
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    found = shutil.which("mosquitto")
+    if found is None and Path("/usr/sbin/mosquitto").exists():
+        found = "/usr/sbin/mosquitto"
     if found is None:
         raise RuntimeError("mosquitto is not installed: run ./hub setup (it installs it with apt)")
     return found

@@ -224,7 +224,7 @@ class Aggregator:
     # --- health ----------------------------------------------------------------------------------
     def handler_health(self) -> dict[str, str]:
         result: dict[str, str] = {}
-        for name, client in self.handlers.items():
+        for client in self.handlers.values():
             try:
                 client.get("/health", timeout=1.0)
                 result[client.name] = "running"

@@ -105,6 +105,18 @@ class IngestBatch(_Model):
     items: list[Observation] = Field(max_length=100_000)
 
 
+class RegisterDevice(_Model):
+    """``POST /devices/register``: a device found at run time (an ESP32 probe, ``hub_system``)."""
+
+    device_id: DeviceId
+    name: str | None = None
+    model: str | None = None
+    sensor_type: Annotated[str, Field(min_length=1, max_length=64)] = "sensor"
+    source: Source
+    interval: Annotated[float, Field(gt=0)] = 60.0
+    units: dict[str, str] = Field(default_factory=dict)
+
+
 # --- internal: aggregator -> bridge --------------------------------------------------------------
 
 

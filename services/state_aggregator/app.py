@@ -12,6 +12,7 @@ from shared.web import install_error_handlers
 
 from .core import Aggregator
 from .routes import bp
+from .system import SystemSampler
 
 
 def build_aggregator(settings: Settings, instance: Instance) -> Aggregator:
@@ -29,12 +30,18 @@ def build_aggregator(settings: Settings, instance: Instance) -> Aggregator:
 
 def create_app(aggregator: Aggregator | None = None) -> Flask:
     """The app; without an ``aggregator`` it builds one from the environment and starts it."""
+    system: SystemSampler | None = None
     if aggregator is None:
         settings, instance = load_config("state-aggregator")
         aggregator = build_aggregator(settings, instance)
         aggregator.start()
+        system = SystemSampler(aggregator, data_dir=settings.data_dir,
+                               interval=settings.update_interval or instance.update_interval)
+        system.start()
     app = Flask(__name__)
     app.extensions["aggregator"] = aggregator
+    if system is not None:
+        app.extensions["hub_system"] = system
     app.register_blueprint(bp)
     install_error_handlers(app)
     return app

@@ -22,6 +22,7 @@ from shared.models import (
     LinkObs,
     Observation,
     ReadingObs,
+    RegisterDevice,
 )
 from shared.rest import RestClient
 from shared.timeutil import iso
@@ -138,6 +139,25 @@ class Aggregator:
             with self._lock:
                 for device in self.devices.values():
                     self._announce(device, now)
+
+    # --- registration at run time ---------------------------------------------------------------
+    def register(self, request: RegisterDevice, *, handler: str | None = None) -> bool:
+        """Add a device found at run time (a probe, ``hub_system``); ``False`` when it is known.
+
+        The ``device`` change tells the bridge to reload the snapshot, so the device reaches MQTT
+        (discovery, availability) without a restart."""
+        with self._lock:
+            if request.device_id in self.devices:
+                return False
+            self.devices[request.device_id] = Device(
+                device_id=request.device_id, name=request.name or request.device_id,
+                model=request.model or request.source, sensor_type=request.sensor_type,
+                source=request.source, handler=handler, enabled=True, writable=False,
+                interval=request.interval, units=dict(request.units))
+            self.changes.append({"kind": "device", "device_id": request.device_id,
+                                 "ts": self.clock(), "action": "added"})
+        log.info("registered %s device %s", request.source, request.device_id)
+        return True
 
     # --- queries ---------------------------------------------------------------------------------
     def device(self, device_id: str) -> Device:

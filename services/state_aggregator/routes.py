@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, request
 
-from shared.models import CommandRequest, IngestBatch, RefreshRequest
+from shared.models import CommandRequest, IngestBatch, RefreshRequest, RegisterDevice
 from shared.timeutil import iso
 from shared.web import ApiError, json_response, parse_body
 
@@ -48,6 +48,13 @@ def health() -> Response:
 def ingest() -> Response:
     batch = parse_body(IngestBatch)
     return json_response(_agg().ingest(batch.items, source=batch.source))
+
+
+@bp.post("/devices/register")
+def register() -> Response:
+    """Add a device found at run time; ``added`` is false when the registry already has it."""
+    body = parse_body(RegisterDevice)
+    return json_response({"device_id": body.device_id, "added": _agg().register(body)})
 
 
 @bp.get("/devices")

@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
         if suite in suites and "main" in components:
             print(uri.rstrip("/"))
             return 0
-    print(f"no 'deb' source for suite {suite!r} with component 'main' in {APT_DIR}", file=sys.stderr)
+    print(f"no 'deb' source for {suite!r} with component 'main' in {APT_DIR}", file=sys.stderr)
     return 1
 
 

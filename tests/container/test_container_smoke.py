@@ -1,0 +1,285 @@
+"""The real image, built from the unmodified Dockerfile with podman and run against a real
+broker: what an operator of `docker run` sees on the wire, in supervisorctl and in the health
+check.
+
+The container runs with host networking against the test broker on 127.0.0.1, with a unique base
+topic and unique ports for the four programs. The demo's HTTP motion sensor polls a demo HTTP
+server on 127.0.0.1; the test runs that server (from the same image, in a second container) on a
+free port and mounts a copy of instances/demo.json that points there, so that every configured
+device is checked, including the polled one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from container_support import SCRIPTS, Message, Subscriber, free_port, wait_until
+
+pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
+
+PROGRAMS = {"serial-handler", "http-poller", "state-aggregator", "mqtt-bridge"}
+INSTANCE = "demo"
+IMAGE = "localhost/sensor-hub:test"
+# Generous: the first reading of every device, on a 2-core machine that may be busy.
+STARTUP_S = 90.0
+
+
+def podman(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["podman", *args], env=env, capture_output=True, text=True, check=False, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def image(podman_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The image, built by scripts/container/build.sh; podman's layer cache keeps reruns fast."""
+    log = tmp_path_factory.mktemp("build") / "build.log"
+    with log.open("w") as out:
+        built = subprocess.run(
+            ["bash", str(SCRIPTS / "build.sh"), IMAGE],
+            env=podman_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+            timeout=900,
+        )
+    if built.returncode != 0:
+        pytest.fail(f"image build failed ({log}):\n" + "\n".join(log.read_text().splitlines()[-40:]))
+    return IMAGE
+
+
+@dataclass
+class Hub:
+    env: dict[str, str]
+    name: str
+    base: str
+    broker: Any
+    devices: list[str]
+    containers: list[str] = field(default_factory=list)
+
+    @property
+    def topic(self) -> str:
+        return f"{self.base}/v1/instances/{INSTANCE}"
+
+    def logs(self) -> str:
+        out = podman(self.env, "logs", "--tail", "60", self.name)
+        return f"--- podman logs --tail 60 {self.name} ---\n{out.stdout}{out.stderr}"
+
+    def subscribe(self, topic_filter: str) -> Subscriber:
+        return Subscriber(self.broker.host, self.broker.port, topic_filter)
+
+
+def demo_instance(source: Path, demo_port: int) -> tuple[dict[str, Any], list[str]]:
+    """instances/demo.json with HTTP sources on this host re-pointed at the test's demo server,
+    and the ids of all configured devices."""
+    instance = json.loads(source.read_text())
+    devices = []
+    for sensor in instance["config"]["sensors"]:
+        devices.append(sensor["sensor_id"])
+        src = sensor.get("source", {})
+        if src.get("type") == "http":
+            url = urlsplit(src["url"])
+            if url.hostname in {"127.0.0.1", "localhost"}:
+                src["url"] = urlunsplit(url._replace(netloc=f"127.0.0.1:{demo_port}"))
+    return instance, devices
+
+
+def run_container(hub: Hub, name: str, *args: str) -> None:
+    started = podman(hub.env, "run", "--detach", "--name", name, "--network=host", *args)
+    if started.returncode != 0:
+        pytest.fail(f"podman run {name} failed: {started.stderr}")
+    hub.containers.append(name)
+
+
+@pytest.fixture(scope="module")
+def hub(
+    image: str,
+    podman_env: dict[str, str],
+    broker: Any,
+    repo: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Hub]:
+    suffix = uuid.uuid4().hex[:10]
+    demo_port = free_port()
+    instance, devices = demo_instance(repo / "instances" / f"{INSTANCE}.json", demo_port)
+    instance_file = tmp_path_factory.mktemp("instances") / f"{INSTANCE}.json"
+    instance_file.write_text(json.dumps(instance, indent=2))
+    instance_file.chmod(0o644)
+
+    hub = Hub(podman_env, f"sensor-hub-test-{suffix}", f"sensor-hub-test-{suffix}", broker, devices)
+    try:
+        run_container(
+            hub,
+            f"{hub.name}-demo-sensors",
+            "--entrypoint",
+            "python",
+            image,
+            "-m",
+            "services.demo_sensors",
+            "--port",
+            str(demo_port),
+        )
+        ports = {
+            "SERIAL_HANDLER_PORT": free_port(),
+            "HTTP_POLLER_PORT": free_port(),
+            "STATE_AGGREGATOR_PORT": free_port(),
+            "PORT": free_port(),
+        }
+        environment = {
+            "INSTANCE_NAME": INSTANCE,
+            "MQTT_HOST": broker.host,
+            "MQTT_PORT": str(broker.port),
+            "MQTT_BASE_TOPIC": hub.base,
+            **{key: str(value) for key, value in ports.items()},
+        }
+        run_container(
+            hub,
+            hub.name,
+            *[arg for key, value in environment.items() for arg in ("--env", f"{key}={value}")],
+            "--volume",
+            f"{instance_file}:/app/instances/{INSTANCE}.json:ro",
+            image,
+        )
+        yield hub
+    finally:
+        for name in reversed(hub.containers):
+            podman(podman_env, "rm", "--force", "--volumes", "--time", "0", name)
+
+
+def test_image_is_configured_as_documented(image: str, podman_env: dict[str, str]) -> None:
+    inspected = podman(podman_env, "image", "inspect", image)
+    assert inspected.returncode == 0, inspected.stderr
+    image_info = json.loads(inspected.stdout)[0]
+    config = image_info["Config"]
+    assert config["User"] == "hub"
+    assert config["WorkingDir"] == "/app"
+    assert config["Entrypoint"] == ["supervisord", "-c", "/app/supervisord.conf", "-n"]
+    assert "8088/tcp" in config["ExposedPorts"]
+    assert "/app/data" in config["Volumes"]
+    # podman reports the (docker-format) HEALTHCHECK beside Config, not in it.
+    assert image_info["Healthcheck"]["Test"] == ["CMD", "python", "-m", "shared.healthcheck"]
+    env = dict(item.split("=", 1) for item in config["Env"])
+    for key, value in {
+        "INSTANCES_DIR": "/app/instances",
+        "DATA_DIR": "/app/data",
+        "HUB_RUN_DIR": "/tmp/sensor-hub",
+        "INSTANCE_NAME": "demo",
+        "MQTT_HOST": "mosquitto",
+        "PYTHONUNBUFFERED": "1",
+    }.items():
+        assert env.get(key) == value, key
+
+
+def test_image_has_no_build_tools(image: str, podman_env: dict[str, str]) -> None:
+    probe = "for t in gcc cc c++ g++ make ld as; do command -v $t || true; done"
+    found = podman(podman_env, "run", "--rm", "--entrypoint", "sh", image, "-c", probe)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.split() == []
+
+
+def test_status_is_retained_online(hub: Hub) -> None:
+    sub = hub.subscribe(f"{hub.topic}/status")
+    try:
+        message = sub.wait_for(
+            lambda m: m.payload == b"online" and m.retain,
+            timeout=STARTUP_S,
+            what=f"retained 'online' on {hub.topic}/status",
+            context=hub.logs,
+        )
+    finally:
+        sub.close()
+    assert message.topic == f"{hub.topic}/status"
+
+
+def test_every_configured_device_has_a_retained_state(hub: Hub) -> None:
+    sub = hub.subscribe(f"{hub.topic}/devices/+/state")
+
+    def state_of(device: str) -> Callable[[Message], bool]:
+        return lambda m: (
+            m.topic == f"{hub.topic}/devices/{device}/state"
+            and m.retain
+            and m.json().get("device_id") == device
+        )
+
+    try:
+        for device in hub.devices:
+            message = sub.wait_for(
+                state_of(device),
+                timeout=STARTUP_S,
+                what=f"a retained state of {device}",
+                context=hub.logs,
+            )
+            assert "timestamp" in message.json()
+    finally:
+        sub.close()
+
+
+def supervisor_status(hub: Hub) -> dict[str, str]:
+    status = podman(hub.env, "exec", hub.name, "supervisorctl", "status")
+    states = {}
+    for line in status.stdout.splitlines():
+        words = line.split()
+        if len(words) >= 2:
+            states[words[0].rpartition(":")[2]] = words[1]
+    return states
+
+
+def test_supervisorctl_shows_four_programs_running(hub: Hub) -> None:
+    states = wait_until(
+        lambda: (s := supervisor_status(hub)) and set(s.values()) == {"RUNNING"} and s,
+        timeout=STARTUP_S,
+        what="four RUNNING programs in `supervisorctl status`",
+        context=lambda: f"last: {supervisor_status(hub)}\n{hub.logs()}",
+    )
+    assert set(states) == PROGRAMS
+
+
+def test_healthcheck_passes(hub: Hub) -> None:
+    def healthy() -> bool:
+        return podman(hub.env, "healthcheck", "run", hub.name).returncode == 0
+
+    wait_until(
+        healthy,
+        timeout=STARTUP_S,
+        interval=1.0,
+        what="`podman healthcheck run` to pass",
+        context=lambda: (
+            podman(hub.env, "exec", hub.name, "python", "-m", "shared.healthcheck").stdout + hub.logs()
+        ),
+    )
+    state = podman(hub.env, "inspect", "--format", "{{.State.Health.Status}}", hub.name)
+    assert state.stdout.strip() == "healthy"
+
+
+def test_stop_publishes_retained_offline(hub: Hub) -> None:
+    live = hub.subscribe(f"{hub.topic}/status")
+    try:
+        live.wait_for(lambda m: m.payload == b"online", timeout=STARTUP_S, what="'online' first")
+        stopped = podman(hub.env, "stop", "--time", "30", hub.name, timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
+        live.wait_for(
+            lambda m: m.payload == b"offline" and m.retain,
+            timeout=30,
+            what=f"retained 'offline' on {hub.topic}/status after podman stop",
+            context=hub.logs,
+        )
+    finally:
+        live.close()
+    # What a client connecting now is told: the broker keeps 'offline'.
+    late = hub.subscribe(f"{hub.topic}/status")
+    try:
+        late.wait_for(
+            lambda m: m.retain and m.payload == b"offline",
+            timeout=10,
+            what="the broker's retained status to be 'offline'",
+        )
+    finally:
+        late.close()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from shared.errors import ReadError, UnknownDevice
 from shared.instance import HttpSource, Instance, SensorConfig
@@ -28,6 +29,9 @@ from .mapping import Mapping
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 300.0
+# Per-thread keep-alive pools: each worker thread keeps a connection to up to this many hosts, so
+# 1,000 sensors on many hosts do not reconnect on every poll.
+HOST_POOLS = 256
 Emit = Callable[[ReadingObs | ErrorObs | EventObs], None]
 
 
@@ -48,6 +52,17 @@ class Polled:
     late: int = 0
     polls: int = 0
     busy: bool = False
+    next_due: float | None = None  # monotonic time the scheduler will poll next
+    last_step: float | None = None  # the gap it chose: the interval, or the backoff while failing
+
+    def step(self) -> float:
+        """Seconds to the next poll: the interval, doubled per consecutive failure up to
+        ``MAX_BACKOFF`` (never shorter than the interval)."""
+        if not self.consecutive_failures:
+            return self.interval
+        # Cap the exponent: 2 ** 1100 does not fit in a float and would kill the scheduler.
+        exponent = min(self.consecutive_failures, 30)
+        return max(self.interval, min(self.interval * 2.0 ** exponent, MAX_BACKOFF))
 
     def health(self) -> dict[str, Any]:
         ordered = sorted(self.latencies)
@@ -60,6 +75,7 @@ class Polled:
             "p95_latency_ms": None if p95 is None else round(p95, 2),
             "last_error": self.last_error, "late_polls": self.late, "polls": self.polls,
             "last_success": iso(self.last_ts) if self.last_ts else None,
+            "backoff_s": None if self.last_step is None else round(self.last_step, 3),
         }
 
 
@@ -93,31 +109,48 @@ class HttpPoller:
 
     def _schedule(self) -> None:
         """Keep every sensor on its own grid: due times advance by the interval (or the backoff),
-        not by when the last poll happened to finish, so polls do not drift."""
-        heap = [(time.monotonic(), sid) for sid in self.sensors]
+        not by when the last poll happened to finish, so polls do not drift. Start times are
+        spread over the first interval so 1,000 sensors do not all fire in the same instant."""
+        start = time.monotonic()
+        count = max(len(self.sensors), 1)
+        heap = [(start + p.interval * i / count, sid)
+                for i, (sid, p) in enumerate(self.sensors.items())]
         heapq.heapify(heap)
         while heap and not self._stop.is_set():
             due, sid = heap[0]
-            wait = due - time.monotonic()
-            if wait > 0:
-                self._stop.wait(min(wait, 1.0))
+            now = time.monotonic()
+            if due > now:
+                self._stop.wait(min(due - now, 1.0))
                 continue
             heapq.heappop(heap)
             polled = self.sensors[sid]
-            if polled.busy:
-                polled.late += 1  # the previous poll is still running: skip, do not pile up
-            else:
-                polled.busy = True
-                if -wait > max(0.5, 0.1 * polled.interval):
-                    polled.late += 1
-                self._pool.submit(self._poll_quietly, polled)
-            step = polled.interval
-            if polled.consecutive_failures:
-                step = min(polled.interval * 2 ** polled.consecutive_failures, MAX_BACKOFF)
-            nxt = due + step
-            if nxt < time.monotonic():  # fell far behind: skip the missed slots
-                nxt = time.monotonic() + step
-            heapq.heappush(heap, (nxt, sid))
+            try:
+                self._dispatch(polled, lateness=now - due)
+            except Exception:  # the scheduler must outlive any one sensor
+                log.exception("scheduling %s failed", sid)
+                polled.busy = False
+            heapq.heappush(heap, (self.next_due(polled, due, time.monotonic()), sid))
+
+    def _dispatch(self, polled: Polled, *, lateness: float) -> None:
+        if polled.busy:
+            polled.late += 1  # the previous poll is still running: skip, do not pile up
+            return
+        polled.busy = True
+        if lateness > max(0.5, 0.1 * polled.interval):
+            polled.late += 1
+        self._pool.submit(self._poll_quietly, polled)
+
+    @staticmethod
+    def next_due(polled: Polled, due: float, now: float) -> float:
+        """The next due time after a slot at ``due``: on the grid, backed off while failing,
+        and never in the past (a scheduler that fell far behind skips the missed slots)."""
+        step = polled.step()
+        nxt = due + step
+        if nxt < now:
+            nxt = now + step
+        polled.last_step = step
+        polled.next_due = nxt
+        return nxt
 
     def _poll_quietly(self, polled: Polled) -> None:
         try:
@@ -135,6 +168,9 @@ class HttpPoller:
         if session is None:
             session = requests.Session()
             session.trust_env = False
+            adapter = HTTPAdapter(pool_connections=HOST_POOLS, pool_maxsize=2)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
             self._local.session = session
         return session
 
@@ -154,12 +190,23 @@ class HttpPoller:
             text = resp.text[:80]
             raise ReadError("BAD_RESPONSE", f"{src.url} answered with non-JSON: {text!r}") from exc
 
+    @staticmethod
+    def _map(polled: Polled, doc: Any) -> dict[str, Any]:
+        """The mapped values; anything the mapping trips over is the response's fault."""
+        try:
+            return polled.mapping.apply(doc)
+        except ReadError:
+            raise
+        except Exception as exc:
+            raise ReadError("BAD_RESPONSE", f"the response does not fit the mapping: "
+                                            f"{type(exc).__name__}: {exc}") from exc
+
     def poll(self, polled: Polled) -> ReadingObs:
         sid = polled.sensor.sensor_id
         polled.polls += 1
         started = time.perf_counter()
         try:
-            values = polled.mapping.apply(self._fetch(polled.source))
+            values = self._map(polled, self._fetch(polled.source))
         except ReadError as exc:
             with self._lock:
                 polled.failures += 1

@@ -4,6 +4,7 @@ mapping (a JMESPath expression, a type and a unit), and finds the events a chang
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,29 +26,36 @@ class _Field:
     events: dict[str, str]
 
 
+def _to_float(value: Any) -> float:
+    result = float(value)
+    if not math.isfinite(result):
+        raise ValueError("not finite")
+    return result
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        if value.lower() in ("true", "on", "1", "yes"):
+            return True
+        if value.lower() in ("false", "off", "0", "no"):
+            return False
+        raise ValueError(f"{value!r} is not a boolean")
+    return bool(value)
+
+
+_CONVERT: dict[str, Callable[[Any], Any]] = {"float": _to_float, "int": int, "bool": _to_bool,
+                                             "str": str}
+
+
 def _coerce(name: str, value: Any, kind: str | None) -> Any:
+    convert = _CONVERT.get(kind or "")
+    if convert is None:
+        return value
     try:
-        if kind == "float":
-            result = float(value)
-            if not math.isfinite(result):
-                raise ValueError("not finite")
-            return result
-        if kind == "int":
-            return int(value)
-        if kind == "bool":
-            if isinstance(value, str):
-                if value.lower() in ("true", "on", "1", "yes"):
-                    return True
-                if value.lower() in ("false", "off", "0", "no"):
-                    return False
-                raise ValueError(f"{value!r} is not a boolean")
-            return bool(value)
-        if kind == "str":
-            return str(value)
-    except (TypeError, ValueError) as exc:
+        return convert(value)
+    except (TypeError, ValueError, OverflowError) as exc:  # int(inf) raises OverflowError
         raise ReadError("BAD_RESPONSE", f"property {name!r}: cannot read {value!r} as {kind} "
                                         f"({exc})") from exc
-    return value
 
 
 class Mapping:

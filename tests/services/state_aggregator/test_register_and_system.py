@@ -72,7 +72,8 @@ def test_sampler_registers_hub_system_and_feeds_it(tmp_path: Path) -> None:
     sampler = SystemSampler(agg, data_dir=tmp_path, interval=3600, thermal_root=thermal)
     sampler.start()
     try:
-        device = wait_for(lambda: agg.devices.get(DEVICE_ID), what="hub_system to register")
+        wait_for(lambda: DEVICE_ID in agg.devices, what="hub_system to register")
+        device = agg.device(DEVICE_ID)
         wait_for(lambda: device.state_ts is not None, what="the first hub_system reading")
         assert device.source == "system"
         assert device.values["cpu_temperature"] == 48.0

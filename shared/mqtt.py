@@ -19,6 +19,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from shared.topics import check_publish_topic
 
@@ -68,11 +69,12 @@ class MqttClient:
         self._windowed: set[int] = set()
         self._net_thread: threading.Thread | None = None
 
+        # MQTT 5, for "retain as published": under 3.1.1 a retained message published while
+        # we are subscribed arrives with retain=0, so a retained command could not be refused.
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            protocol=paho.MQTTv311,
-            clean_session=True,
+            protocol=paho.MQTTv5,
         )
         if username:
             client.username_pw_set(username, password)
@@ -92,11 +94,13 @@ class MqttClient:
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         log.info("connecting to mqtt://%s:%s as %s", self.host, self.port, self.client_id)
-        self._client.connect_async(self.host, self.port, keepalive=self._keepalive)
+        self._client.connect_async(self.host, self.port, keepalive=self._keepalive,
+                                   clean_start=True)
         self._client.loop_start()
         self._net_thread = getattr(self._client, "_thread", None)
 
-    def stop(self, final: Sequence[tuple[str, str | bytes, int, bool]] = (), timeout: float = 5.0) -> None:
+    def stop(self, final: Sequence[tuple[str, str | bytes, int, bool]] = (),
+             timeout: float = 5.0) -> None:
         """Publish ``final`` messages (waiting for them while connected), then disconnect."""
         infos = [self.publish(t, p, qos=q, retain=r) for t, p, q, r in final]
         if self.connected.is_set():
@@ -164,7 +168,10 @@ class MqttClient:
         if not self._subscriptions:
             self._ready()
             return
-        rc, mid = client.subscribe(self._subscriptions)
+        rc, mid = client.subscribe([
+            (topic_filter, SubscribeOptions(qos=qos, retainAsPublished=True))
+            for topic_filter, qos in self._subscriptions
+        ])
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             log.error("subscribe failed: %s", paho.error_string(rc))
         self._pending_sub_mid = mid

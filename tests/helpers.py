@@ -172,3 +172,19 @@ def unique_base() -> str:
 
 def iter_lines(path: Path) -> Iterator[str]:
     yield from path.read_text(errors="replace").splitlines()
+
+
+def retained(host: str, port: int, topic: str, *, timeout: float = 10.0,
+             where: Callable[[Received], bool] = lambda _m: True) -> Received:
+    """What the broker keeps retained on ``topic``, as a new subscriber receives it."""
+    def look() -> Received | None:
+        sub = Subscriber(host, port).subscribe(topic)
+        try:
+            return next((m for m in sub.on(topic) if m.retain and where(m)), None) or \
+                wait_for(lambda: next((m for m in sub.on(topic) if m.retain and where(m)), None),
+                         timeout=0.5, what=f"retained {topic}")
+        except AssertionError:
+            return None
+        finally:
+            sub.close()
+    return wait_for(look, timeout=timeout, interval=0.1, what=f"a retained message on {topic}")

@@ -1,0 +1,105 @@
+"""An instance under the real supervisord with the real supervisord.conf, against the test
+broker, with the demo instance file (its HTTP motion sensor pointed at a real demo server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from services.demo_sensors.__main__ import make_server
+from tests.conftest import ROOT
+from tests.helpers import Broker, free_port, unique_base
+
+
+@dataclass
+class Instance:
+    env: dict[str, str]
+    root_topic: str
+    proc: subprocess.Popen[bytes]
+    output: list[str] = field(default_factory=list)
+
+    def supervisorctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "supervisorctl"), "-c",
+             str(ROOT / "supervisord.conf"), *args],
+            env=self.env, capture_output=True, text=True, timeout=30, check=False)
+
+    def log(self) -> str:
+        return "\n".join(self.output[-200:])
+
+
+def instance_env(broker: Broker, tmp: Path, instances: Path, name: str) -> dict[str, str]:
+    run_dir = tmp / "run"
+    run_dir.mkdir(exist_ok=True)
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "INSTANCE_NAME": name,
+        "INSTANCES_DIR": str(instances),
+        "DATA_DIR": str(tmp / "data"),
+        "HUB_RUN_DIR": str(run_dir),
+        "MQTT_HOST": broker.host,
+        "MQTT_PORT": str(broker.port),
+        "MQTT_BASE_TOPIC": unique_base(),
+        "SERIAL_HANDLER_PORT": str(free_port()),
+        "HTTP_POLLER_PORT": str(free_port()),
+        "STATE_AGGREGATOR_PORT": str(free_port()),
+        "PORT": str(free_port()),
+        "HOST": "127.0.0.1",
+        "LOG_LEVEL": "INFO",
+    }
+
+
+def start_supervisord(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], list[str]]:
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "supervisord"), "-c", str(ROOT / "supervisord.conf"),
+         "-n"], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line.decode(errors="replace").rstrip())
+
+    threading.Thread(target=pump, daemon=True).start()
+    return proc, output
+
+
+def stop_supervisord(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def demo(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
+    tmp = tmp_path_factory.mktemp("demo")
+    sensors = make_server("127.0.0.1", free_port())
+    threading.Thread(target=sensors.serve_forever, daemon=True).start()
+    instances = tmp / "instances"
+    instances.mkdir()
+    data = json.loads((ROOT / "instances" / "demo.json").read_text())
+    for sensor in data["config"]["sensors"]:
+        if sensor["source"]["type"] == "http":
+            port = sensors.server_address[1]
+            sensor["source"]["url"] = sensor["source"]["url"].replace(":5010", f":{port}")
+    (instances / "demo.json").write_text(json.dumps(data))
+    shutil.copy(ROOT / "instances" / "instance.schema.json", instances)
+    env = instance_env(mosquitto, tmp, instances, "demo")
+    proc, output = start_supervisord(env)
+    inst = Instance(env, f"{env['MQTT_BASE_TOPIC']}/v1/instances/demo", proc, output)
+    yield inst
+    stop_supervisord(proc)
+    sensors.shutdown()

@@ -1,0 +1,206 @@
+"""The aggregator's core (no HTTP) and its routes through the Flask test client."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from services.state_aggregator.app import create_app
+from services.state_aggregator.cache import TTLCache
+from services.state_aggregator.changes import ChangeLog
+from services.state_aggregator.core import Aggregator
+from shared.instance import parse_instance
+from shared.models import ErrorObs, EventObs, LinkObs, ReadingObs
+from shared.rest import RestClient
+
+INSTANCE = parse_instance({
+    "instance_id": "t", "friendly_name": "test", "update_interval": 10,
+    "config": {"cache_ttl": 10, "sensors": [
+        {"sensor_id": "temp", "sensor_type": "climate",
+         "source": {"type": "serial", "port": "sim://a?ids=temp", "mode": "poll"}},
+        {"sensor_id": "relay", "sensor_type": "switch",
+         "source": {"type": "serial", "port": "sim://b?ids=relay", "writable": True}},
+        {"sensor_id": "slow", "sensor_type": "climate", "interval": 60,
+         "source": {"type": "http", "url": "http://127.0.0.1:9/x"}},
+    ]},
+    "groups": [{"group_id": "all", "devices": ["temp", "relay"]}],
+})
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def agg(clock: Clock) -> Aggregator:
+    # Handlers at a closed port: anything that reaches them fails like a dead process.
+    dead = {"serial": RestClient("http://127.0.0.1:9", name="serial-handler", timeout=0.5),
+            "http": RestClient("http://127.0.0.1:9", name="http-poller", timeout=0.5)}
+    return Aggregator(INSTANCE, handlers=dead, cache_ttl=10, poll_interval=5, clock=clock)
+
+
+def kinds(agg: Aggregator, since: int = 0) -> list[tuple[str, str]]:
+    return [(c["kind"], c["device_id"]) for c in agg.changes.since(since)[2]]
+
+
+def test_readings_merge_into_state_and_go_online(agg: Aggregator, clock: Clock) -> None:
+    agg.ingest([ReadingObs(device_id="temp", ts=clock.now, values={"temperature": 21.5,
+                                                                   "humidity": 40})])
+    agg.ingest([ReadingObs(device_id="temp", ts=clock.now + 1, values={"temperature": 22.0})])
+    assert kinds(agg) == [("state", "temp"), ("availability", "temp"), ("state", "temp")]
+    last = agg.changes.since(2)[2][-1]
+    assert last["values"] == {"temperature": 22.0, "humidity": 40}
+    assert last["sampled"] == ["temperature"]
+
+
+def test_an_older_reading_never_rolls_state_back(agg: Aggregator, clock: Clock) -> None:
+    agg.ingest([ReadingObs(device_id="temp", ts=clock.now, values={"temperature": 22.0})])
+    agg.ingest([ReadingObs(device_id="temp", ts=clock.now - 5, values={"temperature": 1.0})])
+    assert agg.devices["temp"].values == {"temperature": 22.0}
+    assert agg.counters["stale"] == 1
+
+
+def test_offline_after_three_intervals_but_never_under_30_s(agg: Aggregator, clock: Clock) -> None:
+    agg.ingest([ReadingObs(device_id="temp", ts=clock.now, values={"t": 1}),
+                ReadingObs(device_id="slow", ts=clock.now, values={"t": 1})])
+    temp, slow = agg.devices["temp"], agg.devices["slow"]
+    assert (temp.offline_after, slow.offline_after) == (30.0, 180.0)
+    clock.now += 30
+    assert temp.online(clock.now)
+    clock.now += 0.5
+    assert not temp.online(clock.now) and slow.online(clock.now)
+    clock.now += 150
+    assert not slow.online(clock.now)
+
+
+def test_the_transport_takes_a_device_offline_at_once(agg: Aggregator, clock: Clock) -> None:
+    agg.ingest([ReadingObs(device_id="temp", ts=clock.now, values={"t": 1})])
+    seq = agg.changes.seq
+    agg.ingest([LinkObs(device_id="temp", ts=clock.now, up=False, reason="port gone")])
+    assert agg.changes.since(seq)[2][-1] | {"seq": 0} == {
+        "kind": "availability", "device_id": "temp", "ts": clock.now, "online": False, "seq": 0}
+    agg.ingest([LinkObs(device_id="temp", ts=clock.now, up=True)])
+    assert agg.devices["temp"].online(clock.now)
+
+
+def test_errors_and_events_reach_the_change_log(agg: Aggregator, clock: Clock) -> None:
+    agg.ingest([ErrorObs(device_id="temp", ts=clock.now, error_code="READ_TIMEOUT", message="m"),
+                EventObs(device_id="temp", ts=clock.now, event="motion_started")])
+    assert kinds(agg) == [("error", "temp"), ("event", "temp")]
+    assert agg.errors[-1]["error_code"] == "READ_TIMEOUT"
+
+
+def test_unknown_devices_are_counted_not_applied(agg: Aggregator, clock: Clock) -> None:
+    result = agg.ingest([ReadingObs(device_id="ghost", ts=clock.now, values={"t": 1})],
+                        source="serial-handler")
+    assert result == {"accepted": 0, "rejected": 1}
+    assert "unknown device 'ghost'" in agg.errors[-1]["message"]
+    assert agg.changes.seq == 0
+
+
+def test_change_log_long_poll_and_resync() -> None:
+    log = ChangeLog(capacity=3)
+    for i in range(10):
+        log.append({"kind": "state", "i": i})
+    seq, resync, items = log.since(0)
+    assert resync and items == []  # position 0 is gone: reload the snapshot
+    seq, resync, items = log.since(8)
+    assert (seq, resync, [c["i"] for c in items]) == (10, False, [8, 9])
+    assert log.since(10, wait=0.05) == (10, False, [])
+    assert log.since(99)[1]
+
+
+def test_ttl_cache_counts_hits_misses_and_expiry() -> None:
+    now = [0.0]
+    cache: TTLCache[int] = TTLCache(10, clock=lambda: now[0])
+    cache.put("a", 1)
+    assert cache.get("a") is not None and cache.get("b") is None
+    now[0] = 10.0
+    assert cache.get("a") is None
+    assert cache.stats() | {"ttl": 10} == {"ttl": 10, "size": 0, "live": 0, "hits": 1,
+                                            "misses": 2, "expired": 1, "hit_ratio": 0.3333}
+
+
+def test_read_only_devices_reject_commands(agg: Aggregator) -> None:
+    from shared.models import CommandRequest
+    result = agg.command("temp", CommandRequest(cmd_id="c", values={"x": 1}))
+    assert result.status == "rejected" and "read-only" in (result.error or "")
+    dead = agg.command("relay", CommandRequest(cmd_id="c", values={"state": "on"}))
+    assert dead.status == "error" and "serial-handler" in (dead.error or "")
+
+
+# --- routes -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def client(agg: Aggregator) -> FlaskClient:
+    return create_app(agg).test_client()
+
+
+def body(resp: Any) -> Any:
+    return json.loads(resp.data)
+
+
+def test_ingest_route_batches(client: FlaskClient, clock: Clock) -> None:
+    items = [{"kind": "reading", "device_id": "temp", "ts": clock.now + i, "values": {"t": i}}
+             for i in range(100)]
+    resp = client.post("/ingest", json={"source": "test", "items": items})
+    assert resp.status_code == 200 and body(resp) == {"accepted": 100, "rejected": 0}
+    changes = body(client.get("/changes?since=0"))
+    assert len(changes["changes"]) == 101  # 100 states and one availability
+
+
+@pytest.mark.parametrize(("data", "status", "error", "message"), [
+    (b"{nope", 400, "invalid_json", "body is not valid JSON"),
+    (b"", 400, "empty_body", "a JSON object is required"),
+    (b"[1]", 422, "invalid_body", "body must be a JSON object"),
+    (b'{"source": "x", "items": [{"kind": "reading", "device_id": "bad id", "ts": 1, "values": {}}]}',
+     422, "invalid_body", "items.0.reading.device_id"),
+    (b'{"source": "x", "items": [{"kind": "teleport"}]}', 422, "invalid_body", "items.0"),
+])
+def test_bad_bodies_get_400_or_422_with_a_message(client: FlaskClient, data: bytes, status: int,
+                                                  error: str, message: str) -> None:
+    resp = client.post("/ingest", data=data, content_type="application/json")
+    assert resp.status_code == status
+    assert body(resp)["error"] == error and message in body(resp)["message"]
+    assert "timestamp" in body(resp)
+
+
+def test_device_routes(client: FlaskClient, clock: Clock) -> None:
+    client.post("/ingest", json={"source": "t", "items": [
+        {"kind": "reading", "device_id": "temp", "ts": clock.now, "values": {"t": 20}}]})
+    view = body(client.get("/device/temp"))
+    assert view["cached"] is True and view["state"] == {"t": 20} and view["online"] is True
+    assert "cache_age" in view
+    assert client.get("/device/ghost").status_code == 404
+    assert body(client.get("/device/ghost"))["error"] == "unknown_device"
+    # Past the TTL the aggregator asks the (dead) handler: a clear 502, not a 500.
+    client.post("/cache/clear")
+    resp = client.get("/device/temp")
+    assert resp.status_code == 502 and "serial-handler" in body(resp)["message"]
+    assert body(client.get("/cache/stats"))["misses"] >= 1
+    devices = {d["device_id"] for d in body(client.get("/devices"))["devices"]}
+    assert {"temp", "relay", "slow"} <= devices
+    assert body(client.get("/groups"))["groups"] == {"all": ["temp", "relay"]}
+
+
+def test_health_reports_dead_handlers(client: FlaskClient) -> None:
+    health = body(client.get("/health"))
+    assert health["status"] == "degraded"
+    assert health["handlers"] == {"serial-handler": "down", "http-poller": "down"}
+
+
+def test_changes_with_another_epoch_asks_for_resync(client: FlaskClient) -> None:
+    assert body(client.get("/changes?since=0&epoch=stale"))["resync"] is True
+    assert client.get("/changes?since=x").status_code == 400

@@ -1,0 +1,98 @@
+"""The instance file: a broken one is refused with the file, the field and the problem."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.errors import ConfigError
+from shared.instance import json_schema, load_instance
+from tests.conftest import ROOT
+
+
+def _write(tmp_path: Path, data: Any, name: str = "demo") -> Path:
+    path = tmp_path / f"{name}.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+def _demo() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((ROOT / "instances" / "demo.json").read_text())
+    return data
+
+
+@pytest.mark.parametrize("name", ["demo", "lab"])
+def test_shipped_instances_are_valid(name: str) -> None:
+    instance = load_instance(ROOT / "instances" / f"{name}.json", expected_id=name)
+    assert instance.connector_type == "sensor-hub"
+
+
+def test_committed_schema_is_the_generated_one() -> None:
+    committed = json.loads((ROOT / "instances" / "instance.schema.json").read_text())
+    assert committed == json_schema(), "regenerate: python -m shared.instance --schema"
+
+
+@pytest.mark.parametrize(("mutate", "message"), [
+    (lambda d: d["config"]["sensors"][0].__setitem__("sensor_id", "bad id"),
+     "config.sensors.0.sensor_id: String should match pattern"),
+    (lambda d: d["config"]["sensors"][0].__setitem__("sensr_type", "x"),
+     "config.sensors.0.sensr_type: Extra inputs are not permitted"),
+    (lambda d: d["config"]["sensors"][0]["source"].__setitem__("type", "carrier-pigeon"),
+     "config.sensors.0.source: Input tag 'carrier-pigeon' found using 'type' does not match"),
+    (lambda d: d["config"]["sensors"][1].__setitem__("sensor_id", "temp_living_room"),
+     "sensor_id 'temp_living_room' is used twice"),
+    (lambda d: d["groups"][0]["devices"].append("ghost"),
+     "group 'climate' names unknown devices ['ghost']"),
+    (lambda d: d.pop("instance_id"), "instance_id: Field required"),
+    (lambda d: d.__setitem__("update_interval", -1), "update_interval: Input should be greater than 0"),
+])
+def test_broken_files_name_the_file_field_and_problem(tmp_path: Path, mutate: Any,
+                                                      message: str) -> None:
+    data = _demo()
+    mutate(data)
+    path = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as err:
+        load_instance(path)
+    assert str(path) in str(err.value)
+    assert message in str(err.value)
+
+
+def test_sensors_sharing_a_port_must_agree(tmp_path: Path) -> None:
+    data = _demo()
+    shared_port = "sim://x?ids=temp_living_room,temp_bedroom"
+    data["config"]["sensors"][0]["source"]["port"] = shared_port
+    data["config"]["sensors"][1]["source"] |= {"port": shared_port, "baudrate": 9600}
+    with pytest.raises(ConfigError, match="share port .* different settings"):
+        load_instance(_write(tmp_path, data))
+
+
+def test_not_json_says_where(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"not JSON: .* line 1 column 2"):
+        load_instance(_write(tmp_path, "{oops"))
+
+
+def test_instance_id_must_match_the_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="instance_id: is 'demo' but INSTANCE_NAME is 'lab'"):
+        load_instance(_write(tmp_path, _demo()), expected_id="lab")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read instance file"):
+        load_instance(tmp_path / "nope.json")
+
+
+def test_a_process_started_with_a_broken_file_exits_with_the_reason(tmp_path: Path) -> None:
+    data = _demo()
+    data["config"]["cache_ttl"] = "soon"
+    _write(tmp_path, data)
+    env = {"INSTANCES_DIR": str(tmp_path), "INSTANCE_NAME": "demo", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-m", "services.state_aggregator"], env=env,
+                            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "config.cache_ttl: Input should be a valid number" in result.stderr
+    assert str(tmp_path / "demo.json") in result.stderr

@@ -67,7 +67,7 @@ def test_sensors_sharing_a_port_must_agree(tmp_path: Path) -> None:
     shared_port = "sim://x?ids=temp_living_room,temp_bedroom"
     data["config"]["sensors"][0]["source"]["port"] = shared_port
     data["config"]["sensors"][1]["source"] |= {"port": shared_port, "baudrate": 9600}
-    with pytest.raises(ConfigError, match="share port .* different settings"):
+    with pytest.raises(ConfigError, match=r"share port .* different settings"):
         load_instance(_write(tmp_path, data))
 
 

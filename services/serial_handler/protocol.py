@@ -1,4 +1,5 @@
-"""The serial line protocol, sensor to hub and hub to sensor. One line, one message.
+"""The serial line protocol, sensor to hub and hub to sensor. One line, one message; the full
+description for sketch authors is ``docs/serial-protocol.md``.
 
 Sensor to hub, either a JSON object or ``key=value`` pairs (values may be quoted):
 
@@ -8,6 +9,7 @@ Sensor to hub, either a JSON object or ``key=value`` pairs (values may be quoted
     {"id": "m1", "event": "motion_started"}                            an event
     {"id": "relay1", "ack": "cmd-42", "ok": true}                      a command acknowledged
     id=relay1 ack=cmd-42 ok=false error="relay stuck"                  a command failed
+    # anything                                                         a comment: ignored
 
 Hub to sensor, always JSON (ArduinoJson parses it in a few lines):
 
@@ -18,20 +20,32 @@ Hub to sensor, always JSON (ArduinoJson parses it in a few lines):
 from __future__ import annotations
 
 import math
+import re
 import shlex
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from shared.topics import ID_RE
 
+MAX_LINE = 4096  # bytes; a longer line is dropped whole and reported once
 MAX_TEXT = 120  # how much of an offending line an error message quotes
+MAX_CODE = 64  # a sensor's error code, as published
+MAX_MESSAGE = 240  # a sensor's error message, as published
 _RESERVED = {"id", "error", "message", "severity", "event", "data", "ack", "ok", "result"}
+_TEXT_KEYS = {"id", "ack", "message", "error", "event", "severity"}  # never read as numbers
+_SEVERITIES = ("info", "warning", "error", "critical")
+# The number syntax of JSON, so ``1_000``, ``0x1F`` or ``١٢`` stay text as a sketch author expects.
+_INT_RE = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_FLOAT_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+Severity = Literal["info", "warning", "error", "critical"]
 
 
 class LineError(ValueError):
-    """A line that is not a message of the protocol; ``device_id`` when it could be told."""
+    """Raised by ``parse_line`` for a line that is not a message of the protocol; ``reason``
+    says why and ``device_id`` names the sensor when the line still told it."""
 
     def __init__(self, reason: str, line: str, device_id: str | None = None) -> None:
         super().__init__(f"{reason}: {truncate(line)!r}")
@@ -50,6 +64,7 @@ class Failure:
     device_id: str
     code: str
     message: str
+    severity: Severity = "error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,20 +90,28 @@ def truncate(text: str, limit: int = MAX_TEXT) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def is_comment(line: str) -> bool:
+    """A ``#`` line is a sketch's debug output: neither a message nor garbage."""
+    return line.lstrip().startswith("#")
+
+
+def _is_false(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("false", "no", "off", "0")
+    return value is False or (isinstance(value, int | float) and value == 0)
+
+
 def _scalar(raw: str) -> Any:
     low = raw.lower()
     if low in ("true", "on"):
         return True
     if low in ("false", "off"):
         return False
-    try:
+    if _INT_RE.fullmatch(raw):
         return int(raw)
-    except ValueError:
-        pass
-    try:
-        return float(raw)
-    except ValueError:
-        return raw
+    if _FLOAT_RE.fullmatch(raw):
+        return float(raw)  # may be inf (1e999): rejected with the other non-finite values
+    return raw
 
 
 def _parse_kv(line: str) -> dict[str, Any]:
@@ -101,43 +124,62 @@ def _parse_kv(line: str) -> dict[str, Any]:
         key, sep, value = token.partition("=")
         if not sep or not key:
             raise LineError(f"expected key=value, got {truncate(token, 40)!r}", line)
-        obj[key] = value if key in ("id", "ack", "message", "error", "event") else _scalar(value)
+        obj[key] = value if key in _TEXT_KEYS else _scalar(value)
     return obj
 
 
-def parse_line(line: str) -> Message:
-    """The message a line carries; ``LineError`` says what is wrong with it."""
+def _parse_json(text: str) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise LineError(f"invalid JSON ({exc})", text) from exc
+    if not isinstance(obj, dict):
+        raise LineError("JSON line is not an object", text)
+    return obj
+
+
+def _device_id(obj: dict[str, Any], default_id: str | None, text: str) -> str:
+    raw = obj.get("id", default_id)
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+        raw = str(raw)  # {"id": 3} from a sketch that numbers its sensors
+    if not isinstance(raw, str) or ID_RE.fullmatch(raw) is None:
+        raise LineError("missing or invalid 'id'", text)
+    return raw
+
+
+def parse_line(line: str, *, default_id: str | None = None) -> Message:
+    """The message a line carries, or ``LineError`` saying what is wrong with it.
+
+    ``default_id`` is the sensor a line without ``id`` belongs to (a port with one sensor).
+    """
     text = line.strip()
     if text.startswith("{"):
-        try:
-            obj = orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
-            raise LineError(f"invalid JSON ({exc})", text) from exc
-        if not isinstance(obj, dict):
-            raise LineError("JSON line is not an object", text)
+        obj = _parse_json(text)
     elif "=" in text:
         obj = _parse_kv(text)
     else:
         raise LineError("neither JSON nor key=value", text)
 
-    device_id = obj.get("id")
-    if not isinstance(device_id, str) or ID_RE.fullmatch(device_id) is None:
-        raise LineError("missing or invalid 'id'", text)
-    if "ack" in obj:
-        result = obj.get("result")
-        return Ack(device_id, str(obj["ack"]), bool(obj.get("ok", True)),
+    device_id = _device_id(obj, default_id, text)
+    if obj.get("ack") is not None:
+        result, error = obj.get("result"), obj.get("error")
+        return Ack(device_id, str(obj["ack"]), not _is_false(obj.get("ok", True)),
                    result if isinstance(result, dict) else None,
-                   str(obj["error"]) if obj.get("error") is not None else None)
-    if "error" in obj:
-        return Failure(device_id, str(obj["error"]), str(obj.get("message", "")))
-    if "event" in obj:
+                   truncate(str(error), MAX_MESSAGE) if error is not None else None)
+    if obj.get("error") is not None:
+        severity = obj.get("severity")
+        return Failure(device_id, truncate(str(obj["error"]), MAX_CODE),
+                       truncate(str(obj.get("message") or ""), MAX_MESSAGE),
+                       severity if severity in _SEVERITIES else "error")
+    if obj.get("event") is not None:
         data = obj.get("data")
-        return Event(device_id, str(obj["event"]), data if isinstance(data, dict) else None)
+        return Event(device_id, truncate(str(obj["event"]), MAX_CODE),
+                     data if isinstance(data, dict) else None)
 
     values: dict[str, Any] = {}
     for key, value in obj.items():
-        if key in _RESERVED:
-            continue
+        if key in _RESERVED or value is None:
+            continue  # ArduinoJson writes a NaN (a failed DHT read) as null: not sampled
         if ID_RE.fullmatch(key) is None:
             raise LineError(f"invalid property name {truncate(key, 40)!r}", text, device_id)
         if isinstance(value, float) and not math.isfinite(value):
@@ -158,7 +200,7 @@ def guess_id(line: str) -> str | None:
             rest = line[at + len(marker):].lstrip(' "')
             candidate = ""
             for ch in rest:
-                if ch.isalnum() or ch in "_-":
+                if ch.isascii() and (ch.isalnum() or ch in "_-"):
                     candidate += ch
                 else:
                     break

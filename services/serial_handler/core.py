@@ -4,6 +4,7 @@ sensors on them, and the errors seen."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -19,14 +20,19 @@ from .ports import PortWorker, SensorSlot
 log = logging.getLogger(__name__)
 
 Emit = Callable[[ReadingObs | ErrorObs | EventObs | LinkObs], None]
+MAX_ERRORS = 500  # the most recent errors /errors keeps
 
 
 class SerialHandler:
     def __init__(self, instance: Instance, emit: Emit, *, update_interval: float | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 backoff: tuple[float, float] = (0.5, 10.0),
+                 bad_line_report_every: float = 1.0) -> None:
         self._emit = emit
         self._clock = clock
-        self.errors: deque[dict[str, Any]] = deque(maxlen=500)
+        self._errors_lock = threading.Lock()
+        self.errors: deque[dict[str, Any]] = deque(maxlen=MAX_ERRORS)
+        self.error_counts: dict[str, int] = defaultdict(int)
         self.sensors = {s.sensor_id: s for s in instance.sensors_of("serial")}
         by_port: dict[str, list[SensorSlot]] = defaultdict(list)
         configs: dict[str, SerialSource] = {}
@@ -40,8 +46,9 @@ class SerialHandler:
                 writable=src.writable,
             ))
         self.ports = {
-            url: PortWorker(url, configs[url], slots, self._observe, on_garbage=self._garbage,
-                            clock=clock)
+            url: PortWorker(url, configs[url], slots, self._observe, on_bad_line=self._bad_line,
+                            clock=clock, backoff=backoff,
+                            bad_line_report_every=bad_line_report_every)
             for url, slots in by_port.items()
         }
         self._port_of = {slot: w for w in self.ports.values() for slot in w.slots}
@@ -54,18 +61,23 @@ class SerialHandler:
         for worker in self.ports.values():
             worker.stop()
 
+    def _record(self, entry: dict[str, Any]) -> None:
+        with self._errors_lock:
+            self.errors.append(entry)
+            self.error_counts[entry["error_code"]] += 1
+
     def _observe(self, obs: ReadingObs | ErrorObs | EventObs | LinkObs) -> None:
-        if isinstance(obs, ErrorObs):
-            self.errors.append({"device_id": obs.device_id, "error_code": obs.error_code,
-                                "message": obs.message, "timestamp": iso(obs.ts)})
+        # Bad lines reach /errors through _bad_line, once each, even when the device error
+        # they become is rate-limited.
+        if isinstance(obs, ErrorObs) and obs.error_code != "BAD_LINE":
+            self._record({"device_id": obs.device_id, "port": self._port_of[obs.device_id].url,
+                          "error_code": obs.error_code, "message": obs.message,
+                          "timestamp": iso(obs.ts)})
         self._emit(obs)
 
-    def _garbage(self, port: str, message: str, device_id: str | None) -> None:
-        if device_id is None or device_id not in self.sensors:
-            # Not tied to a device: only here, on /errors, and in the log.
-            self.errors.append({"device_id": device_id, "port": port, "error_code": "BAD_LINE",
-                                "message": message, "timestamp": iso(self._clock())})
-        log.warning("%s", message)
+    def _bad_line(self, port: str, code: str, message: str, device_id: str | None) -> None:
+        self._record({"device_id": device_id, "port": port, "error_code": code,
+                      "message": message, "timestamp": iso(self._clock())})
 
     def _worker(self, sensor_id: str) -> PortWorker:
         worker = self._port_of.get(sensor_id)
@@ -82,17 +94,25 @@ class SerialHandler:
         return {
             "sensor_id": sensor_id, "sensor_type": sensor.sensor_type,
             "friendly_name": sensor.friendly_name or sensor_id, "port": worker.url,
-            "port_up": worker.is_up, "mode": worker.config.mode, "writable": slot.writable,
-            "interval": slot.interval,
+            "port_up": worker.is_up, "down_reason": worker.down_reason,
+            "mode": worker.config.mode, "writable": slot.writable, "interval": slot.interval,
+            "bad_lines": slot.bad_lines,
             "reading": last.model_dump() if last else None,
             "timestamp": iso(last.ts) if last else None,
         }
 
-    def list(self) -> list[dict[str, Any]]:
+    def sensor_list(self) -> list[dict[str, Any]]:
         return [self.sensor_view(s) for s in self.sensors]
 
-    def read(self, sensor_id: str) -> ReadingObs:
-        return self._worker(sensor_id).read(sensor_id)
+    def read(self, sensor_id: str, properties: list[str] | None = None) -> ReadingObs:
+        """A fresh reading (``ReadError`` when the sensor does not give one); with
+        ``properties``, only those of its values (all of them when it has none of those)."""
+        reading = self._worker(sensor_id).read(sensor_id)
+        if properties:
+            picked = {k: v for k, v in reading.values.items() if k in properties}
+            if picked:
+                return reading.model_copy(update={"values": picked})
+        return reading
 
     def cached(self, sensor_id: str) -> ReadingObs:
         worker = self._worker(sensor_id)
@@ -106,6 +126,13 @@ class SerialHandler:
         if not worker.slots[sensor_id].writable:
             return CommandResult(status="rejected", error=f"{sensor_id} is read-only")
         return worker.command(sensor_id, request)
+
+    def errors_view(self) -> dict[str, Any]:
+        with self._errors_lock:
+            recent = list(self.errors)
+            counts = dict(self.error_counts)
+        return {"errors": recent, "counts": counts,
+                "bad_lines": {w.url: w.garbage for w in self.ports.values()}}
 
     def health(self) -> dict[str, Any]:
         return {"ports": [w.status() for w in self.ports.values()]}

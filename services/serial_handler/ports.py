@@ -5,11 +5,15 @@ when asked, fresh reads and commands written back in the line protocol."""
 from __future__ import annotations
 
 import logging
+import math
+import os
+import re
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +31,17 @@ log = logging.getLogger(__name__)
 if "services.serial_handler" not in serial.protocol_handler_packages:
     serial.protocol_handler_packages.append("services.serial_handler")
 
-MAX_LINE = 4096
 Emit = Callable[[ReadingObs | ErrorObs | EventObs | LinkObs], None]
+# (port, error_code, message, device_id): every bad line, for ``/errors``; not rate-limited.
+OnBadLine = Callable[[str, str, str, str | None], None]
+
+# Whatever the configured line ending, a line may end in \n, \r\n or \r: Serial.println sends
+# \r\n, some terminals send \r. ``line_ending`` only decides what the hub writes.
+_EOL = re.compile(rb"\r\n|\r|\n")
+READ_GRANULARITY = 0.2  # s; how often a blocked reader looks up to see whether it should stop
+# A fresh read of a streaming sensor waits for its next line, but never past the aggregator's
+# 15 s wait for the answer (services/state_aggregator/core.py, refresh).
+FRESH_READ_CAP = 12.0
 
 
 @dataclass
@@ -39,18 +52,31 @@ class SensorSlot:
     last: ReadingObs | None = None
     next_poll: float = 0.0
     waiting_reads: list[Future[ReadingObs]] = field(default_factory=list)
+    bad_lines: int = 0
+    bad_reported_at: float = -math.inf
+    bad_suppressed: int = 0
+
+
+def is_device_path(url: str) -> bool:
+    """A filesystem path (``/dev/ttyUSB0``, a udev symlink), not a pyserial URL."""
+    return "://" not in url
 
 
 class PortWorker:
     def __init__(self, url: str, config: SerialSource, slots: list[SensorSlot], emit: Emit,
-                 *, on_garbage: Callable[[str, str, str | None], None],
-                 clock: Callable[[], float] = time.time) -> None:
+                 *, on_bad_line: OnBadLine, clock: Callable[[], float] = time.time,
+                 backoff: tuple[float, float] = (0.5, 10.0),
+                 bad_line_report_every: float = 1.0) -> None:
         self.url = url
         self.config = config
         self.slots = {s.sensor_id: s for s in slots}
         self._emit = emit
-        self._on_garbage = on_garbage
+        self._on_bad_line = on_bad_line
         self._clock = clock
+        self._backoff = backoff
+        self._bad_every = bad_line_report_every
+        # A port with one sensor takes lines without an id (``temperature=21.5``) as its own.
+        self._default_id = next(iter(self.slots)) if len(self.slots) == 1 else None
         self._port: serial.SerialBase | None = None
         self._lock = threading.Lock()  # guards _port, slot futures and _acks
         self._write_lock = threading.Lock()
@@ -58,10 +84,14 @@ class PortWorker:
         self._stop = threading.Event()
         self._wake = threading.Event()  # wakes the poll loop early (port just came up, stop)
         self._threads: list[threading.Thread] = []
+        self._down_announced = False
+        self._unknown_ids: set[str] = set()
         self.down_reason: str | None = "not opened yet"
         self.lines = 0
         self.garbage = 0
+        self.unknown = 0
         self.opens = 0
+        self.open_failures = 0
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -73,83 +103,124 @@ class PortWorker:
         for t in self._threads:
             t.start()
 
-    def stop(self) -> None:
+    def stop(self, *, timeout: float = 5.0) -> None:
+        """Stop both threads; the reader closes the port itself (closing it under a blocked
+        read from another thread is a race pyserial does not promise to survive)."""
         self._stop.set()
         self._wake.set()
-        with self._lock:
-            port, self._port = self._port, None
-        if port is not None:
-            port.close()
+        self._fail_waiters(ReadError("PORT_UNAVAILABLE", f"{self.url}: the handler is stopping"))
+        for t in self._threads:
+            t.join(timeout)
 
     @property
     def is_up(self) -> bool:
         return self._port is not None
 
-    # --- reading ---------------------------------------------------------------------------------
+    # --- the reader thread -----------------------------------------------------------------------
     def _open(self) -> serial.SerialBase:
         c = self.config
+        extra: dict[str, Any] = {}
+        if is_device_path(self.url):
+            extra["exclusive"] = True  # two readers on one tty would each get half the lines
         return serial.serial_for_url(
             self.url, baudrate=c.baudrate, bytesize=c.bytesize, parity=c.parity,
-            stopbits=c.stopbits, timeout=0.2, write_timeout=2.0,
+            stopbits=c.stopbits, timeout=READ_GRANULARITY, write_timeout=2.0, **extra,
         )
 
     def _read_loop(self) -> None:
-        backoff = 0.5
+        delay = self._backoff[0]
         while not self._stop.is_set():
             try:
                 port = self._open()
             except (serial.SerialException, OSError, ValueError) as exc:
+                self.open_failures += 1
                 self._went_down(f"cannot open {self.url}: {exc}")
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                self._wait_retry(delay)
+                delay = min(delay * 2, self._backoff[1])
                 continue
+            if self._stop.is_set():
+                port.close()
+                return
+            delay = self._backoff[0]
+            self._serve(port)
+            self._wait_retry(delay)
+
+    def _wait_retry(self, delay: float) -> None:
+        """Wait ``delay`` before the next open; a device path that was missing is tried again
+        as soon as it is back (udev creates /dev/serial/by-id/... when the plug goes in)."""
+        if not is_device_path(self.url):
+            self._stop.wait(delay)
+            return
+        missing = not os.path.exists(self.url)
+        deadline = time.monotonic() + delay
+        while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            self._stop.wait(min(left, 0.05))
+            if missing and os.path.exists(self.url):
+                return
+
+    def _serve(self, port: serial.SerialBase) -> None:
+        with self._lock:
+            self._port = port
+        self.opens += 1
+        self._came_up()
+        try:
+            self._pump(port)
+        except (serial.SerialException, OSError) as exc:
+            if not self._stop.is_set():
+                self._went_down(f"{self.url} lost: {exc}")
+        except Exception as exc:
+            # A bug must not leave the port unread for the rest of the process's life.
+            log.exception("reader of %s failed; reopening the port", self.url)
+            self._went_down(f"{self.url}: reader failed: {exc}")
+        finally:
             with self._lock:
-                self._port = port
-            self.opens += 1
-            backoff = 0.5
-            self._came_up()
-            try:
-                self._pump(port)
-            except (serial.SerialException, OSError) as exc:
-                if not self._stop.is_set():
-                    self._went_down(f"port {self.url} lost: {exc}")
-            finally:
-                with self._lock:
-                    if self._port is port:
-                        self._port = None
-                try:
-                    port.close()
-                except (serial.SerialException, OSError):
-                    pass
-            self._stop.wait(backoff)
+                if self._port is port:
+                    self._port = None
+            with suppress(Exception):
+                port.close()
 
     def _pump(self, port: serial.SerialBase) -> None:
-        sep = b"\r" if self.config.line_ending == "\r" else b"\n"
         buf = b""
+        discarding = False  # inside a line already reported as too long
         while not self._stop.is_set():
             chunk = port.read(max(1, port.in_waiting))
             if not chunk:
                 continue
-            buf += chunk
-            *lines, buf = buf.split(sep)
+            *lines, buf = _EOL.split(buf + chunk)
             for raw in lines:
-                self._handle(raw.decode("utf-8", errors="replace").strip("\r\n\t "))
-            if len(buf) > MAX_LINE:
-                self._garbage(buf[:200].decode("utf-8", errors="replace"), "line too long", None)
-                buf = b""
+                if discarding:
+                    discarding = False  # this is the too-long line's tail
+                    continue
+                self._handle_raw(raw)
+            if len(buf) > protocol.MAX_LINE:
+                if not discarding:
+                    text = buf[:200].decode("utf-8", errors="replace")
+                    self._garbage(text, f"line longer than {protocol.MAX_LINE} bytes",
+                                  protocol.guess_id(text))
+                discarding, buf = True, b""
 
-    def _handle(self, line: str) -> None:
+    def _handle_raw(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", errors="replace").strip()
         if not line:
+            return
+        if protocol.is_comment(line):
+            log.debug("%s: %s", self.url, line)
             return
         self.lines += 1
         try:
-            msg = protocol.parse_line(line)
+            self._handle(line)
+        except Exception:
+            log.exception("%s: failed to handle line %r", self.url, protocol.truncate(line))
+
+    def _handle(self, line: str) -> None:
+        try:
+            msg = protocol.parse_line(line, default_id=self._default_id)
         except protocol.LineError as exc:
             self._garbage(line, exc.reason, exc.device_id or protocol.guess_id(line))
             return
         slot = self.slots.get(msg.device_id)
         if slot is None:
-            self._garbage(line, f"unknown sensor id {msg.device_id!r} on this port", None)
+            self._unknown_sensor(msg.device_id, line)
             return
         now = self._clock()
         if isinstance(msg, protocol.Reading):
@@ -162,7 +233,8 @@ class PortWorker:
                 fut.set_result(reading)
         elif isinstance(msg, protocol.Failure):
             self._emit(ErrorObs(device_id=slot.sensor_id, ts=now, error_code=msg.code,
-                                message=msg.message or f"sensor reported {msg.code}"))
+                                message=msg.message or f"sensor reported {msg.code}",
+                                severity=msg.severity))
             with self._lock:
                 waiting, slot.waiting_reads = slot.waiting_reads, []
             for fut in waiting:
@@ -177,51 +249,79 @@ class PortWorker:
             elif msg.ok:
                 ack.set_result(CommandResult(status="success", result=msg.result))
             else:
-                ack.set_result(CommandResult(status="error", error=msg.error or "sensor refused"))
+                ack.set_result(CommandResult(status="error", error=msg.error or "sensor refused",
+                                             result=msg.result))
 
     def _garbage(self, line: str, reason: str, device_id: str | None) -> None:
+        """Count a bad line, put it on /errors, and make it a device ``error`` of the sensor it
+        names (every sensor of the port when it names none), at most once per
+        ``bad_line_report_every`` per sensor: a board at the wrong baud rate sends nothing else."""
         self.garbage += 1
-        targets = [device_id] if device_id in self.slots else list(self.slots)
         message = f"unparseable line on {self.url} ({reason}): {protocol.truncate(line)!r}"
-        self._on_garbage(self.url, message, device_id)
+        known = device_id if device_id in self.slots else None
+        self._on_bad_line(self.url, "BAD_LINE", message, known)
         now = self._clock()
-        for sensor_id in targets:
-            self._emit(ErrorObs(device_id=sensor_id, ts=now, error_code="BAD_LINE",
-                                message=message, severity="warning"))
+        reported = False
+        for sensor_id in [known] if known else list(self.slots):
+            slot = self.slots[sensor_id]
+            slot.bad_lines += 1
+            if now - slot.bad_reported_at < self._bad_every:
+                slot.bad_suppressed += 1
+                continue
+            more = slot.bad_suppressed
+            slot.bad_reported_at, slot.bad_suppressed = now, 0
+            self._emit(ErrorObs(
+                device_id=sensor_id, ts=now, error_code="BAD_LINE", severity="warning",
+                message=message + (f" ({more} more since the last report)" if more else "")))
+            reported = True
+        log.log(logging.WARNING if reported else logging.DEBUG, "%s", message)
+
+    def _unknown_sensor(self, device_id: str, line: str) -> None:
+        """A good line for a sensor the instance file does not list on this port: on /errors and
+        in the log (once per id), but no device's error: it is about none of them."""
+        self.unknown += 1
+        message = (f"line for sensor {device_id!r}, which the instance file does not list on "
+                   f"{self.url}: {protocol.truncate(line)!r}")
+        self._on_bad_line(self.url, "UNKNOWN_SENSOR", message, None)
+        if device_id not in self._unknown_ids:
+            self._unknown_ids.add(device_id)
+            log.warning("%s", message)
 
     # --- transport up and down -------------------------------------------------------------------
     def _came_up(self) -> None:
         log.info("opened %s (%d sensor(s))", self.url, len(self.slots))
-        was_down = self.down_reason
         self.down_reason = None
+        self._down_announced = False
         now = self._clock()
         for slot in self.slots.values():
             slot.next_poll = 0.0  # read at once after (re)connecting, not one interval later
             self._emit(LinkObs(device_id=slot.sensor_id, ts=now, up=True))
         self._wake.set()
-        if was_down and was_down != "not opened yet":
-            log.info("%s is back", self.url)
 
     def _went_down(self, reason: str) -> None:
-        first = self.down_reason != reason
         self.down_reason = reason
-        if not first:
-            return  # say it once per outage, not once per retry
+        if self._down_announced:
+            log.debug("%s", reason)  # said once per outage, not once per retry
+            return
+        self._down_announced = True
         log.warning("%s", reason)
         now = self._clock()
         for sensor_id in self.slots:
             self._emit(LinkObs(device_id=sensor_id, ts=now, up=False, reason=reason))
             self._emit(ErrorObs(device_id=sensor_id, ts=now, error_code="PORT_UNAVAILABLE",
                                 message=reason, severity="error"))
+        self._fail_waiters(ReadError("PORT_UNAVAILABLE", reason))
+
+    def _fail_waiters(self, err: ReadError) -> None:
         with self._lock:
             waiting = [f for s in self.slots.values() for f in s.waiting_reads]
             for s in self.slots.values():
                 s.waiting_reads = []
             acks, self._acks = self._acks, {}
         for fut in waiting:
-            fut.set_exception(ReadError("PORT_UNAVAILABLE", reason))
+            fut.set_exception(err)
         for ack in acks.values():
-            ack.set_result(CommandResult(status="error", error=reason))
+            ack.set_result(CommandResult(status="error", error=err.message))
 
     # --- writing ---------------------------------------------------------------------------------
     def _write(self, data: bytes) -> None:
@@ -241,7 +341,8 @@ class PortWorker:
         fut: Future[ReadingObs] = Future()
         limit = timeout or self.config.read_timeout
         if self.config.mode == "stream":
-            limit = max(limit, slot.interval + self.config.read_timeout)
+            # A streaming sketch may ignore read requests: its next line is the answer then.
+            limit = min(max(limit, slot.interval + self.config.read_timeout), FRESH_READ_CAP)
         with self._lock:
             slot.waiting_reads.append(fut)
         try:
@@ -262,6 +363,8 @@ class PortWorker:
         raise err
 
     def command(self, sensor_id: str, request: CommandRequest) -> CommandResult:
+        """Write the command line and wait for the sensor's ack line: ``success`` (ok), ``error``
+        (refused, or the port is gone) or ``timeout`` after ``request.timeout_s``."""
         key = (sensor_id, request.cmd_id)
         fut: Future[CommandResult] = Future()
         with self._lock:
@@ -277,19 +380,23 @@ class PortWorker:
             return CommandResult(status="error", error=exc.message)
         finally:
             with self._lock:
-                self._acks.pop(key, None)
+                if self._acks.get(key) is fut:
+                    del self._acks[key]
 
+    # --- the poll thread -------------------------------------------------------------------------
     def _poll_loop(self) -> None:
         while not self._stop.is_set():
             now = time.monotonic()
-            due = [s for s in self.slots.values() if s.next_poll <= now]
-            for slot in due:
+            for slot in [s for s in self.slots.values() if s.next_poll <= now]:
                 slot.next_poll = now + slot.interval
-                if self.is_up:
-                    try:
-                        self.read(slot.sensor_id)
-                    except ReadError:
-                        pass  # already emitted as a device error
+                if not self.is_up or self._stop.is_set():
+                    continue
+                try:
+                    self.read(slot.sensor_id)
+                except ReadError:
+                    pass  # already emitted as a device error
+                except Exception:
+                    log.exception("polling %s on %s failed", slot.sensor_id, self.url)
             upcoming = min(s.next_poll for s in self.slots.values())
             self._wake.wait(max(0.05, upcoming - time.monotonic()))
             self._wake.clear()
@@ -297,4 +404,7 @@ class PortWorker:
     def status(self) -> dict[str, Any]:
         return {"port": self.url, "up": self.is_up, "down_reason": self.down_reason,
                 "mode": self.config.mode, "lines": self.lines, "garbage": self.garbage,
-                "opens": self.opens, "sensors": sorted(self.slots)}
+                "unknown_sensor_lines": self.unknown, "opens": self.opens,
+                "open_failures": self.open_failures,
+                "sensors": sorted(self.slots),
+                "bad_lines": {s.sensor_id: s.bad_lines for s in self.slots.values()}}

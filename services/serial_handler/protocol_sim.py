@@ -36,6 +36,8 @@ def climate(now: float, rng: random.Random) -> dict[str, Any]:
 
 
 class Serial(SerialBase):  # type: ignore[misc]
+    is_open: bool  # set by SerialBase
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._out: queue.Queue[bytes | None] = queue.Queue()
         self._pending = b""

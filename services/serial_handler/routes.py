@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, request
 
 from shared.models import CommandRequest
 from shared.pusher import Pusher
@@ -28,12 +28,14 @@ def health() -> Response:
 
 @bp.get("/sensors")
 def sensors() -> Response:
-    return json_response({"sensors": _handler().list(), "timestamp": iso()})
+    return json_response({"sensors": _handler().sensor_list(), "timestamp": iso()})
 
 
 @bp.get("/sensor/<sensor_id>")
 def read(sensor_id: str) -> Response:
-    reading = _handler().read(sensor_id)
+    """A fresh read; ``?properties=a,b`` keeps only those values. 503 when it fails."""
+    wanted = [p for p in request.args.get("properties", "").split(",") if p]
+    reading = _handler().read(sensor_id, wanted or None)
     return json_response({"sensor_id": sensor_id, "reading": reading.model_dump(),
                           "cached": False, "timestamp": iso(reading.ts)})
 
@@ -53,4 +55,5 @@ def command(sensor_id: str) -> Response:
 
 @bp.get("/errors")
 def errors() -> Response:
-    return json_response({"errors": list(_handler().errors), "timestamp": iso()})
+    """The most recent errors (bad lines among them) and how many of each code were seen."""
+    return json_response({**_handler().errors_view(), "timestamp": iso()})

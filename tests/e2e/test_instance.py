@@ -181,6 +181,16 @@ def test_supervisorctl_shows_four_running(demo: Instance) -> None:
         assert name in result.stdout
 
 
+def test_supervisorctl_restart_brings_the_bridge_back(demo: Instance, sub: Subscriber) -> None:
+    status = f"{demo.root_topic}/status"
+    sub.clear()
+    result = demo.supervisorctl("restart", "mqtt-bridge")
+    assert "mqtt-bridge: started" in result.stdout, result.stdout + result.stderr
+    # A clean stop says offline itself; the new process says online.
+    sub.wait(status, where=lambda m: m.text == "offline")
+    sub.wait(status, where=lambda m: m.text == "online")
+
+
 def test_healthcheck_passes(demo: Instance) -> None:
     import subprocess
     import sys

@@ -101,16 +101,20 @@ def _is_false(value: Any) -> bool:
     return value is False or (isinstance(value, int | float) and value == 0)
 
 
+# Words with a fixed meaning in key=value; Serial.print(NAN) from a failed read prints "nan" (not
+# sampled, as JSON null) and an overflow "inf" or "ovf" (refused as non-finite).
+_WORDS: dict[str, Any] = {"true": True, "on": True, "false": False, "off": False, "nan": None,
+                          "null": None, "inf": math.inf, "-inf": -math.inf, "ovf": math.inf}
+
+
 def _scalar(raw: str) -> Any:
     low = raw.lower()
-    if low in ("true", "on"):
-        return True
-    if low in ("false", "off"):
-        return False
+    if low in _WORDS:
+        return _WORDS[low]
     if _INT_RE.fullmatch(raw):
         return int(raw)
     if _FLOAT_RE.fullmatch(raw):
-        return float(raw)  # may be inf (1e999): rejected with the other non-finite values
+        return float(raw)  # may be inf (1e999): refused with the other non-finite values
     return raw
 
 
@@ -179,7 +183,7 @@ def parse_line(line: str, *, default_id: str | None = None) -> Message:
     values: dict[str, Any] = {}
     for key, value in obj.items():
         if key in _RESERVED or value is None:
-            continue  # ArduinoJson writes a NaN (a failed DHT read) as null: not sampled
+            continue  # ArduinoJson writes NaN (a failed DHT read) as null: not sampled
         if ID_RE.fullmatch(key) is None:
             raise LineError(f"invalid property name {truncate(key, 40)!r}", text, device_id)
         if isinstance(value, float) and not math.isfinite(value):
@@ -188,7 +192,7 @@ def parse_line(line: str, *, default_id: str | None = None) -> Message:
             raise LineError(f"property {key!r} is not a scalar", text, device_id)
         values[key] = value
     if not values:
-        raise LineError("a reading without values", text, device_id)
+        raise LineError("a reading without values (all null or nan?)", text, device_id)
     return Reading(device_id, values)
 
 

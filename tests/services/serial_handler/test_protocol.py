@@ -4,6 +4,7 @@ properties over generated lines (round trips; garbage raises LineError and nothi
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import shlex
 from typing import Any
@@ -85,6 +86,7 @@ def test_documented_lines(line: str, expected: object) -> None:
     ('{"id": "t1", "t": {"a": 1}}', "is not a scalar", "t1"),
     ("id=t1 t=1e999", "non-finite value", "t1"),
     ("id=t1 t=NaN x", "expected key=value", None),
+    ("id=t1 t=nan", "a reading without values", "t1"),
     ('{"id": "t1", "t": NaN}', "invalid JSON", None),
 ])
 def test_lines_that_are_refused_say_why(line: str, reason: str, device_id: str | None) -> None:
@@ -101,9 +103,19 @@ def test_an_id_less_line_needs_a_default_id() -> None:
         parse_line("temperature=21")
 
 
-def test_nan_as_text_is_a_string_not_a_number() -> None:
-    # Only JSON number syntax is a number: a sketch printing "nan" sends text, not NaN.
-    assert parse_line("id=t1 t=nan") == Reading("t1", {"t": "nan"})
+@pytest.mark.parametrize(("line", "expected"), [
+    ("id=t1 t=nan h=40", Reading("t1", {"h": 40})),  # Serial.print(NAN): not sampled
+    ("id=t1 t=NULL h=40", Reading("t1", {"h": 40})),
+    ("id=t1 t=Infinity", Reading("t1", {"t": "Infinity"})),  # not Arduino's spelling: text
+])
+def test_arduino_float_spellings(line: str, expected: Reading) -> None:
+    assert parse_line(line) == expected
+
+
+@pytest.mark.parametrize("line", ["id=t1 t=inf", "id=t1 t=-inf", "id=t1 t=ovf"])
+def test_arduino_overflow_is_refused(line: str) -> None:
+    with pytest.raises(LineError, match="non-finite"):
+        parse_line(line)
 
 
 def test_the_hub_sends_compact_json_with_the_ports_line_ending() -> None:
@@ -195,4 +207,4 @@ def test_any_bytes_from_the_wire_parse_or_raise_line_error(raw: bytes) -> None:
 def test_any_json_object_parses_or_raises_line_error(body: Any, device_id: Any) -> None:
     obj = {"id": device_id, "v": body} if device_id is not None else {"v": body}
     with contextlib.suppress(LineError):
-        parse_line(orjson.dumps(obj).decode())
+        parse_line(json.dumps(obj))  # json: it writes ints past 64 bits, which orjson refuses

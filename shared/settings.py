@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     public_base: str | None = None
     server_token: SecretStr | None = None
     csv_file: Path = Path("temperature_log.csv")
+    probe_interval_ms: int = Field(default=10_000, ge=500, le=86_400_000)  # given to probes
+    probe_discovery: bool = True  # browse mDNS for probes; off where multicast cannot pass
+    mdns_interfaces: str | None = None  # "all" (default) or comma-separated addresses
 
     @field_validator("instance_name")
     @classmethod
@@ -75,7 +78,8 @@ class Settings(BaseSettings):
     def _upper(cls, v: object) -> object:
         return v.upper() if isinstance(v, str) and v else (v or None)
 
-    @field_validator("mqtt_username", "mqtt_password", "public_base", "server_token", mode="before")
+    @field_validator("mqtt_username", "mqtt_password", "public_base", "server_token",
+                     "mdns_interfaces", mode="before")
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
         return None if v == "" else v

@@ -10,11 +10,13 @@ from shared.serve import load_config
 from shared.web import install_error_handlers
 
 from .core import HttpPoller
+from .lan import ProbeSide, build_probe_side
 from .routes import bp
 
 
-def create_app(poller: HttpPoller | None = None) -> Flask:
-    """The app; without a ``poller`` it builds one from the environment and starts polling."""
+def create_app(poller: HttpPoller | None = None, probes: ProbeSide | None = None) -> Flask:
+    """The app; without a ``poller`` it builds one (and the probe side) from the environment
+    and starts them."""
     app = Flask(__name__)
     if poller is None:
         settings, instance = load_config("http-poller")
@@ -25,6 +27,11 @@ def create_app(poller: HttpPoller | None = None) -> Flask:
         pusher.start()
         poller.start()
         app.extensions["pusher"] = pusher
+        # The LAN-facing probe API runs on its own socket in this same worker (see lan.py).
+        probes = build_probe_side(settings, instance, pusher.emit)
+        probes.start(host=settings.host, port=settings.port)
+    if probes is not None:
+        app.extensions["probes"] = probes
     app.extensions["http_poller"] = poller
     app.register_blueprint(bp)
     install_error_handlers(app)

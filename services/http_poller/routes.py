@@ -10,6 +10,7 @@ from shared.timeutil import iso
 from shared.web import json_response, parse_body
 
 from .core import HttpPoller
+from .lan import ProbeSide
 
 bp = Blueprint("http_poller", __name__)
 
@@ -22,8 +23,10 @@ def _poller() -> HttpPoller:
 @bp.get("/health")
 def health() -> Response:
     pusher: Pusher | None = current_app.extensions.get("pusher")
+    probes: ProbeSide | None = current_app.extensions.get("probes")
     return json_response({"status": "ok", "service": "http-poller", **_poller().totals(),
-                          "push": pusher.stats() if pusher else None, "timestamp": iso()})
+                          "push": pusher.stats() if pusher else None,
+                          "probes": probes.status() if probes else None, "timestamp": iso()})
 
 
 @bp.get("/sensors")

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -164,6 +167,30 @@ def _format_errors(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(data: Any, env: Mapping[str, str], *, where: str = "") -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of the file, as compose does,
+    so one file serves on the host and in a container; an unset variable without a default is
+    an error naming it and the field."""
+    if isinstance(data, dict):
+        return {k: expand_env(v, env, where=f"{where}.{k}" if where else k) for k, v in data.items()}
+    if isinstance(data, list):
+        return [expand_env(v, env, where=f"{where}.{i}") for i, v in enumerate(data)]
+    if not isinstance(data, str) or "${" not in data:
+        return data
+
+    def value(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        found = env.get(name) or default
+        if found is None:
+            raise ConfigError(f"{where}: ${{{name}}} is not set and has no default")
+        return found
+
+    return _VAR.sub(value, data)
+
+
 def parse_instance(data: Any, *, origin: str = "<instance>") -> Instance:
     try:
         return Instance.model_validate(data)
@@ -183,6 +210,10 @@ def load_instance(path: Path, *, expected_id: str | None = None) -> Instance:
         raise ConfigError(
             f"invalid instance file {path}: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from exc
+    try:
+        data = expand_env(data, os.environ)
+    except ConfigError as exc:
+        raise ConfigError(f"invalid instance file {path}:\n  {exc}") from exc
     instance = parse_instance(data, origin=str(path))
     if expected_id is not None and instance.instance_id != expected_id:
         raise ConfigError(

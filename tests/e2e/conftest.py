@@ -3,7 +3,6 @@ broker, with the demo instance file (its HTTP motion sensor pointed at a real de
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -56,6 +55,7 @@ def instance_env(broker: Broker, tmp: Path, instances: Path, name: str) -> dict[
         "STATE_AGGREGATOR_PORT": str(free_port()),
         "PORT": str(free_port()),
         "HOST": "127.0.0.1",
+        "PROBE_DISCOVERY": "false",  # never provision another test's probes
         "LOG_LEVEL": "INFO",
     }
 
@@ -90,14 +90,9 @@ def demo(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     threading.Thread(target=sensors.serve_forever, daemon=True).start()
     instances = tmp / "instances"
     instances.mkdir()
-    data = json.loads((ROOT / "instances" / "demo.json").read_text())
-    for sensor in data["config"]["sensors"]:
-        if sensor["source"]["type"] == "http":
-            port = sensors.server_address[1]
-            sensor["source"]["url"] = sensor["source"]["url"].replace(":5010", f":{port}")
-    (instances / "demo.json").write_text(json.dumps(data))
-    shutil.copy(ROOT / "instances" / "instance.schema.json", instances)
+    shutil.copy(ROOT / "instances" / "demo.json", instances)
     env = instance_env(mosquitto, tmp, instances, "demo")
+    env["DEMO_SENSORS_PORT"] = str(sensors.server_address[1])
     proc, output = start_supervisord(env)
     inst = Instance(env, f"{env['MQTT_BASE_TOPIC']}/v1/instances/demo", proc, output)
     yield inst

@@ -26,7 +26,7 @@ def test_hub_run_starts_broker_and_demo_and_stops_cleanly(tmp_path: Path) -> Non
         "HUB_RUN_DIR": str(tmp_path / "run"), "DATA_DIR": str(tmp_path / "data"),
         "SERIAL_HANDLER_PORT": str(free_port()), "HTTP_POLLER_PORT": str(free_port()),
         "STATE_AGGREGATOR_PORT": str(free_port()), "PORT": str(free_port()),
-        "HOST": "127.0.0.1", "DEMO_SENSORS_PORT": str(free_port()),
+        "HOST": "127.0.0.1", "DEMO_SENSORS_PORT": str(free_port()), "PROBE_DISCOVERY": "false",
     })
     proc = subprocess.Popen([str(ROOT / "hub"), "run"], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -71,6 +71,23 @@ def test_sensors_sharing_a_port_must_agree(tmp_path: Path) -> None:
         load_instance(_write(tmp_path, data))
 
 
+def test_variables_are_expanded_with_defaults(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEMO_SENSORS_HOST", "demo-sensors")
+    monkeypatch.delenv("DEMO_SENSORS_PORT", raising=False)
+    instance = load_instance(ROOT / "instances" / "demo.json")
+    urls = [s.source.url for s in instance.config.sensors if s.source.type == "http"]
+    assert urls == ["http://demo-sensors:5010/motion"]
+
+
+def test_an_unset_variable_without_default_names_it_and_the_field(tmp_path: Path) -> None:
+    data = _demo()
+    data["config"]["sensors"][3]["source"]["url"] = "http://${NO_SUCH_HOST_VAR}/x"
+    expected = r"config\.sensors\.3\.source\.url: \$\{NO_SUCH_HOST_VAR\} is not set"
+    with pytest.raises(ConfigError, match=expected):
+        load_instance(_write(tmp_path, data))
+
+
 def test_not_json_says_where(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"not JSON: .* line 1 column 2"):
         load_instance(_write(tmp_path, "{oops"))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -35,9 +34,6 @@ Emit = Callable[[ReadingObs | ErrorObs | EventObs | LinkObs], None]
 # (port, error_code, message, device_id): every bad line, for ``/errors``; not rate-limited.
 OnBadLine = Callable[[str, str, str, str | None], None]
 
-# Whatever the configured line ending, a line may end in \n, \r\n or \r: Serial.println sends
-# \r\n, some terminals send \r. ``line_ending`` only decides what the hub writes.
-_EOL = re.compile(rb"\r\n|\r|\n")
 READ_GRANULARITY = 0.2  # s; how often a blocked reader looks up to see whether it should stop
 # A fresh read of a streaming sensor waits for its next line, but never past the aggregator's
 # 15 s wait for the answer (services/state_aggregator/core.py, refresh).
@@ -111,6 +107,7 @@ class PortWorker:
         self._fail_waiters(ReadError("PORT_UNAVAILABLE", f"{self.url}: the handler is stopping"))
         for t in self._threads:
             t.join(timeout)
+        self.down_reason = "stopped"
 
     @property
     def is_up(self) -> bool:
@@ -180,24 +177,16 @@ class PortWorker:
                 port.close()
 
     def _pump(self, port: serial.SerialBase) -> None:
-        buf = b""
-        discarding = False  # inside a line already reported as too long
+        framer = protocol.LineFramer()
         while not self._stop.is_set():
             chunk = port.read(max(1, port.in_waiting))
-            if not chunk:
-                continue
-            *lines, buf = _EOL.split(buf + chunk)
-            for raw in lines:
-                if discarding:
-                    discarding = False  # this is the too-long line's tail
-                    continue
-                self._handle_raw(raw)
-            if len(buf) > protocol.MAX_LINE:
-                if not discarding:
-                    text = buf[:200].decode("utf-8", errors="replace")
+            for raw in framer.feed(chunk) if chunk else ():
+                if isinstance(raw, protocol.Overlong):
+                    text = raw.head.decode("utf-8", errors="replace")
                     self._garbage(text, f"line longer than {protocol.MAX_LINE} bytes",
                                   protocol.guess_id(text))
-                discarding, buf = True, b""
+                else:
+                    self._handle_raw(raw)
 
     def _handle_raw(self, raw: bytes) -> None:
         line = raw.decode("utf-8", errors="replace").strip()
@@ -365,13 +354,17 @@ class PortWorker:
     def command(self, sensor_id: str, request: CommandRequest) -> CommandResult:
         """Write the command line and wait for the sensor's ack line: ``success`` (ok), ``error``
         (refused, or the port is gone) or ``timeout`` after ``request.timeout_s``."""
+        try:
+            line = protocol.command_line(sensor_id, request.cmd_id, request.values,
+                                         self.config.line_ending)
+        except TypeError as exc:  # orjson.JSONEncodeError: a lone surrogate, say
+            return CommandResult(status="error", error=f"cannot encode the command: {exc}")
         key = (sensor_id, request.cmd_id)
         fut: Future[CommandResult] = Future()
         with self._lock:
             self._acks[key] = fut
         try:
-            self._write(protocol.command_line(sensor_id, request.cmd_id, request.values,
-                                              self.config.line_ending))
+            self._write(line)
             return fut.result(timeout=request.timeout_s)
         except FutureTimeout:
             return CommandResult(status="timeout", error=f"{sensor_id} did not acknowledge "

@@ -213,6 +213,45 @@ def guess_id(line: str) -> str | None:
     return None
 
 
+# Whatever a port's configured line ending, a line may end in \n, \r\n or \r: Serial.println
+# sends \r\n, some terminals send \r. ``line_ending`` only decides what the hub writes.
+_EOL = re.compile(rb"\r\n|\r|\n")
+
+
+@dataclass(frozen=True, slots=True)
+class Overlong:
+    """A line longer than ``MAX_LINE``: its first bytes, for the error message."""
+
+    head: bytes
+
+
+class LineFramer:
+    """Cuts a byte stream into lines, wherever the reads happened to split it. A line longer than
+    ``max_line`` is reported once as ``Overlong`` and the rest of it is dropped, so a board at
+    the wrong baud rate (no line endings at all) cannot grow the buffer without bound."""
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self._max = max_line
+        self._buf = b""
+        self._discarding = False  # inside a line already reported as overlong
+
+    def feed(self, chunk: bytes) -> list[bytes | Overlong]:
+        *lines, self._buf = _EOL.split(self._buf + chunk)
+        out: list[bytes | Overlong] = []
+        for line in lines:
+            if self._discarding:
+                self._discarding = False  # the overlong line's tail
+            elif len(line) > self._max:
+                out.append(Overlong(line[:200]))
+            else:
+                out.append(line)
+        if len(self._buf) > self._max:
+            if not self._discarding:
+                out.append(Overlong(self._buf[:200]))
+            self._discarding, self._buf = True, b""
+        return out
+
+
 def read_request(device_id: str, line_ending: str) -> bytes:
     return orjson.dumps({"id": device_id, "read": True}) + line_ending.encode()
 

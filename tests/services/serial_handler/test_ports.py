@@ -276,3 +276,11 @@ def test_stop_ends_the_threads(board, start_handler) -> None:
     b.read_line()  # the poll thread now waits for an answer that never comes
     handler.stop()
     assert not any(t.is_alive() for t in worker._threads)
+
+
+def test_a_command_that_cannot_be_encoded_is_an_error_unwritten(board, start_handler) -> None:
+    b = board()
+    handler = start_handler(serial_sensor("relay1", b.path, writable=True))
+    result = handler.command("relay1", _command({"label": "\ud800"}))
+    assert result.status == "error" and "cannot encode" in (result.error or "")
+    assert b.pending() == b""

@@ -4,6 +4,7 @@ properties over generated lines (round trips; garbage raises LineError and nothi
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import shlex
@@ -20,6 +21,8 @@ from services.serial_handler.protocol import (
     Event,
     Failure,
     LineError,
+    LineFramer,
+    Overlong,
     Reading,
     command_line,
     guess_id,
@@ -208,3 +211,56 @@ def test_any_json_object_parses_or_raises_line_error(body: Any, device_id: Any) 
     obj = {"id": device_id, "v": body} if device_id is not None else {"v": body}
     with contextlib.suppress(LineError):
         parse_line(json.dumps(obj))  # json: it writes ints past 64 bits, which orjson refuses
+
+
+@given(ids, st.text(st.characters(codec="utf-8"), min_size=1, max_size=40),
+       st.dictionaries(names, words | numbers, max_size=4),
+       st.sampled_from(["\n", "\r\n", "\r"]))
+@settings(max_examples=100, deadline=None)
+def test_a_command_is_always_exactly_one_line(device_id: str, cmd_id: str,
+                                              values: dict[str, Any], ending: str) -> None:
+    # Newlines inside a cmd_id or a value are JSON-escaped: a command cannot break the framing.
+    line = command_line(device_id, cmd_id, values, ending)
+    body = line[: -len(ending)]
+    assert line.endswith(ending.encode()) and b"\n" not in body and b"\r" not in body
+    assert orjson.loads(body) == {"id": device_id, "cmd_id": cmd_id, "values": values}
+
+
+# --- framing -----------------------------------------------------------------------------------
+
+def _feed_all(chunks: list[bytes], max_line: int = 4096) -> list[bytes | Overlong]:
+    framer = LineFramer(max_line)
+    out = [item for chunk in chunks for item in framer.feed(chunk)]
+    return [x for x in out if x != b""]  # \r|\n split by a read: the empty half is no line
+
+
+def test_framer_endings_and_overlong_lines() -> None:
+    assert _feed_all([b"a=1\nb=2\r\nc=3\rd=4"]) == [b"a=1", b"b=2", b"c=3"]
+    assert _feed_all([b"x" * 20 + b"\nok\n"], max_line=10) == [Overlong(b"x" * 20), b"ok"]
+    assert _feed_all([b"x" * 8, b"x" * 8, b"x" * 8, b"\nok\n"], max_line=10) == [
+        Overlong(b"x" * 16), b"ok"]
+
+
+line_bytes = st.binary(min_size=1, max_size=60).filter(lambda b: b"\r" not in b and b"\n" not in b)
+
+
+@given(st.lists(line_bytes | st.just(b"L" * 100), min_size=1, max_size=10),
+       st.lists(st.sampled_from([b"\n", b"\r\n", b"\r"]), min_size=10, max_size=10),
+       st.lists(st.integers(min_value=1, max_value=50), min_size=1, max_size=40))
+@settings(max_examples=150, deadline=None)
+def test_framer_gives_the_same_lines_however_the_reads_split(
+        lines: list[bytes], endings: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(line + end for line, end in zip(lines, endings, strict=False))
+    chunks, at = [], 0
+    for size in itertools.cycle(cuts):
+        if at >= len(stream):
+            break
+        chunks.append(stream[at:at + size])
+        at += size
+    got = _feed_all(chunks, max_line=64)
+    assert len(got) == len(lines)
+    for line, item in zip(lines, got, strict=True):
+        if len(line) > 64:
+            assert isinstance(item, Overlong) and line.startswith(item.head)
+        else:
+            assert item == line

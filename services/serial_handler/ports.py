@@ -35,6 +35,7 @@ Emit = Callable[[ReadingObs | ErrorObs | EventObs | LinkObs], None]
 OnBadLine = Callable[[str, str, str, str | None], None]
 
 READ_GRANULARITY = 0.2  # s; how often a blocked reader looks up to see whether it should stop
+STABLE_AFTER = 10.0  # s a port must stay open before the retry delay starts again from the least
 # A fresh read of a streaming sensor waits for its next line, but never past the aggregator's
 # 15 s wait for the answer (services/state_aggregator/core.py, refresh).
 FRESH_READ_CAP = 12.0
@@ -138,8 +139,11 @@ class PortWorker:
             if self._stop.is_set():
                 port.close()
                 return
-            delay = self._backoff[0]
+            opened = time.monotonic()
             self._serve(port)
+            # A port that drops soon after opening (a board in a reset loop) backs off as well.
+            stable = time.monotonic() - opened >= STABLE_AFTER
+            delay = self._backoff[0] if stable else min(delay * 2, self._backoff[1])
             self._wait_retry(delay)
 
     def _wait_retry(self, delay: float) -> None:

@@ -1,5 +1,5 @@
-"""Fixtures for the container tests: tools, podman set up for this machine, a real MQTT broker
-and real MQTT subscribers.
+"""Fixtures for the container tests: tools and podman set up for this machine. The broker is
+the suite's shared ``mosquitto`` fixture (tests/conftest.py).
 
 The static tests (hadolint, docker-compose) need only two binaries. The smoke test builds the
 repository's Dockerfile with podman (scripts/container/build.sh), runs it with host networking
@@ -11,24 +11,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 # The test modules import container_support by name, whatever pytest's import mode.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from container_support import (
-    REPO,
-    SCRIPTS,
-    Broker,
-    Subscriber,
-    container_env,
-    find_tool,
-    start_mosquitto,
-)
+from container_support import REPO, SCRIPTS, container_env, find_tool
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,41 +38,6 @@ def tool() -> Callable[[str], str]:
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
-
-
-@pytest.fixture(scope="session")
-def _own_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """A private mosquitto, for when tests/conftest.py provides no ``mosquitto`` fixture."""
-    proc, broker = start_mosquitto(tmp_path_factory.mktemp("mosquitto"))
-    try:
-        yield broker
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="session")
-def broker(request: pytest.FixtureRequest) -> Any:
-    """The project's shared ``mosquitto`` fixture when it exists, else a private one; either
-    way an object with ``.host`` and ``.port``."""
-    try:
-        return request.getfixturevalue("mosquitto")
-    except pytest.FixtureLookupError:
-        return request.getfixturevalue("_own_mosquitto")
-
-
-@pytest.fixture
-def subscribe(broker: Any) -> Iterator[Callable[[str], Subscriber]]:
-    """``subscribe(topic_filter)`` -> a connected ``Subscriber``, closed after the test."""
-    opened: list[Subscriber] = []
-
-    def _subscribe(topic_filter: str) -> Subscriber:
-        opened.append(Subscriber(broker.host, broker.port, topic_filter))
-        return opened[-1]
-
-    yield _subscribe
-    for sub in opened:
-        sub.close()
 
 
 @pytest.fixture(scope="session")

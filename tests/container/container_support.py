@@ -1,15 +1,13 @@
-"""Helpers for the container tests: tool lookup, free ports, polling with a deadline, a real
-MQTT subscriber and podman's environment. conftest.py turns them into fixtures; the test
-modules import what they need from here (the module name is unique, so the import is not
-ambiguous the way ``import conftest`` would be)."""
+"""Helpers for the container tests: tool lookup, polling with a deadline, an MQTT v5 subscriber
+that sees the publisher's retain flag, and podman's environment. conftest.py turns some into
+fixtures; the test modules import what they need from here (the module name is unique, so the
+import is not ambiguous the way ``import conftest`` would be)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -40,12 +38,6 @@ def find_tool(name: str) -> str:
     return found
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_until(
     condition: Callable[[], Any],
     *,
@@ -67,44 +59,6 @@ def wait_until(
 
 
 # --- MQTT ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Broker:
-    host: str
-    port: int
-
-
-def _accepts(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen[bytes], Broker]:
-    """A private mosquitto on 127.0.0.1 on a free port, accepting connections when returned."""
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "set_tcp_nodelay true\nlog_dest stderr\n"
-    )
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until(
-            lambda: proc.poll() is not None or _accepts("127.0.0.1", port),
-            timeout=10,
-            what=f"mosquitto on port {port}",
-        )
-    except BaseException:
-        proc.terminate()
-        raise
-    if proc.poll() is not None:
-        pytest.fail(f"mosquitto exited with {proc.returncode}")
-    return proc, Broker("127.0.0.1", port)
 
 
 @dataclass(frozen=True)

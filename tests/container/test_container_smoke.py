@@ -21,7 +21,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from container_support import SCRIPTS, Message, Subscriber, free_port, wait_until
+from container_support import SCRIPTS, Message, Subscriber, wait_until
+
+from tests.helpers import Broker, free_port
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
 
@@ -61,7 +63,7 @@ class Hub:
     env: dict[str, str]
     name: str
     base: str
-    broker: Any
+    broker: Broker
     devices: list[str]
     containers: list[str] = field(default_factory=list)
 
@@ -103,7 +105,7 @@ def run_container(hub: Hub, name: str, *args: str) -> None:
 def hub(
     image: str,
     podman_env: dict[str, str],
-    broker: Any,
+    mosquitto: Broker,
     repo: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Hub]:
@@ -114,7 +116,7 @@ def hub(
     instance_file.write_text(json.dumps(instance, indent=2))
     instance_file.chmod(0o644)
 
-    hub = Hub(podman_env, f"sensor-hub-test-{suffix}", f"sensor-hub-test-{suffix}", broker, devices)
+    hub = Hub(podman_env, f"sensor-hub-test-{suffix}", f"sensor-hub-test-{suffix}", mosquitto, devices)
     try:
         run_container(
             hub,
@@ -135,8 +137,8 @@ def hub(
         }
         environment = {
             "INSTANCE_NAME": INSTANCE,
-            "MQTT_HOST": broker.host,
-            "MQTT_PORT": str(broker.port),
+            "MQTT_HOST": mosquitto.host,
+            "MQTT_PORT": str(mosquitto.port),
             "MQTT_BASE_TOPIC": hub.base,
             **{key: str(value) for key, value in ports.items()},
         }

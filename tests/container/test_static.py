@@ -48,11 +48,23 @@ def compose(tool: Callable[[str], str], repo: Path) -> dict[str, Any]:
 
 
 def hub_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services that run an instance (the image, with an INSTANCE_NAME)."""
     return {
         name: service
         for name, service in compose["services"].items()
         if service.get("image", "").startswith("sensor-hub")
+        and "INSTANCE_NAME" in service.get("environment", {})
     }
+
+
+def test_compose_helpers_do_not_inherit_the_instance_healthcheck(compose: dict[str, Any]) -> None:
+    """Another container from the image (the demo endpoint) runs no supervisord, so the image's
+    HEALTHCHECK would call it unhealthy for ever."""
+    hubs = hub_services(compose)
+    for name, service in compose["services"].items():
+        if service.get("image", "").startswith("sensor-hub") and name not in hubs:
+            assert "shared.healthcheck" not in str(service.get("healthcheck", {})), name
+            assert service.get("healthcheck", {}).get("test"), f"{name} needs its own healthcheck"
 
 
 def test_compose_has_a_broker_with_healthcheck_and_restart(compose: dict[str, Any]) -> None:

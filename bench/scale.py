@@ -1,0 +1,91 @@
+"""Scale: instances with 1,000 / 5,000 / 10,000 serial devices (spread over a few ptys). One
+cycle = one reading for every device; measured: the time from the first line written to the
+last device's state at the subscriber, CPU seconds of each process over the cycle, and the
+REST calls the bridge made (counted by a relay in front of the aggregator)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from .broker import Broker, free_port
+from .e2e import start_serial_hub
+from .feed import Feeder, Ptys
+from .modes import Mode
+from .mqttload import Subscriber
+from .restcount import RequestCounter, delta
+from .stats import median
+
+log = logging.getLogger(__name__)
+PORTS = 4
+BRIDGE_PATHS = ("GET /changes", "GET /snapshot", "GET /devices", "GET /groups", "GET /health")
+
+
+def run(broker: Broker, mode: Mode) -> dict[str, Any]:
+    out: dict[str, Any] = {"sizes": []}
+    for size in mode.scale_sizes:
+        out["sizes"].append(_one_size(broker, mode, size))
+    return out
+
+
+def _one_size(broker: Broker, mode: Mode, size: int) -> dict[str, Any]:
+    ptys = Ptys(PORTS)
+    relay_port, aggregator_port = free_port(), free_port()
+    relay = RequestCounter(relay_port, aggregator_port)
+    t0 = time.monotonic()
+    hub = None
+    try:
+        hub, ports = start_serial_hub(
+            broker, ptys, size // PORTS,
+            env={"STATE_AGGREGATOR_PORT": str(aggregator_port),
+                 "STATE_AGGREGATOR_URL": f"http://127.0.0.1:{relay_port}"})
+        ready_s = time.monotonic() - t0
+        sub = Subscriber(broker.host, broker.port, [f"{hub.base}/devices/+/state"],
+                         record_suffix="/state", qos=1)
+        feeder = Feeder(ports, capacity=size * (mode.scale_cycles + 2) + 10,
+                        received=lambda: sub.recorded.value)
+        cycles = []
+        try:
+            for c in range(mode.scale_cycles + 1):  # the first one warms up and is not counted
+                sub.reset()
+                time.sleep(0.3)  # let the previous cycle's tail settle before measuring CPU
+                cpu0, req0 = hub.cpu(), relay.counts()
+                first = feeder.sent
+                start_ns = feeder.cycle(20.0 + c)
+                done = sub.wait_recorded(size, timeout=120, idle=15)
+                dump = sub.dump()
+                cpu1, req1 = hub.cpu(), relay.counts()
+                got = {s for s in dump.seqs if first <= s < first + size}
+                last_ns = max((a for s, a in zip(dump.seqs, dump.arrivals, strict=True)
+                               if first <= s < first + size), default=start_ns)
+                reqs = delta(req1, req0)
+                row = {
+                    "cycle_s": round((last_ns - start_ns) / 1e9, 3),
+                    "complete": done and len(got) == size, "states": len(got),
+                    "cpu_s": {k: round(cpu1.get(k, 0) - v, 2) for k, v in cpu0.items()},
+                    "bridge_rest_calls": sum(v for k, v in reqs.items() if k in BRIDGE_PATHS),
+                    "ingest_calls": reqs.get("POST /ingest", 0), "requests": reqs,
+                }
+                row["cpu_s_total"] = round(sum(row["cpu_s"].values()), 2)
+                if c > 0:
+                    cycles.append(row)
+            memory = hub.memory()
+        finally:
+            sub.close()
+    finally:
+        if hub is not None:
+            hub.stop()
+        relay.close()
+        ptys.close()
+    procs = cycles[0]["cpu_s"].keys() if cycles else []
+    return {
+        "devices": size, "ready_s": round(ready_s, 2), "cycles": cycles,
+        "cycle_s": median([c["cycle_s"] for c in cycles]),
+        "complete": all(c["complete"] for c in cycles),
+        "cpu_s": {p: round(median([c["cpu_s"][p] for c in cycles]), 2) for p in procs},
+        "cpu_s_total": median([c["cpu_s_total"] for c in cycles]),
+        "bridge_rest_calls": median([c["bridge_rest_calls"] for c in cycles]),
+        "ingest_calls": median([c["ingest_calls"] for c in cycles]),
+        "memory": memory,
+    }

@@ -249,6 +249,9 @@ class HttpPoller:
         return [{"sensor_id": p.sensor.sensor_id, "sensor_type": p.sensor.sensor_type,
                  "url": p.source.url, "interval": p.interval, "values": p.last_values,
                  "timestamp": iso(p.last_ts) if p.last_ts else None,
+                 "reading": ReadingObs(device_id=p.sensor.sensor_id, ts=p.last_ts,
+                                       values=p.last_values).model_dump()
+                 if p.last_ts is not None and p.last_values else None,
                  "consecutive_failures": p.consecutive_failures}
                 for p in self.sensors.values()]
 

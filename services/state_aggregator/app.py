@@ -11,6 +11,7 @@ from shared.settings import Settings
 from shared.web import install_error_handlers
 
 from .core import Aggregator
+from .persist import RegistryStore
 from .routes import bp
 from .system import SystemSampler
 
@@ -25,6 +26,7 @@ def build_aggregator(settings: Settings, instance: Instance) -> Aggregator:
         cache_ttl=settings.cache_ttl if settings.cache_ttl is not None else instance.config.cache_ttl,
         poll_interval=settings.poll_interval,
         update_interval=settings.update_interval,
+        store=RegistryStore(settings.data_dir / "registry.json"),
     )
 
 

@@ -29,9 +29,12 @@ from shared.timeutil import iso
 
 from .cache import TTLCache
 from .changes import ChangeLog
+from .persist import Registration, RegistryStore
 from .registry import Device, build_registry
 
 log = logging.getLogger(__name__)
+
+SNAPSHOT_WARM_WAIT_S = 5.0
 
 
 class Aggregator:
@@ -45,6 +48,7 @@ class Aggregator:
         update_interval: float | None = None,
         clock: Callable[[], float] = time.time,
         changelog_capacity: int = 200_000,
+        store: RegistryStore | None = None,
     ) -> None:
         self.instance = instance
         self.handlers = dict(handlers)
@@ -61,11 +65,19 @@ class Aggregator:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
+        self._store = store
+        self.warmed = threading.Event()
+        self.warmed.set()  # until start() begins a warm-up there is nothing to wait for
+        self._registered: dict[str, Registration] = {}
+        for saved in store.load() if store else []:
+            self.register(saved.device, handler=saved.handler)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         self._monitor = threading.Thread(target=self._watch, name="availability", daemon=True)
         self._monitor.start()
+        self.warmed.clear()
+        threading.Thread(target=self.warm_up, name="warm-up", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -156,8 +168,38 @@ class Aggregator:
                 interval=request.interval, units=dict(request.units))
             self.changes.append({"kind": "device", "device_id": request.device_id,
                                  "ts": self.clock(), "action": "added"})
+            self._registered[request.device_id] = Registration(device=request, handler=handler)
+            if self._store is not None:
+                self._store.save(list(self._registered.values()))
         log.info("registered %s device %s", request.source, request.device_id)
         return True
+
+    def warm_up(self, *, deadline_s: float = 20.0) -> None:
+        """Take the handlers' last readings, so that a restarted aggregator does not announce
+        every device offline until its next reading. Handlers still starting are retried until
+        the deadline."""
+        try:
+            self._warm_up(deadline_s)
+        finally:
+            self.warmed.set()
+
+    def _warm_up(self, deadline_s: float) -> None:
+        end = time.monotonic() + deadline_s
+        pending = dict(self.handlers)
+        while pending and not self._stop.is_set():
+            for name, client in list(pending.items()):
+                try:
+                    sensors = client.get("/sensors", timeout=2.0)["sensors"]
+                except (ServiceError, KeyError, TypeError):
+                    continue
+                readings = [ReadingObs.model_validate(s["reading"])
+                            for s in sensors if isinstance(s, dict) and s.get("reading")]
+                self.ingest(readings, source=f"{client.name} (warm-up)")
+                log.info("warm-up: %d last readings from %s", len(readings), client.name)
+                del pending[name]
+            if time.monotonic() > end:
+                break
+            self._stop.wait(0.5)
 
     # --- queries ---------------------------------------------------------------------------------
     def device(self, device_id: str) -> Device:
@@ -172,7 +214,11 @@ class Aggregator:
             return [d.info(now) for d in self.devices.values()]
 
     def snapshot(self) -> dict[str, Any]:
-        """Every device with its last state, and the change-log position they are valid at."""
+        """Every device with its last state, and the change-log position they are valid at.
+
+        Waits (a little) for the warm-up, so a bridge that resyncs right after a restart does
+        not announce every device offline."""
+        self.warmed.wait(SNAPSHOT_WARM_WAIT_S)
         now = self.clock()
         with self._lock:
             devices = []

@@ -45,19 +45,26 @@ def validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_body(model: type[M], *, allow_empty: bool = False) -> M:
-    """The request body as ``model``, or an ``ApiError`` that says what is wrong with it."""
-    raw = request.get_data(cache=False)
+def json_object_body(*, required: str | None = None) -> dict[str, Any]:
+    """The request body as a JSON object (``{}`` when empty, unless ``required`` names what is
+    required), or an ``ApiError``: 400 for bad JSON, 422 for JSON that is not an object."""
+    raw = request.get_data(cache=True)
     if not raw.strip():
-        if allow_empty:
-            return model.model_validate({})
-        raise ApiError(400, "empty_body", f"a JSON object is required ({model.__name__})")
+        if required:
+            raise ApiError(400, "empty_body", f"a JSON object is required ({required})")
+        return {}
     try:
         data = loads(raw)
     except JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_body", f"body must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def parse_body(model: type[M], *, allow_empty: bool = False) -> M:
+    """The request body as ``model``, or an ``ApiError`` that says what is wrong with it."""
+    data = json_object_body(required=None if allow_empty else model.__name__)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

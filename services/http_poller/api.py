@@ -13,9 +13,8 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
 
-from shared.jsonutil import JSONDecodeError, loads
 from shared.timeutil import iso
-from shared.web import ApiError, error_response, install_error_handlers, json_response
+from shared.web import ApiError, error_response, install_error_handlers, json_object_body, json_response
 
 from .ingest import Ingest, IngestError
 from .probes import ProbeDirectory
@@ -39,16 +38,7 @@ def _ctx() -> LanContext:
 
 def _body() -> dict[str, Any]:
     """The JSON object body (empty for a GET); 400/422 with a message when it is not one."""
-    raw = request.get_data(cache=True)
-    if request.method == "GET" or not raw.strip():
-        return {}
-    try:
-        data = loads(raw)
-    except JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ApiError(422, "invalid_body", f"body must be a JSON object, not {type(data).__name__}")
-    return data
+    return {} if request.method == "GET" else json_object_body()
 
 
 @bp.before_request

@@ -3,10 +3,10 @@ broker: what an operator of `docker run` sees on the wire, in supervisorctl and 
 check.
 
 The container runs with host networking against the test broker on 127.0.0.1, with a unique base
-topic and unique ports for the four programs. The demo's HTTP motion sensor polls a demo HTTP
-server on 127.0.0.1; the test runs that server (from the same image, in a second container) on a
-free port and mounts a copy of instances/demo.json that points there, so that every configured
-device is checked, including the polled one.
+topic and unique ports for the four programs, and mounts instances/demo.json read-only as a user
+would. The demo's HTTP motion sensor polls ``${DEMO_SENSORS_HOST}:${DEMO_SENSORS_PORT}``; the test
+runs that demo server from the same image, in a second container, on a free port, so every
+configured device is checked, the polled one included.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from container_support import SCRIPTS, Message, Subscriber, wait_until
@@ -79,19 +77,9 @@ class Hub:
         return Subscriber(self.broker.host, self.broker.port, topic_filter)
 
 
-def demo_instance(source: Path, demo_port: int) -> tuple[dict[str, Any], list[str]]:
-    """instances/demo.json with HTTP sources on this host re-pointed at the test's demo server,
-    and the ids of all configured devices."""
-    instance = json.loads(source.read_text())
-    devices = []
-    for sensor in instance["config"]["sensors"]:
-        devices.append(sensor["sensor_id"])
-        src = sensor.get("source", {})
-        if src.get("type") == "http":
-            url = urlsplit(src["url"])
-            if url.hostname in {"127.0.0.1", "localhost"}:
-                src["url"] = urlunsplit(url._replace(netloc=f"127.0.0.1:{demo_port}"))
-    return instance, devices
+def configured_devices(instance_file: Path) -> list[str]:
+    instance = json.loads(instance_file.read_text())
+    return [sensor["sensor_id"] for sensor in instance["config"]["sensors"]]
 
 
 def run_container(hub: Hub, name: str, *args: str) -> None:
@@ -107,15 +95,11 @@ def hub(
     podman_env: dict[str, str],
     mosquitto: Broker,
     repo: Path,
-    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Hub]:
     suffix = uuid.uuid4().hex[:10]
     demo_port = free_port()
-    instance, devices = demo_instance(repo / "instances" / f"{INSTANCE}.json", demo_port)
-    instance_file = tmp_path_factory.mktemp("instances") / f"{INSTANCE}.json"
-    instance_file.write_text(json.dumps(instance, indent=2))
-    instance_file.chmod(0o644)
-
+    instance_file = repo / "instances" / f"{INSTANCE}.json"
+    devices = configured_devices(instance_file)
     hub = Hub(podman_env, f"sensor-hub-test-{suffix}", f"sensor-hub-test-{suffix}", mosquitto, devices)
     try:
         run_container(
@@ -126,6 +110,8 @@ def hub(
             image,
             "-m",
             "services.demo_sensors",
+            "--host",
+            "127.0.0.1",
             "--port",
             str(demo_port),
         )
@@ -140,6 +126,8 @@ def hub(
             "MQTT_HOST": mosquitto.host,
             "MQTT_PORT": str(mosquitto.port),
             "MQTT_BASE_TOPIC": hub.base,
+            "DEMO_SENSORS_HOST": "127.0.0.1",
+            "DEMO_SENSORS_PORT": str(demo_port),
             **{key: str(value) for key, value in ports.items()},
         }
         run_container(

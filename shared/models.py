@@ -15,7 +15,8 @@ from shared.topics import validate_id
 DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Severity = Literal["info", "warning", "error", "critical"]
 CommandStatus = Literal["accepted", "success", "error", "timeout", "expired", "rejected"]
-Source = Literal["serial", "http", "probe", "sensor", "system"]
+# The contract's device sources; the hub's own hub_system device is a "sensor" too.
+Source = Literal["serial", "http", "probe", "sensor"]
 
 
 def _check_property_names(values: dict[str, Any]) -> dict[str, Any]:

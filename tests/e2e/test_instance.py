@@ -65,6 +65,9 @@ def test_devices_list_lists_every_device(mosquitto: Broker, demo: Instance,
     assert listed[READ_ONLY]["global_id"] == f"demo_{READ_ONLY}"
     assert listed[READ_ONLY]["source"] == "serial"
     assert listed["motion_hallway"]["source"] == "http"
+    assert {d["source"] for d in listed.values()} <= {"serial", "http", "probe", "sensor"}
+    assert all(set(d) >= {"device_id", "global_id", "name", "model", "source", "enabled",
+                          "online", "last_seen"} for d in listed.values())
 
 
 def test_info_health_and_unknown_meta(mosquitto: Broker, demo: Instance, sub: Subscriber) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from services.demo_sensors.__main__ import make_server
 from tests.conftest import ROOT
-from tests.helpers import Broker, free_port, unique_base
+from tests.helpers import Broker, free_port, retained, unique_base
 
 
 @dataclass
@@ -95,6 +95,12 @@ def demo(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     env["DEMO_SENSORS_PORT"] = str(sensors.server_address[1])
     proc, output = start_supervisord(env)
     inst = Instance(env, f"{env['MQTT_BASE_TOPIC']}/v1/instances/demo", proc, output)
+    try:
+        retained(mosquitto.host, mosquitto.port, f"{inst.root_topic}/status", timeout=60,
+                 where=lambda m: m.text == "online")
+    except AssertionError:
+        stop_supervisord(proc)
+        raise AssertionError("the instance never came online:\n" + inst.log()) from None
     yield inst
     stop_supervisord(proc)
     sensors.shutdown()

@@ -89,7 +89,7 @@ def run(broker: Broker, mode: Mode, ceiling_q1: float) -> dict[str, Any]:
             out["latency_runs"].append(_latency(sub, feeder, mode))
     finally:
         sub.close()
-        hub.stop()
+        hub.stop(graceful=False)
         ptys.close()
     keys = ["readings_per_s", "mqtt_msgs_per_s", "msgs_per_reading", "ratio_msgs_to_q1_ceiling",
             "ratio_readings_to_q1_ceiling", "lost", "sent"]

@@ -8,6 +8,7 @@ the losses.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 import time
@@ -20,6 +21,42 @@ import requests
 LINE = b'{"id":"%s","temperature":%.1f,"seq":%d}\n'
 
 
+def _foreign_ptys() -> set[str]:
+    """/dev/pts paths named in the instance files of serial handlers running on this machine."""
+    import json
+    from pathlib import Path
+    found: set[str] = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or b"services.serial_handler" not in (
+                    proc / "cmdline").read_bytes():
+                continue
+            env = dict(kv.split("=", 1) for kv in (proc / "environ").read_bytes().decode(
+                errors="replace").split("\0") if "=" in kv)
+            path = Path(env.get("INSTANCES_DIR", "instances"))
+            if not path.is_absolute():
+                path = Path(os.readlink(proc / "cwd")) / path
+            doc = json.loads((path / f"{env.get('INSTANCE_NAME', 'demo')}.json").read_text())
+            for sensor in doc.get("config", {}).get("sensors", []):
+                port = str(sensor.get("source", {}).get("port", ""))
+                if port.startswith("/dev/pts/"):
+                    found.add(port)
+        except (OSError, ValueError, AttributeError):
+            continue
+    return found
+
+
+def _lockable(path: str) -> bool:
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 class Ptys:
     """``n`` pseudo-terminals; ``paths`` go into the instance file as serial ports."""
 
@@ -27,13 +64,25 @@ class Ptys:
         self.masters: list[int] = []
         self._slaves: list[int] = []
         self.paths: list[str] = []
-        for _ in range(n):
+        refused: list[int] = []
+        taken = _foreign_ptys()
+        while len(self.masters) < n:
             master, slave = os.openpty()
+            if os.ttyname(slave) in taken or not _lockable(os.ttyname(slave)):
+                # The serial handler opens ttys with an exclusive flock; another instance on
+                # this machine (a test's, left running) may keep retrying a /dev/pts/N of its
+                # own that no longer exists, and it would grab ours: skip those numbers.
+                refused += [master, slave]
+                if len(refused) > 40:
+                    raise RuntimeError("no lockable pseudo-terminal found")
+                continue
             tty.setraw(slave)  # no echo, no line editing: the handler sees bytes as written
             os.set_blocking(master, False)  # a full port must not hold up the others
             self.masters.append(master)
             self._slaves.append(slave)  # kept open so the pty lives while the handler reopens
             self.paths.append(os.ttyname(slave))
+        for fd in refused:
+            os.close(fd)
 
     def close(self) -> None:
         for fd in self.masters + self._slaves:

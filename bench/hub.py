@@ -163,9 +163,19 @@ class Hub:
         resp.raise_for_status()
         return resp.json()
 
-    def stop(self) -> None:
+    def stop(self, *, graceful: bool = True) -> None:
+        """SIGTERM to supervisord (it stops the programs in order), or, where the shutdown is
+        not what is measured, SIGKILL to the whole session at once."""
         if self.proc is None:
             return
+        if not graceful and self.proc.poll() is None:
+            # supervisord puts each program in a process group of its own: kill them one by one
+            for pid in [p for tree in self.pids().values() for p in tree]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.proc.wait(5)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

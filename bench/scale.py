@@ -75,7 +75,7 @@ def _one_size(broker: Broker, mode: Mode, size: int) -> dict[str, Any]:
             sub.close()
     finally:
         if hub is not None:
-            hub.stop()
+            hub.stop(graceful=False)
         relay.close()
         ptys.close()
     procs = cycles[0]["cpu_s"].keys() if cycles else []

@@ -25,5 +25,5 @@ def summary(runs: list[dict[str, float]], keys: Sequence[str]) -> dict[str, floa
     out = {}
     for key in keys:
         m = median([r[key] for r in runs if key in r])
-        out[key] = round(m, 3) if abs(m) < 100 else round(m)
+        out[key] = m if math.isnan(m) else round(m, 3) if abs(m) < 100 else round(m)
     return out

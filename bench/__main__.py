@@ -1,0 +1,101 @@
+"""``python -m bench [--full | --smoke] [--only SECTIONS]``: run the harness, print the table,
+write ``bench/results/latest.json`` and ``latest.md``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import e2e, polling, procs, report, scale, startup
+from .broker import start_broker
+from .modes import MODES
+from .mqttload import ceiling_run
+from .stats import median
+
+log = logging.getLogger("bench")
+SECTIONS = ("ceiling", "e2e", "scale", "polling", "startup")
+PAYLOAD = 150
+
+
+def ceiling(broker: Any, runs: int, n: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"payload_bytes": PAYLOAD}
+    for qos in (0, 1):
+        rs = [ceiling_run(broker.host, broker.port, qos=qos, n=n, size=PAYLOAD,
+                          inflight=100 if qos else 20) for _ in range(runs)]
+        out[f"qos{qos}_runs"] = rs
+        out[f"qos{qos}_msgs_per_s"] = round(median([x["msgs_per_s"] for x in rs]))
+        log.info("ceiling QoS %d: %s msgs/s", qos, out[f"qos{qos}_msgs_per_s"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="./hub bench", description=__doc__)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--full", action="store_true", help="the full run (about 15 minutes)")
+    group.add_argument("--smoke", action="store_true", help="a tiny run that checks the harness")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections (default: all of {','.join(SECTIONS)})")
+    parser.add_argument("--runs", type=int, help="repetitions behind each median")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results",
+                        help="where latest.json and latest.md go")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [bench] %(message)s")
+    mode = MODES["full" if args.full else "smoke" if args.smoke else "quick"]
+    if args.runs:
+        from dataclasses import replace
+        mode = replace(mode, runs=args.runs)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(only) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}")
+    if "e2e" in only and "ceiling" not in only:
+        only.insert(0, "ceiling")  # every throughput is a ratio to a ceiling of the same run
+
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"), "mode": mode.name,
+        "runs": mode.runs, "command": "./hub bench " + shlex.join(argv if argv is not None
+                                                                  else sys.argv[1:]),
+        "machine": procs.machine(), "notes": [],
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="sensor-hub-bench-broker-"))
+    broker = start_broker(workdir)
+    try:
+        if "ceiling" in only:
+            results["ceiling"] = ceiling(broker, mode.runs, mode.ceiling_msgs)
+        if "e2e" in only:
+            log.info("end to end: throughput and latency")
+            results["e2e"] = e2e.run(broker, mode, results["ceiling"]["qos1_msgs_per_s"])
+            results["e2e"]["throughput_s"] = mode.throughput_s
+            if not results["e2e"]["ingest_api"]:
+                results["notes"].append("the LAN ingest API did not answer: serial ptys only")
+        if "scale" in only:
+            log.info("scale: %s devices", mode.scale_sizes)
+            results["scale"] = scale.run(broker, mode)
+        if "polling" in only:
+            log.info("HTTP polling: %d sensors", mode.poll_sensors)
+            results["polling"] = polling.run(broker, mode)
+        if "startup" in only:
+            log.info("start-up and idle memory")
+            results["startup"] = startup.run(broker, mode)
+    finally:
+        broker.stop()
+    results["duration_s"] = round(time.monotonic() - started, 1)
+    results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["targets"] = report.targets(results)
+    _, mpath = report.write(results, args.out)
+    print(mpath.read_text())
+    print(f"written: {args.out / 'latest.json'}, {mpath}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

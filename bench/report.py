@@ -1,0 +1,144 @@
+"""Targets, and the results as JSON and as a Markdown table."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _ok(value: bool | None) -> str:
+    return "–" if value is None else ("**holds**" if value else "**missed**")
+
+
+def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, target: str, measured: str, held: bool | None) -> None:
+        out.append({"target": name, "goal": target, "measured": measured, "holds": held})
+
+    if "e2e" in r:
+        tp, lat = r["e2e"]["throughput"], r["e2e"]["latency"]
+        add("throughput", "≥ 50 % of the QoS 1 ceiling (MQTT msgs/s), nothing lost",
+            f"{tp['ratio_msgs_to_q1_ceiling'] * 100:.0f} % ({tp['mqtt_msgs_per_s']} msgs/s, "
+            f"{tp['readings_per_s']} readings/s), lost {tp['lost']:g}",
+            tp["ratio_msgs_to_q1_ceiling"] >= 0.5 and tp["lost"] == 0)
+        add("latency", "p99 < 50 ms at 1,000 readings/s",
+            f"p99 {lat['p99_ms']} ms at {lat['rate_per_s']}/s", lat["p99_ms"] < 50)
+    if "scale" in r and r["scale"]["sizes"]:
+        sizes = r["scale"]["sizes"]
+        big, small = sizes[-1], sizes[0]
+        add("scale: cycle time", f"{big['devices']:,} devices' states within 2 s",
+            f"{big['cycle_s']} s", big["cycle_s"] < 2.0 and big["complete"])
+        growth = (big["cycle_s"] / small["cycle_s"]) / (big["devices"] / small["devices"]) \
+            if small["cycle_s"] else math.nan
+        add("scale: growth", "linear or better (time per device does not grow)",
+            f"time/device × {growth:.2f} from {small['devices']:,} to {big['devices']:,}",
+            growth <= 1.25)
+        add("scale: REST calls", "constant number per cycle, not one per device",
+            " / ".join(f"{s['bridge_rest_calls']:g}" for s in sizes) + " calls per cycle",
+            big["bridge_rest_calls"] <= max(10, 3 * small["bridge_rest_calls"]))
+    if "polling" in r:
+        p = r["polling"]
+        add("HTTP polling", f"≥ 99 % of polls on time ({p['sensors']:,} sensors every "
+            f"{p['interval_s']:g} s)", f"{p['on_time_share'] * 100:.2f} % "
+            f"(poller's counters: {p['poller_on_time_share'] * 100:.2f} %)",
+            p["on_time_share"] >= 0.99)
+    if "startup" in r:
+        s = r["startup"]
+        pss = s["idle_memory"]["total"]["pss_mb"]
+        add("memory", "total PSS < 150 MB at idle", f"{pss:.0f} MB", pss < 150)
+        add("start-up", "< 5 s to online + a first state of every demo device",
+            f"{s['startup_s']:.2f} s", s["startup_s"] < 5)
+    return out
+
+
+def write(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jpath, mpath = out_dir / "latest.json", out_dir / "latest.md"
+    jpath.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    mpath.write_text(markdown(results))
+    return jpath, mpath
+
+
+def _mem_rows(mem: dict[str, dict[str, float]]) -> list[str]:
+    return [f"| {name} | {m['rss_mb']:.1f} | {m['pss_mb']:.1f} |" for name, m in mem.items()]
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [
+        f"# sensor-hub benchmark ({r['mode']} mode)", "",
+        f"- date: {r['date']}; took {r['duration_s']:.0f} s",
+        f"- command: `{r['command']}`",
+        f"- machine: {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB, Python {m['python']},"
+        f" mosquitto {m['mosquitto']}, paho-mqtt {m['paho_mqtt']}",
+        f"- load average at start: {m['loadavg_at_start']}, at end: {r.get('loadavg_at_end')}"
+        " (a shared machine: other work runs beside the benchmark)",
+        f"- every figure is the median of {r['runs']} runs", "",
+        "## Targets", "", "| target | goal | measured | |", "|---|---|---|---|",
+    ]
+    lines += [f"| {t['target']} | {t['goal']} | {t['measured']} | {_ok(t['holds'])} |"
+              for t in r["targets"]]
+    if "ceiling" in r:
+        c = r["ceiling"]
+        lines += ["", "## MQTT ceiling (bare paho publisher → bare paho subscriber, "
+                  f"{c['payload_bytes']}-byte payload)", "",
+                  "| QoS | msgs/s | runs |", "|---|---|---|",
+                  f"| 0 | {c['qos0_msgs_per_s']:,} | {', '.join(str(x['msgs_per_s']) for x in c['qos0_runs'])} |",
+                  f"| 1 | {c['qos1_msgs_per_s']:,} | {', '.join(str(x['msgs_per_s']) for x in c['qos1_runs'])} |"]
+    if "e2e" in r:
+        e = r["e2e"]
+        tp, lat = e["throughput"], e["latency"]
+        lines += ["", f"## End to end ({e['devices']} serial devices on {e['ports']} ptys"
+                  f"{', plus POSTs to /api/ingest' if e['ingest_api'] else ''})", "",
+                  "| figure | value |", "|---|---|",
+                  f"| readings/s (sustained {e['throughput_s']:g} s, closed loop) | {tp['readings_per_s']:,} |",
+                  f"| MQTT msgs/s ({tp['msgs_per_reading']:.2f} per reading) | {tp['mqtt_msgs_per_s']:,} |",
+                  f"| ratio to QoS 1 ceiling: msgs / readings | {tp['ratio_msgs_to_q1_ceiling']:.2f} / {tp['ratio_readings_to_q1_ceiling']:.2f} |",
+                  f"| lost | {tp['lost']:g} of {tp['sent']:g} |",
+                  f"| latency at {lat['rate_per_s']}/s: p50 / p95 / p99 / max | {lat['p50_ms']} / {lat['p95_ms']} / {lat['p99_ms']} / {lat['max_ms']} ms |",
+                  f"| latency runs lost | {lat['lost']:g} |",
+                  "| CPU s per 1,000 readings | " + ", ".join(
+                      f"{k} {v:.2f}" for k, v in tp["cpu_s_per_1k_readings"].items() if v) + " |"]
+    if "scale" in r:
+        lines += ["", "## Scale (one reading per device per cycle)", "",
+                  "| devices | cycle s | s per 1k devices | CPU s per cycle (total) | bridge CPU s | "
+                  "aggregator CPU s | serial CPU s | bridge REST calls | ingest calls | "
+                  "ready s | PSS total MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for s in r["scale"]["sizes"]:
+            cpu = s["cpu_s"]
+            lines.append(
+                f"| {s['devices']:,} | {s['cycle_s']:.2f}{'' if s['complete'] else ' (incomplete)'}"
+                f" | {s['cycle_s'] / s['devices'] * 1000:.3f} | {s['cpu_s_total']:.2f} | "
+                f"{cpu.get('mqtt-bridge', 0):.2f} | {cpu.get('state-aggregator', 0):.2f} | "
+                f"{cpu.get('serial-handler', 0):.2f} | {s['bridge_rest_calls']:g} | "
+                f"{s['ingest_calls']:g} | {s['ready_s']:.1f} | {s['memory']['total']['pss_mb']:.0f} |")
+    if "polling" in r:
+        p = r["polling"]
+        lines += ["", f"## HTTP polling ({p['sensors']:,} sensors every {p['interval_s']:g} s, "
+                  f"tolerance ±{p['tolerance_s']:g} s, windows of {p['window_s']:g} s)", "",
+                  "| figure | value |", "|---|---|",
+                  f"| on time (test server's timestamps) | {p['on_time_share'] * 100:.2f} % |",
+                  f"| on time (poller's late/polls) | {p['poller_on_time_share'] * 100:.2f} % |",
+                  f"| polls made / due | {p['coverage'] * 100:.2f} % |",
+                  f"| polls/s | {p['polls_per_s']:g} |"]
+    if "startup" in r:
+        s = r["startup"]
+        lines += ["", "## Start-up and memory (demo instance)", "",
+                  f"- start-up (supervisord start → retained `online` + first state of "
+                  f"{len(s['devices'])} devices): **{s['startup_s']:.2f} s** "
+                  f"(`online` alone: {s['online_s']:.2f} s); graceful stop: {s['stop_s']:.1f} s",
+                  "", "| process | RSS MB idle | PSS MB idle |", "|---|---|---|"]
+        lines += _mem_rows(s["idle_memory"])
+        lines.append(f"| (mosquitto, not counted) | {s['mosquitto_memory']['rss_mb']:.1f} | "
+                     f"{s['mosquitto_memory']['pss_mb']:.1f} |")
+    if "scale" in r and r["scale"]["sizes"]:
+        big = r["scale"]["sizes"][-1]
+        lines += ["", f"Memory at {big['devices']:,} devices:", "",
+                  "| process | RSS MB | PSS MB |", "|---|---|---|"]
+        lines += _mem_rows(big["memory"])
+    if r.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
+    return "\n".join(lines) + "\n"

@@ -27,12 +27,17 @@ SKIP_OPTIONS = {"cache-dir", "log", "target", "prefix", "root", "src", "user", "
 
 def effective_options() -> dict[tuple[str, str], str]:
     """{(section, option): value} as pip on this machine would apply it; environment wins."""
-    listing = subprocess.run(
+    listed = subprocess.run(
         [sys.executable, "-m", "pip", "config", "list"],
-        check=True,
+        check=False,
         capture_output=True,
         text=True,
-    ).stdout
+    )
+    if listed.returncode != 0:
+        # No pip beside this Python: the build gets pip's defaults (and the base image's CAs).
+        print(f"pip_config: `pip config list` failed: {listed.stderr.strip()}", file=sys.stderr)
+        return {}
+    listing = listed.stdout
     files: dict[tuple[str, str], str] = {}
     env: dict[tuple[str, str], str] = {}
     for line in listing.splitlines():

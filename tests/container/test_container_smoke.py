@@ -170,7 +170,7 @@ def test_image_is_configured_as_documented(image: str, podman_env: dict[str, str
 
 def test_image_has_no_build_tools(image: str, podman_env: dict[str, str]) -> None:
     probe = "for t in gcc cc c++ g++ make ld as; do command -v $t || true; done"
-    found = podman(podman_env, "run", "--rm", "--entrypoint", "sh", image, "-c", probe)
+    found = podman(podman_env, "run", "--rm", "--network=none", "--entrypoint", "sh", image, "-c", probe)
     assert found.returncode == 0, found.stderr
     assert found.stdout.split() == []
 

@@ -44,7 +44,8 @@ ENV INSTANCES_DIR=/app/instances \
     MQTT_HOST=mosquitto \
     PORT=8088
 
-# Per-instance state (the durable MQTT outbox among it) survives container replacement.
+# Per-instance state (device registry, probe CSV log; later the durable MQTT outbox) survives
+# container replacement.
 VOLUME ["/app/data"]
 
 # The LAN-facing ingest API for ESP32 probes; the internal REST ports stay on 127.0.0.1.

@@ -83,5 +83,8 @@ def serve(factory: Callable[[], Flask], *, bind: str, name: str, threads: int = 
             "accesslog": None,
             "errorlog": "-",
             "loglevel": "warning",
+            # gunicorn 27's control socket lives in $HOME, which is read-only in the container
+            # and shared by all three services on a host; supervisorctl is our control plane.
+            "control_socket_disable": True,
         },
     ).run()

@@ -1,10 +1,14 @@
 """The paho-mqtt wrapper. Only the bridge (``connector/``) uses it, and nothing else touches paho.
 
 What it adds to paho: the v2 callback API, a Last Will, ``TCP_NODELAY`` (a QoS 1 round trip is
-about 88 ms with Nagle and under 1 ms without), a moderate in-flight window (a large one makes
-paho slower), a send window that keeps unacknowledged QoS>0 messages far below paho's 16-bit
-message ids, subscriptions that complete before ``on_ready`` runs, and handlers that cannot kill
-the network thread.
+about 88 ms with Nagle and under 1 ms without), a send window that keeps unacknowledged QoS>0
+messages far below paho's 16-bit message ids, subscriptions that complete before ``on_ready``
+runs, and handlers that cannot kill the network thread.
+
+paho's own in-flight limit is off by default (``max_inflight=0``): with a limit, paho walks its
+message list from the start on every PUBACK to find the next queued message (``_update_inflight``,
+about a tenth of the bridge's CPU under load, and the reason a large limit is slow); without
+one it sends at once and never walks, and the send window alone bounds what is unacknowledged.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ class MqttClient:
         subscriptions: Sequence[tuple[str, int]] = (),
         on_ready: Callable[[], None] | None = None,
         on_lost: Callable[[], None] | None = None,
-        max_inflight: int = 50,
+        max_inflight: int = 0,
         send_window: int = 10_000,
     ) -> None:
         self.host = host

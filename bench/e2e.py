@@ -82,11 +82,15 @@ def run(broker: Broker, mode: Mode, ceiling_q1: float) -> dict[str, Any]:
         # warm-up: every port open and every device through once
         feeder.paced(500, 0.4)
         sub.wait_recorded(int(feeder.sent * 0.99), timeout=20)
-        for _ in range(mode.runs):
-            out["throughput_runs"].append(_throughput(hub, sub, feeder, mode, ingest
-                                                      if with_ingest else None, ceiling_q1))
+        for _ in range(mode.throughput_runs):
+            out["throughput_runs"].append(_throughput(hub, sub, feeder, mode, ceiling_q1))
         for _ in range(mode.runs):
             out["latency_runs"].append(_latency(sub, feeder, mode))
+        if with_ingest:
+            out["ingest_runs"] = [_ingest(hub, sub, feeder, ingest, mode)
+                                  for _ in range(mode.runs)]
+            out["ingest"] = summary(out["ingest_runs"], ["readings_per_s", "p50_ms", "p99_ms",
+                                                         "lost"])
     finally:
         sub.close()
         hub.stop(graceful=False)
@@ -108,20 +112,31 @@ def _med(values: list[float]) -> float:
     return median(values)
 
 
+def _ingest(hub: Hub, sub: Subscriber, feeder: Feeder, ingest: IngestPoster,
+            mode: Mode) -> dict[str, Any]:
+    """One POST per reading (as a probe sends them), one client, keep-alive."""
+    sub.reset()
+    first = feeder.sent
+    stop = threading.Event()
+    timer = threading.Timer(mode.latency_s, stop.set)
+    start_ns = time.time_ns()
+    timer.start()
+    ingest.run(feeder, stop)
+    end_ns = time.time_ns()
+    last = feeder.sent
+    sub.wait_recorded(last - first, timeout=30, idle=5.0)
+    lat, seen = _run_window(sub.dump(), feeder.sent_ns, first, last)
+    return {"readings_per_s": round(len(seen) / ((end_ns - start_ns) / 1e9)),
+            "sent": last - first, "lost": last - first - len(seen),
+            "p50_ms": round(pct(lat, 50), 2), "p99_ms": round(pct(lat, 99), 2)}
+
+
 def _throughput(hub: Hub, sub: Subscriber, feeder: Feeder, mode: Mode,
-                ingest: IngestPoster | None, ceiling_q1: float) -> dict[str, Any]:
+                ceiling_q1: float) -> dict[str, Any]:
     sub.reset()
     first = feeder.sent
     cpu0 = hub.cpu()
-    stop = threading.Event()
-    poster = None
-    if ingest is not None:
-        poster = threading.Thread(target=ingest.run, args=(feeder, stop), daemon=True)
-        poster.start()
     start_ns, end_ns = feeder.blast(mode.throughput_s, window=2000)
-    stop.set()
-    if poster is not None:
-        poster.join(5)
     last = feeder.sent
     sub.wait_recorded(last - first, timeout=60, idle=5.0)
     cpu1 = hub.cpu()

@@ -8,6 +8,7 @@ the losses.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -86,10 +87,8 @@ class Ptys:
 
     def close(self) -> None:
         for fd in self.masters + self._slaves:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 def write_all(fd: int, body: bytes) -> None:
@@ -133,11 +132,12 @@ class Feeder:
         start = time.time_ns()
         end = start + int(seconds * 1e9)
         turn = 0
+        base = self.sent  # received() counts from the start of this run
         while True:
             now = time.time_ns()
             if now >= end or self.sent + chunk > len(self.sent_ns):
                 break
-            if self.sent - self._received() > window:
+            if self.sent - base - self._received() > window:
                 time.sleep(0.0005)
                 continue
             # several lines per write, like a busy bus; the ports take turns
@@ -186,14 +186,15 @@ class Feeder:
             moved = False
             rest = []
             for fd, view in pending:
+                left = view
                 try:
                     n = os.write(fd, view)
-                    view = view[n:]
+                    left = view[n:]
                     moved = moved or n > 0
                 except BlockingIOError:
                     pass
-                if view:
-                    rest.append((fd, view))
+                if left:
+                    rest.append((fd, left))
             pending = rest
             if pending and not moved:
                 time.sleep(0.0002)

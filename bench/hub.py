@@ -5,6 +5,7 @@ worker count together) through /proc."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -171,10 +172,8 @@ class Hub:
         if not graceful and self.proc.poll() is None:
             # supervisord puts each program in a process group of its own: kill them one by one
             for pid in [p for tree in self.pids().values() for p in tree]:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             self.proc.wait(5)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -13,6 +13,7 @@ class Mode:
     ports: int                      # pseudo-terminals for the end-to-end sections
     devices_per_port: int
     throughput_s: float             # one sustained-throughput run
+    throughput_runs: int
     latency_s: float                # one latency run
     latency_rate: float             # readings/s offered in the latency runs
     scale_sizes: tuple[int, ...]
@@ -25,15 +26,16 @@ class Mode:
 
 MODES = {
     "smoke": Mode("smoke", runs=1, ceiling_msgs=2000, ports=2, devices_per_port=2,
-                  throughput_s=1.0, latency_s=1.0, latency_rate=200, scale_sizes=(100, 200),
+                  throughput_s=1.0, throughput_runs=1, latency_s=1.0, latency_rate=200,
+                  scale_sizes=(100, 200),
                   scale_cycles=1, poll_sensors=20, poll_interval=1.0, poll_window_s=3.0,
                   startup_runs=1),
     "quick": Mode("quick", runs=3, ceiling_msgs=10_000, ports=4, devices_per_port=4,
-                  throughput_s=4.0, latency_s=3.0, latency_rate=1000,
+                  throughput_s=4.0, throughput_runs=3, latency_s=3.0, latency_rate=1000,
                   scale_sizes=(1000, 5000, 10_000), scale_cycles=3, poll_sensors=1000,
-                  poll_interval=5.0, poll_window_s=10.0, startup_runs=3),
+                  poll_interval=5.0, poll_window_s=5.0, startup_runs=3),
     "full": Mode("full", runs=5, ceiling_msgs=40_000, ports=8, devices_per_port=4,
-                 throughput_s=60.0, latency_s=20.0, latency_rate=1000,
+                 throughput_s=60.0, throughput_runs=3, latency_s=20.0, latency_rate=1000,
                  scale_sizes=(1000, 5000, 10_000), scale_cycles=5, poll_sensors=1000,
                  poll_interval=5.0, poll_window_s=20.0, startup_runs=5),
 }

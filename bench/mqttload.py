@@ -8,6 +8,7 @@ message. The harness talks to it over a pipe: ``reset``, ``dump``.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import socket
 import threading
@@ -38,8 +39,9 @@ def _nodelay(client: paho.Client) -> None:
 
 
 # --- subscriber --------------------------------------------------------------------------------
-def _subscriber_main(host: str, port: int, filters: list[str], record_suffix: str, qos: int,
-                     conn: Connection, recorded: Any, total: Any) -> None:
+def _subscriber_main(  # noqa: PLR0917  (a Process target takes positional args)
+        host: str, port: int, filters: list[str], record_suffix: str, qos: int,
+        conn: Connection, recorded: Any, total: Any) -> None:
     lock = threading.Lock()
     seqs, arrivals = array("q"), array("q")
     counts = {"retained": 0, "unparsed": 0, "first_ns": 0, "last_ns": 0}
@@ -153,10 +155,8 @@ class Subscriber:
         return False
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(BrokenPipeError, OSError):
             self._conn.send("stop")
-        except (BrokenPipeError, OSError):
-            pass
         self.proc.join(5)
         if self.proc.is_alive():
             self.proc.terminate()
@@ -170,8 +170,9 @@ def payload(seq: int, size: int = 150) -> bytes:
     return head + b"x" * (size - len(head) - 2) + b'"}'
 
 
-def _publisher_main(host: str, port: int, topic: str, qos: int, n: int, size: int,
-                    inflight: int, window: int, conn: Connection) -> None:
+def _publisher_main(  # noqa: PLR0917  (a Process target takes positional args)
+        host: str, port: int, topic: str, qos: int, n: int, size: int, inflight: int,
+        window: int, conn: Connection) -> None:
     client = _client("bench-pub")
     client.max_inflight_messages_set(inflight)
     client.max_queued_messages_set(0)

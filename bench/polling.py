@@ -31,7 +31,7 @@ def _server_main(port: int, conn: Connection) -> None:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the poller's sessions expect
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             now = time.monotonic()
             with lock:
                 hits[self.path].append(now)
@@ -90,8 +90,8 @@ def run(broker: Broker, mode: Mode) -> dict[str, Any]:
             conn.send("dump")
             after = conn.recv()
             health1 = hub.get("http", "/health")
-            runs.append(_window(before["now"], after, interval, tolerance, mode, health0,
-                                health1))
+            runs.append(_window(before["now"], after, interval=interval, tolerance=tolerance,
+                                mode=mode, h0=health0, h1=health1))
         memory = hub.memory()
     finally:
         hub.stop(graceful=False)
@@ -108,7 +108,7 @@ def run(broker: Broker, mode: Mode) -> dict[str, Any]:
             "memory": memory}
 
 
-def _window(t0: float, dump: dict[str, Any], interval: float, tolerance: float, mode: Mode,
+def _window(t0: float, dump: dict[str, Any], *, interval: float, tolerance: float, mode: Mode,
             h0: dict[str, Any], h1: dict[str, Any]) -> dict[str, Any]:
     t1 = dump["now"]
     on_time = total = polls = 0

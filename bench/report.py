@@ -9,7 +9,7 @@ from typing import Any
 
 
 def _ok(value: bool | None) -> str:
-    return "–" if value is None else ("**holds**" if value else "**missed**")
+    return "-" if value is None else ("**holds**" if value else "**missed**")
 
 
 def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
@@ -34,7 +34,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         growth = (big["cycle_s"] / small["cycle_s"]) / (big["devices"] / small["devices"]) \
             if small["cycle_s"] else math.nan
         add("scale: growth", "linear or better (time per device does not grow)",
-            f"time/device × {growth:.2f} from {small['devices']:,} to {big['devices']:,}",
+            f"time per device x {growth:.2f} from {small['devices']:,} to {big['devices']:,}",
             growth <= 1.25)
         add("scale: REST calls", "constant number per cycle, not one per device",
             " / ".join(f"{s['bridge_rest_calls']:g}" for s in sizes) + " calls per cycle",
@@ -86,20 +86,28 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["", "## MQTT ceiling (bare paho publisher → bare paho subscriber, "
                   f"{c['payload_bytes']}-byte payload)", "",
                   "| QoS | msgs/s | runs |", "|---|---|---|",
-                  f"| 0 | {c['qos0_msgs_per_s']:,} | {', '.join(str(x['msgs_per_s']) for x in c['qos0_runs'])} |",
-                  f"| 1 | {c['qos1_msgs_per_s']:,} | {', '.join(str(x['msgs_per_s']) for x in c['qos1_runs'])} |"]
+                  *[f"| {q} | {c[f'qos{q}_msgs_per_s']:,} | "
+                    + ", ".join(str(x["msgs_per_s"]) for x in c[f"qos{q}_runs"]) + " |"
+                    for q in (0, 1)]]
     if "e2e" in r:
         e = r["e2e"]
         tp, lat = e["throughput"], e["latency"]
         lines += ["", f"## End to end ({e['devices']} serial devices on {e['ports']} ptys"
-                  f"{', plus POSTs to /api/ingest' if e['ingest_api'] else ''})", "",
+                  ")", "",
                   "| figure | value |", "|---|---|",
-                  f"| readings/s (sustained {e['throughput_s']:g} s, closed loop) | {tp['readings_per_s']:,} |",
+                  f"| readings/s (sustained {e['throughput_s']:g} s, closed loop) "
+                  f"| {tp['readings_per_s']:,} |",
                   f"| MQTT msgs/s ({tp['msgs_per_reading']:.2f} per reading) | {tp['mqtt_msgs_per_s']:,} |",
-                  f"| ratio to QoS 1 ceiling: msgs / readings | {tp['ratio_msgs_to_q1_ceiling']:.2f} / {tp['ratio_readings_to_q1_ceiling']:.2f} |",
+                  f"| ratio to QoS 1 ceiling: msgs / readings | {tp['ratio_msgs_to_q1_ceiling']:.2f} "
+                  f"/ {tp['ratio_readings_to_q1_ceiling']:.2f} |",
                   f"| lost | {tp['lost']:g} of {tp['sent']:g} |",
-                  f"| latency at {lat['rate_per_s']}/s: p50 / p95 / p99 / max | {lat['p50_ms']} / {lat['p95_ms']} / {lat['p99_ms']} / {lat['max_ms']} ms |",
+                  f"| latency at {lat['rate_per_s']}/s: p50 / p95 / p99 / max | {lat['p50_ms']} / "
+                  f"{lat['p95_ms']} / {lat['p99_ms']} / {lat['max_ms']} ms |",
                   f"| latency runs lost | {lat['lost']:g} |",
+                  *([f"| LAN ingest API, one POST per reading, one client: readings/s, p50 / p99 "
+                     f"| {e['ingest']['readings_per_s']:,}, {e['ingest']['p50_ms']} / "
+                     f"{e['ingest']['p99_ms']} ms, lost {e['ingest']['lost']:g} |"]
+                    if e.get("ingest") else []),
                   "| CPU s per 1,000 readings | " + ", ".join(
                       f"{k} {v:.2f}" for k, v in tp["cpu_s_per_1k_readings"].items() if v) + " |"]
     if "scale" in r:
@@ -129,7 +137,8 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["", "## Start-up and memory (demo instance)", "",
                   f"- start-up (supervisord start → retained `online` + first state of "
                   f"{len(s['devices'])} devices): **{s['startup_s']:.2f} s** "
-                  f"(`online` alone: {s['online_s']:.2f} s); graceful stop: {s['stop_s']:.1f} s",
+                  f"(`online` alone: {s['online_s']:.2f} s); graceful stop (SIGTERM to supervisord "
+                  f"until it exits): {s['stop_s']:.1f} s",
                   "", "| process | RSS MB idle | PSS MB idle |", "|---|---|---|"]
         lines += _mem_rows(s["idle_memory"])
         lines.append(f"| (mosquitto, not counted) | {s['mosquitto_memory']['rss_mb']:.1f} | "

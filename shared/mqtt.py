@@ -72,6 +72,7 @@ class MqttClient:
         self._window = threading.BoundedSemaphore(send_window)
         self._windowed: set[int] = set()
         self._net_thread: threading.Thread | None = None
+        self._stopping = False
 
         # MQTT 5, for "retain as published": under 3.1.1 a retained message published while
         # we are subscribed arrives with retain=0, so a retained command could not be refused.
@@ -113,6 +114,7 @@ class MqttClient:
                     info.wait_for_publish(timeout)
                 except (RuntimeError, ValueError):
                     log.warning("final message %s was not delivered before shutdown", info.mid)
+        self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -204,7 +206,9 @@ class MqttClient:
     ) -> None:
         was = self.connected.is_set()
         self.connected.clear()
-        if was:
+        if self._stopping:
+            log.info("disconnected from mqtt://%s:%s", self.host, self.port)
+        elif was:
             log.warning("lost the broker (%s); reconnecting with backoff", reason)
             if self._on_lost is not None:
                 try:

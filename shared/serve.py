@@ -78,7 +78,7 @@ def serve(factory: Callable[[], Flask], *, bind: str, name: str, threads: int = 
             "threads": threads,
             "proc_name": name,
             "timeout": 60,
-            "graceful_timeout": 5,
+            "graceful_timeout": 3,  # all four stop well within docker stop's 10 s
             "keepalive": 75,
             "accesslog": None,
             "errorlog": "-",

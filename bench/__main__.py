@@ -36,6 +36,55 @@ def ceiling(broker: Any, runs: int, n: int) -> dict[str, Any]:
     return out
 
 
+def analysis(r: dict[str, Any]) -> list[str]:
+    """Figures derived from the measured ones that say what limits what."""
+    notes = []
+    q1 = r.get("ceiling", {}).get("qos1_msgs_per_s")
+    if "e2e" in r:
+        tp = r["e2e"]["throughput"]
+        bridge = tp["cpu_s_per_1k_readings"].get("mqtt-bridge", 0)
+        if bridge and tp["msgs_per_reading"]:
+            per_msg = bridge / 1000 / tp["msgs_per_reading"] * 1e6
+            notes.append(f"throughput: the bridge spends {per_msg:.0f} us of CPU per MQTT message "
+                         f"(paho, REST long poll, JSON); one Python thread group caps it near "
+                         f"{1e6 / per_msg:,.0f} msgs/s on an idle core")
+    if "scale" in r and r["scale"]["sizes"] and q1:
+        big = r["scale"]["sizes"][-1]
+        msgs = big["devices"] * 3  # state + state/temperature + state/seq
+        share = big["cpu_s"].get("mqtt-bridge", 0) / big["cpu_s_total"] if big["cpu_s_total"] else 0
+        notes.append(f"scale: a cycle of {big['devices']:,} devices is {msgs:,} QoS 1 messages "
+                     f"(state + one per sampled property); at this run's bare-paho QoS 1 ceiling "
+                     f"({q1:,} msgs/s) that alone takes {msgs / q1:.2f} s; the bridge used "
+                     f"{share * 100:.0f} % of the cycle's CPU")
+    return notes
+
+
+def run_sections(results: dict[str, Any], mode: Any, only: list[str]) -> None:
+    """Each chosen section against one mosquitto of the harness's own."""
+    workdir = Path(tempfile.mkdtemp(prefix="sensor-hub-bench-broker-"))
+    broker = start_broker(workdir)
+    try:
+        if "ceiling" in only:
+            results["ceiling"] = ceiling(broker, mode.runs, mode.ceiling_msgs)
+        if "e2e" in only:
+            log.info("end to end: throughput and latency")
+            results["e2e"] = e2e.run(broker, mode, results["ceiling"]["qos1_msgs_per_s"])
+            results["e2e"]["throughput_s"] = mode.throughput_s
+            if not results["e2e"]["ingest_api"]:
+                results["notes"].append("the LAN ingest API did not answer: serial ptys only")
+        if "scale" in only:
+            log.info("scale: %s devices", mode.scale_sizes)
+            results["scale"] = scale.run(broker, mode)
+        if "polling" in only:
+            log.info("HTTP polling: %d sensors", mode.poll_sensors)
+            results["polling"] = polling.run(broker, mode)
+        if "startup" in only:
+            log.info("start-up and idle memory")
+            results["startup"] = startup.run(broker, mode)
+    finally:
+        broker.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="./hub bench", description=__doc__)
     group = parser.add_mutually_exclusive_group()
@@ -66,31 +115,11 @@ def main(argv: list[str] | None = None) -> int:
                                                                   else sys.argv[1:]),
         "machine": procs.machine(), "notes": [],
     }
-    workdir = Path(tempfile.mkdtemp(prefix="sensor-hub-bench-broker-"))
-    broker = start_broker(workdir)
-    try:
-        if "ceiling" in only:
-            results["ceiling"] = ceiling(broker, mode.runs, mode.ceiling_msgs)
-        if "e2e" in only:
-            log.info("end to end: throughput and latency")
-            results["e2e"] = e2e.run(broker, mode, results["ceiling"]["qos1_msgs_per_s"])
-            results["e2e"]["throughput_s"] = mode.throughput_s
-            if not results["e2e"]["ingest_api"]:
-                results["notes"].append("the LAN ingest API did not answer: serial ptys only")
-        if "scale" in only:
-            log.info("scale: %s devices", mode.scale_sizes)
-            results["scale"] = scale.run(broker, mode)
-        if "polling" in only:
-            log.info("HTTP polling: %d sensors", mode.poll_sensors)
-            results["polling"] = polling.run(broker, mode)
-        if "startup" in only:
-            log.info("start-up and idle memory")
-            results["startup"] = startup.run(broker, mode)
-    finally:
-        broker.stop()
+    run_sections(results, mode, only)
     results["duration_s"] = round(time.monotonic() - started, 1)
     results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["targets"] = report.targets(results)
+    results["notes"] += analysis(results)
     _, mpath = report.write(results, args.out)
     print(mpath.read_text())
     print(f"written: {args.out / 'latest.json'}, {mpath}")

@@ -5,12 +5,19 @@
 busy one sends hundreds per request. While the aggregator is away the queue holds up to
 ``capacity`` observations and the same batch is retried with backoff; only past that are the
 oldest dropped, and counted.
+
+Under a steady trickle (readings a millisecond or two apart) that would mean one request per
+reading or two, and the requests, not the readings, would eat the CPU of both processes. So when
+the previous request ended only moments ago (the hub is busy), the thread lingers ``linger``
+seconds before taking the batch: at idle a reading still goes at once, under load the batches
+grow and the requests become few.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -25,8 +32,11 @@ Obs = ReadingObs | ErrorObs | EventObs | LinkObs
 
 class Pusher:
     def __init__(self, client: RestClient, *, source: str, max_batch: int = 1000,
-                 capacity: int = 200_000) -> None:
+                 capacity: int = 200_000, linger: float = 0.002, busy_within: float = 0.01) -> None:
         self._client = client
+        self._linger = linger
+        self._busy_within = busy_within
+        self._last_post_end = 0.0
         self._source = source
         self._max_batch = max_batch
         self._queue: deque[dict[str, Any]] = deque()
@@ -71,6 +81,10 @@ class Pusher:
                 self._cond.wait_for(lambda: self._queue or self._stop)
                 if self._stop and not self._queue:
                     return
+                busy = time.monotonic() - self._last_post_end < self._busy_within
+                if busy and len(self._queue) < self._max_batch and not self._stop:
+                    # let the readings that are on their way join this request
+                    self._cond.wait_for(lambda: self._stop, timeout=self._linger)
                 n = min(len(self._queue), self._max_batch)
                 batch = [self._queue[i] for i in range(n)]
             try:
@@ -86,6 +100,7 @@ class Pusher:
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.2
+            self._last_post_end = time.monotonic()
             with self._cond:
                 for _ in range(n):
                     self._queue.popleft()

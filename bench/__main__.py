@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import shlex
+import signal
 import sys
 import tempfile
 import time
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="where latest.json and latest.md go")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [bench] %(message)s")
+    # SIGTERM (a timeout, Ctrl-C from a wrapper) unwinds like SystemExit: instances get stopped
+    signal.signal(signal.SIGTERM, lambda *_a: sys.exit(143))
     mode = MODES["full" if args.full else "smoke" if args.smoke else "quick"]
     if args.runs:
         from dataclasses import replace

@@ -5,6 +5,7 @@ worker count together) through /proc."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -109,6 +110,9 @@ class Hub:
         self.proc = subprocess.Popen(
             [supervisord, "-c", str(ROOT / "supervisord.conf"), "-n"], env=self.env(),
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # an interrupted harness must not leave an instance behind (its serial handler would
+        # keep reopening its /dev/pts paths, and grab the ptys of the next run)
+        atexit.register(self.stop, graceful=False)
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
         session = requests.Session()

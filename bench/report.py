@@ -141,7 +141,8 @@ def markdown(r: dict[str, Any]) -> str:
                   f"until it exits): {s['stop_s']:.1f} s",
                   "", "| process | RSS MB idle | PSS MB idle |", "|---|---|---|"]
         lines += _mem_rows(s["idle_memory"])
-        lines.append(f"| (mosquitto, not counted) | {s['mosquitto_memory']['rss_mb']:.1f} | "
+        lines.append(f"| (mosquitto, not counted; holds every retained message of the run) | "
+                     f"{s['mosquitto_memory']['rss_mb']:.1f} | "
                      f"{s['mosquitto_memory']['pss_mb']:.1f} |")
     if "scale" in r and r["scale"]["sizes"]:
         big = r["scale"]["sizes"][-1]

@@ -9,6 +9,8 @@ paho's own in-flight limit is off by default (``max_inflight=0``): with a limit,
 message list from the start on every PUBACK to find the next queued message (``_update_inflight``,
 about a tenth of the bridge's CPU under load, and the reason a large limit is slow); without
 one it sends at once and never walks, and the send window alone bounds what is unacknowledged.
+The window follows the broker's Receive Maximum (mosquitto says 20, EMQX 32, HiveMQ 10), which
+paho ignores: a strict broker disconnects a client that has more unacknowledged.
 """
 
 from __future__ import annotations
@@ -31,6 +33,39 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes, bool], None]
 """A message handler: ``(topic, payload, retained)``."""
+
+
+class SendWindow:
+    """How many QoS>0 messages may be unacknowledged at once. The limit is the smaller of ours
+    (far below paho's 16-bit message ids) and the broker's MQTT 5 Receive Maximum, which paho
+    does not honour by itself: a strict broker disconnects a client that exceeds it."""
+
+    def __init__(self, limit: int) -> None:
+        self._cond = threading.Condition()
+        self._ceiling = limit
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+
+    def follow_broker(self, receive_maximum: int) -> None:
+        with self._cond:
+            self.limit = max(1, min(self._ceiling, receive_maximum))
+            self._cond.notify_all()
+
+    def acquire(self, *, block: bool = True) -> bool:
+        with self._cond:
+            if block:
+                self._cond.wait_for(lambda: self.used < self.limit)
+            elif self.used >= self.limit:
+                return False
+            self.used += 1
+            self.peak = max(self.peak, self.used)
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self.used -= 1
+            self._cond.notify()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +104,7 @@ class MqttClient:
         self._on_lost = on_lost
         self._pending_sub_mid: int | None = None
         self.connected = threading.Event()
-        self._window = threading.BoundedSemaphore(send_window)
+        self.window = SendWindow(send_window)
         self._windowed: set[int] = set()
         self._net_thread: threading.Thread | None = None
         self._stopping = False
@@ -122,13 +157,17 @@ class MqttClient:
     def publish(
         self, topic: str, payload: str | bytes, *, qos: int = 0, retain: bool = False
     ) -> paho.MQTTMessageInfo:
-        """Queue one message. For QoS>0 it waits for room in the send window, except on paho's
-        own thread, which must never block."""
+        """Queue one message. For QoS>0 it waits for room in the send window; on paho's own
+        thread, which must never block, a message that finds the window full is handed to a
+        thread that waits (rare: a few status and response messages are published there)."""
         check_publish_topic(topic)
-        took = False
-        if qos > 0 and threading.current_thread() is not self._net_thread:
-            self._window.acquire()
-            took = True
+        took = qos > 0
+        if took:
+            on_net_thread = threading.current_thread() is self._net_thread
+            if not self.window.acquire(block=not on_net_thread):
+                threading.Thread(target=self.publish, args=(topic, payload),
+                                 kwargs={"qos": qos, "retain": retain}, daemon=True).start()
+                return paho.MQTTMessageInfo(0)
         # paho calls on_publish while holding this re-entrant lock, so holding it across
         # publish() means a fast PUBACK cannot be handled before the mid is recorded, and
         # taking a lock of our own here instead would deadlock against on_publish.
@@ -138,7 +177,7 @@ class MqttClient:
                 if info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                     self._windowed.add(info.mid)
                 else:
-                    self._window.release()
+                    self.window.release()
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             log.error("publish to %s failed: %s", topic, paho.error_string(info.rc))
         return info
@@ -163,11 +202,13 @@ class MqttClient:
 
     # --- paho callbacks (network thread) -------------------------------------------------------
     def _handle_connect(
-        self, client: paho.Client, _u: Any, _flags: Any, reason: ReasonCode, _props: Any
+        self, client: paho.Client, _u: Any, _flags: Any, reason: ReasonCode, props: Any
     ) -> None:
         if reason.is_failure:
             log.error("broker refused the connection: %s", reason)
             return
+        # Absent means 65535 (MQTT 5, 3.2.2.3.3).
+        self.window.follow_broker(int(getattr(props, "ReceiveMaximum", 65535)))
         sock = client.socket()
         if isinstance(sock, socket.socket):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -222,7 +263,7 @@ class MqttClient:
         with self._acks_lock:  # already held by paho here; re-entrant
             if mid in self._windowed:
                 self._windowed.discard(mid)
-                self._window.release()
+                self.window.release()
 
     def _handle_unrouted(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         log.debug("no handler for %s", msg.topic)

@@ -76,11 +76,11 @@ class Broker:
         wait_for(lambda: port_open(self.host, self.port), what="mosquitto to listen again")
 
 
-def start_broker(tmp: Path, port: int | None = None) -> Broker:
+def start_broker(tmp: Path, port: int | None = None, *, extra: str = "") -> Broker:
     port = port or free_port()
     conf = tmp / f"mosquitto-{port}.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                    "set_tcp_nodelay true\npersistence false\n")
+                    f"set_tcp_nodelay true\npersistence false\n{extra}")
     proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: port_open("127.0.0.1", port), what="mosquitto to listen")

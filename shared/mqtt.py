@@ -65,7 +65,11 @@ class SendWindow:
     def release(self) -> None:
         with self._cond:
             self.used -= 1
-            self._cond.notify()
+            # Wake the publishers only once half the window is free: waking them on every
+            # PUBACK costs a thread switch per message (measured: a quarter of the throughput
+            # and 60 % more bridge CPU with mosquitto's window of 20); half-window bursts don't.
+            if self.used <= self.limit // 2:
+                self._cond.notify_all()
 
 
 @dataclass(frozen=True, slots=True)

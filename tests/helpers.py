@@ -188,3 +188,28 @@ def retained(host: str, port: int, topic: str, *, timeout: float = 10.0,
         finally:
             sub.close()
     return wait_for(look, timeout=timeout, interval=0.1, what=f"a retained message on {topic}")
+
+
+class Recorder:
+    """An ``emit`` for handler cores: keeps every observation, for assertions."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, obs: Any) -> None:
+        with self._lock:
+            self.items.append(obs)
+
+    def of(self, kind: type[Any], device_id: str | None = None,
+           where: Callable[[Any], bool] = lambda _o: True) -> list[Any]:
+        with self._lock:
+            return [o for o in self.items if isinstance(o, kind)
+                    and (device_id is None or o.device_id == device_id) and where(o)]
+
+    def wait(self, kind: type[Any], device_id: str | None = None,
+             where: Callable[[Any], bool] = lambda _o: True, *, count: int = 1,
+             timeout: float = 3.0) -> list[Any]:
+        what = f"{count} {kind.__name__}(s) for {device_id or 'any device'}"
+        return wait_for(lambda: (found := self.of(kind, device_id, where))[count - 1:] and found,
+                        timeout=timeout, what=what)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,32 +13,15 @@ from services.http_poller.core import MAX_BACKOFF, HttpPoller
 from shared.errors import ReadError
 from shared.instance import Instance, parse_instance
 from shared.models import ErrorObs, EventObs, ReadingObs
-from tests.helpers import wait_for
+from tests.helpers import Recorder, wait_for
 from tests.probe_fixtures.servers import SensorServer
 
-Obs = ReadingObs | ErrorObs | EventObs
 MAPPING = {
     "motion": {"path": "data.motion", "type": "bool",
                "events": {"true": "motion_started", "false": "motion_stopped"}},
     "illuminance": {"path": "data.lux", "type": "float", "unit": "lx"},
     "battery": {"path": "battery", "type": "int", "unit": "%"},
 }
-
-
-class Recorder:
-    """The poller's emit: keeps every observation, as the pusher would send them."""
-
-    def __init__(self) -> None:
-        self.items: list[Obs] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, obs: Obs) -> None:
-        with self._lock:
-            self.items.append(obs)
-
-    def of(self, kind: type[Any], device_id: str) -> list[Any]:
-        with self._lock:
-            return [o for o in self.items if isinstance(o, kind) and o.device_id == device_id]
 
 
 @pytest.fixture

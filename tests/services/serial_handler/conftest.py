@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import select
-import threading
 import tty
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,10 +15,7 @@ import pytest
 
 from services.serial_handler.core import SerialHandler
 from shared.instance import Instance, parse_instance
-from shared.models import ErrorObs, EventObs, LinkObs, ReadingObs
-from tests.helpers import wait_for
-
-Obs = ReadingObs | ErrorObs | EventObs | LinkObs
+from tests.helpers import Recorder, wait_for
 
 
 class FakeBoard:
@@ -86,31 +82,6 @@ class FakeBoard:
     def close(self) -> None:
         if self.master >= 0:
             self.unplug()
-
-
-class Recorder:
-    """An ``emit`` that keeps every observation, for assertions."""
-
-    def __init__(self) -> None:
-        self.items: list[Obs] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, obs: Obs) -> None:
-        with self._lock:
-            self.items.append(obs)
-
-    def of(self, kind: type[Any], device_id: str | None = None,
-           where: Callable[[Any], bool] = lambda _o: True) -> list[Any]:
-        with self._lock:
-            return [o for o in self.items if isinstance(o, kind)
-                    and (device_id is None or o.device_id == device_id) and where(o)]
-
-    def wait(self, kind: type[Any], device_id: str | None = None,
-             where: Callable[[Any], bool] = lambda _o: True, *, count: int = 1,
-             timeout: float = 3.0) -> list[Any]:
-        what = f"{count} {kind.__name__}(s) for {device_id or 'any device'}"
-        return wait_for(lambda: (found := self.of(kind, device_id, where))[count - 1:] and found,
-                        timeout=timeout, what=what)
 
 
 def serial_sensor(sensor_id: str, port: str, **source: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from shared.errors import ReadError, ServiceError, UnknownDevice
-from shared.jsonutil import JSONDecodeError, dumps, loads
+from shared.jsonutil import NotAJsonObject, dumps, loads_object
 from shared.timeutil import iso
 
 log = logging.getLogger(__name__)
@@ -48,18 +48,16 @@ def validation_message(exc: ValidationError) -> str:
 def json_object_body(*, required: str | None = None) -> dict[str, Any]:
     """The request body as a JSON object (``{}`` when empty, unless ``required`` names what is
     required), or an ``ApiError``: 400 for bad JSON, 422 for JSON that is not an object."""
-    raw = request.get_data(cache=True)
-    if not raw.strip():
-        if required:
-            raise ApiError(400, "empty_body", f"a JSON object is required ({required})")
-        return {}
     try:
-        data = loads(raw)
-    except JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ApiError(422, "invalid_body", f"body must be a JSON object, not {type(data).__name__}")
-    return data
+        return loads_object(request.get_data(cache=True), what="body")
+    except NotAJsonObject as exc:
+        if exc.reason == "empty":
+            if required:
+                raise ApiError(400, "empty_body", f"a JSON object is required ({required})") from exc
+            return {}
+        if exc.reason == "invalid_json":
+            raise ApiError(400, "invalid_json", str(exc)) from exc
+        raise ApiError(422, "invalid_body", str(exc)) from exc
 
 
 def parse_body(model: type[M], *, allow_empty: bool = False) -> M:

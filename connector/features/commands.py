@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.errors import ServiceError, TopicError
-from shared.jsonutil import JSONDecodeError, loads
+from shared.jsonutil import JSONDecodeError, NotAJsonObject, loads, loads_object
 from shared.models import CommandIn, CommandResult, GetIn
 from shared.timeutil import iso, parse_iso
 from shared.web import validation_message
@@ -31,16 +31,12 @@ class BadRequest(ValueError):
 
 
 def decode(payload: bytes, model: type[Any], *, allow_empty: bool = False) -> Any:
-    if not payload.strip():
-        if allow_empty:
-            return model.model_validate({})
-        raise BadRequest("empty payload: a JSON object is required")
     try:
-        data = loads(payload)
-    except JSONDecodeError as exc:
-        raise BadRequest(f"payload is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise BadRequest(f"payload must be a JSON object, not {type(data).__name__}")
+        data = loads_object(payload, what="payload")
+    except NotAJsonObject as exc:
+        if not (exc.reason == "empty" and allow_empty):
+            raise BadRequest(str(exc)) from exc
+        data = {}
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -65,12 +65,14 @@ class Aggregator:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
-        self._store = store
         self.warmed = threading.Event()
         self.warmed.set()  # until start() begins a warm-up there is nothing to wait for
         self._registered: dict[str, Registration] = {}
+        # Reload what was saved without writing it back once per device; save from now on.
+        self._store: RegistryStore | None = None
         for saved in store.load() if store else []:
             self.register(saved.device, handler=saved.handler)
+        self._store = store
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:

@@ -28,8 +28,10 @@ def test_registered_devices_survive_a_restart(tmp_path: Path) -> None:
     store = RegistryStore(tmp_path / "registry.json")
     first = make(store)
     first.register(RegisterDevice(device_id="probe_1", source="probe", interval=10), handler="http")
+    saved = (tmp_path / "registry.json").stat().st_mtime_ns
     second = make(RegistryStore(tmp_path / "registry.json"))
     assert second.devices["probe_1"].source == "probe"
+    assert (tmp_path / "registry.json").stat().st_mtime_ns == saved  # loading writes nothing
     result = second.ingest([ReadingObs(device_id="probe_1", ts=time.time(), values={"t": 21})])
     assert result == {"accepted": 1, "rejected": 0}
 

@@ -52,6 +52,12 @@ class SerialSource(_Strict):
     parity: Literal["N", "E", "O", "M", "S"] = "N"
     stopbits: float = Field(default=1, description="1, 1.5 or 2")
     line_ending: Literal["\n", "\r\n", "\r"] = "\n"
+    read_timeout: float = Field(default=2.0, gt=0, le=60)
+    mode: Literal["stream", "poll"] = Field(
+        default="stream",
+        description="stream: the sensor prints readings by itself; poll: the hub asks every interval",
+    )
+    writable: bool = False
 
     @field_validator("stopbits")
     @classmethod
@@ -59,12 +65,6 @@ class SerialSource(_Strict):
         if v not in (1, 1.5, 2):
             raise ValueError("stopbits must be 1, 1.5 or 2")
         return v
-    read_timeout: float = Field(default=2.0, gt=0, le=60)
-    mode: Literal["stream", "poll"] = Field(
-        default="stream",
-        description="stream: the sensor prints readings by itself; poll: the hub asks every interval",
-    )
-    writable: bool = False
 
 
 class HttpSource(_Strict):

@@ -9,8 +9,8 @@ paho's own in-flight limit is off by default (``max_inflight=0``): with a limit,
 message list from the start on every PUBACK to find the next queued message (``_update_inflight``,
 about a tenth of the bridge's CPU under load, and the reason a large limit is slow); without
 one it sends at once and never walks, and the send window alone bounds what is unacknowledged.
-The window follows the broker's Receive Maximum (mosquitto says 20, EMQX 32, HiveMQ 10), which
-paho ignores: a strict broker disconnects a client that has more unacknowledged.
+The window follows the broker's Receive Maximum (mosquitto 2.0 advertises 20), which paho
+ignores: MQTT 5 lets a broker disconnect a client that has more unacknowledged (0x93).
 """
 
 from __future__ import annotations

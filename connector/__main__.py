@@ -2,7 +2,7 @@
 
 import gc
 
-from shared.serve import load_config, wait_for_health
+from shared.config import load_config, wait_for_health
 
 from .bridge import Bridge
 

@@ -1,6 +1,7 @@
 """``python -m services.http_poller``: serve the HTTP poller under gunicorn."""
 
-from shared.serve import load_config, serve, wait_for_health
+from shared.config import load_config, wait_for_health
+from shared.serve import serve
 
 from .app import create_app
 

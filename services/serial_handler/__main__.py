@@ -1,6 +1,7 @@
 """``python -m services.serial_handler``: serve the serial handler under gunicorn."""
 
-from shared.serve import load_config, serve, wait_for_health
+from shared.config import load_config, wait_for_health
+from shared.serve import serve
 
 from .app import create_app
 

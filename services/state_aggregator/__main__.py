@@ -1,6 +1,7 @@
 """``python -m services.state_aggregator``: serve the aggregator under gunicorn."""
 
-from shared.serve import load_config, serve
+from shared.config import load_config
+from shared.serve import serve
 
 from .app import create_app
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Flask
 
+from shared.config import load_config
 from shared.instance import Instance
 from shared.rest import RestClient
-from shared.serve import load_config
 from shared.settings import Settings
 from shared.web import install_error_handlers
 

@@ -107,6 +107,23 @@ class Settings(BaseSettings):
     def instance_file(self) -> Path:
         return self.instances_dir / f"{self.instance_name}.json"
 
+    # --- master control (sensors that phone home; issue 9) ----------------------------------------
+    # Management routes need X-API-Key = MASTER_API_KEY; unset, they answer 503, never open.
+    master_api_key: SecretStr | None = None
+    master_check_in_interval: float = Field(default=60.0, gt=0, le=86400)
+    master_max_commands: int = Field(default=100, ge=1, le=10_000)  # undelivered, per sensor
+    master_command_ttl: float = Field(default=3600.0, gt=0)  # seconds, when a command names none
+    master_db: Path = Path("master.db")  # under DATA_DIR unless absolute
+
+    @field_validator("master_api_key", mode="before")
+    @classmethod
+    def _empty_key_is_unset(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @property
+    def master_db_path(self) -> Path:
+        return self.data_dir / self.master_db
+
 
 def load_settings() -> Settings:
     """Settings from the environment; a bad variable raises ``ConfigError`` naming it."""

@@ -176,6 +176,16 @@ class Aggregator:
         log.info("registered %s device %s", request.source, request.device_id)
         return True
 
+    def seen(self, device_id: str, ts: float) -> None:
+        """A sign of life without a reading (a master-control heartbeat): the device stays
+        available, and no state is published."""
+        with self._lock:
+            device = self.devices.get(device_id)
+            if device is None:
+                return
+            device.last_seen = ts if device.last_seen is None else max(device.last_seen, ts)
+            self._announce(device, self.clock())
+
     def warm_up(self, *, deadline_s: float = 20.0) -> None:
         """Take the handlers' last readings, so that a restarted aggregator does not announce
         every device offline until its next reading. Handlers still starting are retried until

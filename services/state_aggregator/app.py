@@ -11,6 +11,8 @@ from shared.settings import Settings
 from shared.web import install_error_handlers
 
 from .core import Aggregator
+from .master.routes import MasterControl, build_master
+from .master.routes import bp as master_bp
 from .persist import RegistryStore
 from .routes import bp
 from .system import SystemSampler
@@ -30,8 +32,10 @@ def build_aggregator(settings: Settings, instance: Instance) -> Aggregator:
     )
 
 
-def create_app(aggregator: Aggregator | None = None) -> Flask:
-    """The app; without an ``aggregator`` it builds one from the environment and starts it."""
+def create_app(aggregator: Aggregator | None = None,
+               master: MasterControl | None = None) -> Flask:
+    """The app; without an ``aggregator`` it builds one (and master control) from the
+    environment and starts it."""
     system: SystemSampler | None = None
     if aggregator is None:
         settings, instance = load_config("state-aggregator")
@@ -40,10 +44,15 @@ def create_app(aggregator: Aggregator | None = None) -> Flask:
         system = SystemSampler(aggregator, data_dir=settings.data_dir,
                                interval=settings.update_interval or instance.update_interval)
         system.start()
+        master = build_master(settings, aggregator)
+        master.service.start()
     app = Flask(__name__)
     app.extensions["aggregator"] = aggregator
     if system is not None:
         app.extensions["hub_system"] = system
+    if master is not None:
+        app.extensions["master"] = master
     app.register_blueprint(bp)
+    app.register_blueprint(master_bp)
     install_error_handlers(app)
     return app

@@ -1,0 +1,287 @@
+"""The aggregator's internal REST for master control, under ``/master/...`` on 127.0.0.1: thin
+routes over ``MasterService`` (sensor side) and ``MasterAdmin`` (management). The ``web`` program
+serves these to the LAN as ``/api/sensor-master/...`` (with the API key on management); the paths
+after the prefix are the same, so forwarding is a prefix swap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+
+from shared.errors import TopicError
+from shared.master_models import (
+    CommandAck,
+    CommandCreate,
+    CommandState,
+    DataUpload,
+    GroupIn,
+    GroupPatch,
+    Heartbeat,
+    MasterInstanceIn,
+    MasterInstancePatch,
+    Rollback,
+    SensorPatch,
+    SensorRegister,
+    TemplateIn,
+    TemplatePatch,
+)
+from shared.settings import Settings
+from shared.topics import validate_id
+from shared.web import ApiError, error_response, json_response, parse_body
+
+from .admin import MasterAdmin
+from .db import Database
+from .errors import MasterError
+from .service import DeviceSink, MasterOptions, MasterService
+
+bp = Blueprint("master", __name__, url_prefix="/master")
+COMMAND_STATES: tuple[CommandState, ...] = ("pending", "sent", "delivered", "completed", "failed",
+                                            "expired", "canceled")
+
+
+@dataclass(frozen=True, slots=True)
+class MasterControl:
+    service: MasterService
+    admin: MasterAdmin
+
+
+def build_master(settings: Settings, sink: DeviceSink) -> MasterControl:
+    service = MasterService(
+        Database(settings.master_db_path), sink=sink,
+        options=MasterOptions(default_interval=settings.master_check_in_interval,
+                              max_open_commands=settings.master_max_commands,
+                              command_ttl=settings.master_command_ttl))
+    return MasterControl(service, MasterAdmin(service))
+
+
+def _master() -> MasterControl:
+    found: MasterControl | None = current_app.extensions.get("master")
+    if found is None:
+        raise ApiError(503, "master_disabled", "master control is not running in this aggregator")
+    return found
+
+
+def _id(value: str, what: str = "sensor_id") -> str:
+    try:
+        return validate_id(value, what)
+    except TopicError as exc:
+        raise ApiError(400, "invalid_id", str(exc)) from exc
+
+
+def _int_arg(name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_argument", f"{name} must be an integer, got {raw!r}") from exc
+    if not lo <= value <= hi:
+        raise ApiError(400, "invalid_argument", f"{name} must be between {lo} and {hi}")
+    return value
+
+
+@bp.errorhandler(MasterError)
+def _error(exc: MasterError) -> Response:
+    return error_response(exc.status, exc.error, exc.message)
+
+
+def ok(obj: Any, status: int = 200) -> Response:
+    return json_response(obj, status)
+
+
+# --- sensor side ------------------------------------------------------------------------------
+
+
+@bp.post("/register")
+def register() -> Response:
+    return ok(_master().service.register(parse_body(SensorRegister)))
+
+
+@bp.get("/config/<sensor_id>")
+def config(sensor_id: str) -> Response:
+    answer = _master().service.config(
+        _id(sensor_id), version=_int_arg("version", None, 1, 2**62),
+        if_none_match=request.headers.get("If-None-Match"))
+    etag = f'"{answer.body["config_hash"]}"'
+    if answer.not_modified:
+        return Response(status=304, headers={"ETag": etag})
+    resp = ok(answer.body)
+    resp.headers["ETag"] = etag
+    return resp
+
+
+@bp.post("/heartbeat")
+def heartbeat() -> Response:
+    return ok(_master().service.heartbeat(parse_body(Heartbeat)))
+
+
+@bp.post("/commands/<command_id>/ack")
+def ack(command_id: str) -> Response:
+    return ok(_master().service.ack(_id(command_id, "command_id"), parse_body(CommandAck)))
+
+
+@bp.post("/data")
+def data() -> Response:
+    return ok(_master().service.data(parse_body(DataUpload)))
+
+
+# --- management: master instances -------------------------------------------------------------
+
+
+@bp.get("/instances")
+def instances() -> Response:
+    return ok({"instances": _master().admin.instances()})
+
+
+@bp.post("/instances")
+def create_instance() -> Response:
+    return ok(_master().admin.create_instance(parse_body(MasterInstanceIn)), 201)
+
+
+@bp.patch("/instances/<int:master_id>")
+def update_instance(master_id: int) -> Response:
+    return ok(_master().admin.update_instance(master_id, parse_body(MasterInstancePatch)))
+
+
+@bp.delete("/instances/<int:master_id>")
+def delete_instance(master_id: int) -> Response:
+    return ok(_master().admin.delete_instance(master_id))
+
+
+# --- management: sensors ----------------------------------------------------------------------
+
+
+@bp.get("/sensors")
+def sensors() -> Response:
+    status = request.args.get("status")
+    if status is not None and status not in ("online", "stale", "offline", "pending"):
+        raise ApiError(400, "invalid_argument",
+                       f"status must be online, stale, offline or pending, not {status!r}")
+    return ok({"sensors": _master().admin.sensors(status=status,
+                                                  sensor_type=request.args.get("sensor_type"))})
+
+
+@bp.get("/sensors/<sensor_id>")
+def sensor(sensor_id: str) -> Response:
+    return ok(_master().admin.sensor(_id(sensor_id)))
+
+
+@bp.patch("/sensors/<sensor_id>")
+def update_sensor(sensor_id: str) -> Response:
+    return ok(_master().admin.update_sensor(_id(sensor_id), parse_body(SensorPatch)))
+
+
+@bp.delete("/sensors/<sensor_id>")
+def delete_sensor(sensor_id: str) -> Response:
+    return ok(_master().admin.delete_sensor(_id(sensor_id)))
+
+
+@bp.get("/sensors/<sensor_id>/effective-config")
+def effective_config(sensor_id: str) -> Response:
+    return ok(_master().admin.explain(_id(sensor_id)))
+
+
+@bp.get("/sensors/<sensor_id>/config-history")
+def config_history(sensor_id: str) -> Response:
+    limit = _int_arg("limit", 100, 1, 10_000) or 100
+    return ok({"sensor_id": sensor_id,
+               "versions": _master().admin.history(_id(sensor_id), limit=limit)})
+
+
+@bp.post("/sensors/<sensor_id>/rollback")
+def rollback(sensor_id: str) -> Response:
+    return ok(_master().admin.rollback(_id(sensor_id), parse_body(Rollback)))
+
+
+# --- management: config templates -------------------------------------------------------------
+
+
+@bp.get("/configs")
+def configs() -> Response:
+    return ok({"configs": _master().admin.templates()})
+
+
+@bp.post("/configs")
+def create_config() -> Response:
+    return ok(_master().admin.create_template(parse_body(TemplateIn)), 201)
+
+
+@bp.patch("/configs/<int:template_id>")
+def update_config(template_id: int) -> Response:
+    return ok(_master().admin.update_template(template_id, parse_body(TemplatePatch)))
+
+
+@bp.delete("/configs/<int:template_id>")
+def delete_config(template_id: int) -> Response:
+    return ok(_master().admin.delete_template(template_id))
+
+
+# --- management: commands ---------------------------------------------------------------------
+
+
+@bp.post("/command")
+def create_command() -> Response:
+    return ok(_master().admin.create_command(parse_body(CommandCreate)), 201)
+
+
+@bp.get("/commands")
+def commands() -> Response:
+    sensor_id = request.args.get("sensor_id")
+    status = request.args.get("status")
+    if status is not None and status not in COMMAND_STATES:
+        raise ApiError(400, "invalid_argument",
+                       f"status must be one of {', '.join(COMMAND_STATES)}, not {status!r}")
+    limit = _int_arg("limit", 500, 1, 10_000) or 500
+    return ok({"commands": _master().admin.commands(
+        sensor_id=None if sensor_id is None else _id(sensor_id), status=status, limit=limit)})
+
+
+@bp.get("/commands/<command_id>")
+def command(command_id: str) -> Response:
+    return ok(_master().admin.command(_id(command_id, "command_id")))
+
+
+@bp.post("/commands/<command_id>/cancel")
+def cancel_command(command_id: str) -> Response:
+    return ok(_master().admin.cancel_command(_id(command_id, "command_id")))
+
+
+# --- management: groups -----------------------------------------------------------------------
+
+
+@bp.get("/groups")
+def groups() -> Response:
+    return ok({"groups": _master().admin.groups()})
+
+
+@bp.post("/groups")
+def create_group() -> Response:
+    return ok(_master().admin.create_group(parse_body(GroupIn)), 201)
+
+
+@bp.get("/groups/<name>")
+def group(name: str) -> Response:
+    return ok(_master().admin.group(_id(name, "group_name")))
+
+
+@bp.patch("/groups/<name>")
+def update_group(name: str) -> Response:
+    return ok(_master().admin.update_group(_id(name, "group_name"), parse_body(GroupPatch)))
+
+
+@bp.delete("/groups/<name>")
+def delete_group(name: str) -> Response:
+    return ok(_master().admin.delete_group(_id(name, "group_name")))
+
+
+@bp.put("/groups/<name>/sensors/<sensor_id>")
+def add_member(name: str, sensor_id: str) -> Response:
+    return ok(_master().admin.set_member(_id(name, "group_name"), _id(sensor_id), member=True))
+
+
+@bp.delete("/groups/<name>/sensors/<sensor_id>")
+def remove_member(name: str, sensor_id: str) -> Response:
+    return ok(_master().admin.set_member(_id(name, "group_name"), _id(sensor_id), member=False))

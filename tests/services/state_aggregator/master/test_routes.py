@@ -18,11 +18,11 @@ from services.state_aggregator.master.routes import MasterControl
 from services.state_aggregator.master.service import MasterService
 from tests.services.state_aggregator.test_aggregator import INSTANCE, Clock
 
-REGISTER = {"sensor_id": "esp32_fermentation_001", "sensor_name": "Fermentation Chamber 1",
-            "sensor_type": "esp32_fermentation", "hardware_info": "ESP32-WROOM-32",
-            "firmware_version": "1.0.0", "ip_address": "192.168.1.150",
-            "mac_address": "AA:BB:CC:DD:EE:FF", "capabilities": ["temperature", "relay_control"]}
-SID = REGISTER["sensor_id"]
+SID = "esp32_fermentation_001"
+REGISTER: dict[str, Any] = {
+    "sensor_id": SID, "sensor_name": "Fermentation Chamber 1", "sensor_type": "esp32_fermentation",
+    "hardware_info": "ESP32-WROOM-32", "firmware_version": "1.0.0", "ip_address": "192.168.1.150",
+    "mac_address": "AA:BB:CC:DD:EE:FF", "capabilities": ["temperature", "relay_control"]}
 TEMPLATE = {"config_name": "Default ESP32 Fermentation Config", "sensor_type": "esp32_fermentation",
             "config_data": {"polling_interval": 60, "retry_attempts": 3, "sensor_mappings": [
                 {"sensor_name": "sensor.temperature", "entry_field": "Temperature", "unit": "°C",

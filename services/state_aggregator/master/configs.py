@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.jsonutil import dumps, loads
+from shared.timeutil import iso
 
 from . import resolve
 from .errors import NotFound
@@ -30,7 +31,7 @@ class Version:
     def as_dict(self) -> dict[str, Any]:
         return {"sensor_id": self.sensor_id, "config_version": self.version,
                 "config_hash": self.config_hash, "template_id": self.template_id,
-                "reason": self.reason, "created_at": self.created_at, **self.document}
+                "reason": self.reason, "created_at": iso(self.created_at), **self.document}
 
 
 def template_from_row(row: sqlite3.Row) -> Template:

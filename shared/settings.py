@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     probe_discovery: bool = True  # browse mDNS for probes; off where multicast cannot pass
     mdns_interfaces: str | None = None  # "all" (default) or comma-separated addresses
 
+    # --- Home Assistant MQTT discovery ----------------------------------------------------------
+    ha_discovery_prefix: str = "homeassistant"
+    # entity: one config per entity (every release); device: one per device (2024.11+); off
+    ha_discovery_mode: Literal["entity", "device", "off"] = "entity"
+    ha_support_url: str | None = Field(default=None, pattern=r"^https?://")  # origin.support_url
+
     @field_validator("instance_name")
     @classmethod
     def _instance_id(cls, v: str) -> str:
@@ -73,13 +79,18 @@ class Settings(BaseSettings):
     def _base_topic(cls, v: str) -> str:
         return validate_base_topic(v)
 
+    @field_validator("ha_discovery_prefix")
+    @classmethod
+    def _ha_prefix(cls, v: str) -> str:
+        return validate_base_topic(v)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, v: object) -> object:
         return v.upper() if isinstance(v, str) and v else (v or None)
 
     @field_validator("mqtt_username", "mqtt_password", "public_base", "server_token",
-                     "mdns_interfaces", mode="before")
+                     "mdns_interfaces", "ha_support_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
         return None if v == "" else v

@@ -140,3 +140,30 @@ class Topics:
 
 
 
+# --- Home Assistant MQTT discovery -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryTopics:
+    """Home Assistant's discovery topics under ``prefix`` (``HA_DISCOVERY_PREFIX``).
+
+    Entity discovery: ``{prefix}/{component}/{node_id}/{object_id}/config``; device discovery
+    (Home Assistant 2024.11+): ``{prefix}/device/{node_id}/config``; Home Assistant announces
+    itself on ``{prefix}/status`` (``online`` after it starts).
+    """
+
+    prefix: str
+
+    def __post_init__(self) -> None:
+        validate_base_topic(self.prefix)
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}/status"
+
+    def entity(self, component: str, node_id: str, object_id: str) -> str:
+        return (f"{self.prefix}/{validate_id(component, 'component')}/"
+                f"{validate_id(node_id, 'node_id')}/{validate_id(object_id, 'object_id')}/config")
+
+    def device(self, node_id: str) -> str:
+        return f"{self.prefix}/device/{validate_id(node_id, 'node_id')}/config"

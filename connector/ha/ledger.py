@@ -1,0 +1,139 @@
+"""The retained-topic ledger: every discovery config topic this instance has published, kept on
+disk (``{DATA_DIR}/ha_discovery.json``), so that a restart with a changed instance file, prefix
+or mode clears what no longer exists (an empty retained payload) and leaves no ghost entity in
+Home Assistant or on the broker.
+
+``plan`` is the pure part: from what should exist now and what the ledger says was published,
+the configs to publish and the topics to clear.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+FILE_NAME = "ha_discovery.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One published config topic: the device it belongs to (``""`` for the hub) and the
+    ``component:key`` entities it declares (one in entity discovery, several in device)."""
+
+    device: str
+    entities: tuple[str, ...]
+
+    def dump(self) -> dict[str, Any]:
+        return {"device": self.device, "entities": list(self.entities)}
+
+
+def entities_of(topic: str, payload: Mapping[str, Any]) -> tuple[str, ...]:
+    """The ``component:key`` entities a config declares."""
+    components = payload.get("components")
+    if isinstance(components, dict):
+        return tuple(sorted(f"{c.get('platform')}:{k}" for k, c in components.items()))
+    parts = topic.split("/")
+    return (f"{parts[-4]}:{parts[-2]}",) if len(parts) >= 4 else ()
+
+
+class Ledger:
+    """The ledger file, loaded at start and rewritten (atomically) after every change. A file
+    that cannot be read is logged and set aside: the ledger starts empty rather than stop
+    discovery, at the cost of ghosts from before."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self.entries: dict[str, Entry] = self._load()
+
+    def _load(self) -> dict[str, Entry]:
+        try:
+            data = orjson.loads(self.path.read_bytes())
+            if data.get("version") != VERSION:
+                raise ValueError(f"unknown ledger version {data.get('version')!r}")
+            return {t: Entry(str(e["device"]), tuple(str(x) for x in e["entities"]))
+                    for t, e in data["topics"].items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            aside = self.path.with_suffix(".bad")
+            log.warning("discovery ledger %s is unreadable (%s); moved to %s, starting empty",
+                        self.path, exc, aside.name)
+            with contextlib.suppress(OSError):
+                self.path.replace(aside)
+            return {}
+
+    def update(self, published: Mapping[str, Entry], cleared: Iterable[str]) -> None:
+        with self._lock:
+            for topic in cleared:
+                self.entries.pop(topic, None)
+            self.entries.update(published)
+            self._save()
+
+    def _save(self) -> None:
+        body = orjson.dumps({"version": VERSION, "topics": {
+            t: e.dump() for t, e in sorted(self.entries.items())}}, option=orjson.OPT_INDENT_2)
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())  # the ledger must survive a power cut with the broker's copy
+            tmp.replace(self.path)
+        except OSError as exc:
+            log.warning("cannot write the discovery ledger %s: %s", self.path, exc)
+
+
+@dataclass
+class Plan:
+    publish: dict[str, dict[str, Any]] = field(default_factory=dict)
+    clear: list[str] = field(default_factory=list)
+    entries: dict[str, Entry] = field(default_factory=dict)  # what ``publish`` declares
+
+
+def plan(desired: Mapping[str, tuple[str, dict[str, Any]]], ledger: Mapping[str, Entry], *,
+         frozen: frozenset[str] = frozenset(), previous: Mapping[str, dict[str, Any]] | None = None
+         ) -> Plan:
+    """What to publish and clear so that the broker holds exactly ``desired``
+    (``{topic: (device, payload)}``).
+
+    ``frozen`` devices are left as they are (their ledger topics neither cleared nor replaced:
+    a device whose properties are not known yet after a restart). ``previous`` payloads (what
+    this process already published) are not sent again. A device config that loses entities
+    declares each lost one with its platform alone, which is how Home Assistant's device
+    discovery removes a component.
+    """
+    out = Plan()
+    previous = previous or {}
+    for topic, (device, payload) in desired.items():
+        if device in frozen:
+            continue
+        entities = entities_of(topic, payload)
+        old = ledger.get(topic)
+        body = payload
+        components = payload.get("components")
+        if old is not None and isinstance(components, dict):
+            gone = [e for e in old.entities if e not in entities]
+            if gone:
+                stubs = {key: {"platform": comp} for comp, _, key in
+                         (e.partition(":") for e in gone)}
+                body = {**payload, "components": {**components, **stubs}}
+        out.entries[topic] = Entry(device, entities)
+        if previous.get(topic) != body or old is None or old.entities != entities:
+            out.publish[topic] = body
+    for topic, entry in ledger.items():
+        if topic not in desired and entry.device not in frozen:
+            out.clear.append(topic)
+    return out

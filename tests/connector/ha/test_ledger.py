@@ -1,0 +1,63 @@
+"""The retained-topic ledger: what to publish and clear, and the file that survives restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from connector.ha.ledger import FILE_NAME, Entry, Ledger, plan
+
+P = "homeassistant"
+
+
+def cfg(name: str) -> dict[str, object]:
+    return {"name": name, "unique_id": name}
+
+
+def test_first_run_publishes_everything_and_records_it(tmp_path: Path) -> None:
+    desired = {f"{P}/sensor/i_a/t/config": ("a", cfg("t")),
+               f"{P}/binary_sensor/i_a/m/config": ("a", cfg("m"))}
+    todo = plan(desired, {})
+    assert set(todo.publish) == set(desired)
+    assert todo.clear == []
+    assert todo.entries[f"{P}/sensor/i_a/t/config"] == Entry("a", ("sensor:t",))
+
+
+def test_what_is_gone_is_cleared_and_what_is_unchanged_is_not_resent() -> None:
+    ledger = {f"{P}/sensor/i_a/t/config": Entry("a", ("sensor:t",)),
+              f"{P}/sensor/i_b/t/config": Entry("b", ("sensor:t",)),     # device b removed
+              f"{P}/sensor/i_a/old/config": Entry("a", ("sensor:old",))}  # property removed
+    desired = {f"{P}/sensor/i_a/t/config": ("a", cfg("t"))}
+    previous = {f"{P}/sensor/i_a/t/config": cfg("t")}
+    todo = plan(desired, ledger, previous=previous)
+    assert todo.publish == {}
+    assert sorted(todo.clear) == [f"{P}/sensor/i_a/old/config", f"{P}/sensor/i_b/t/config"]
+    # a full round (reconnect, Home Assistant online) sends everything again
+    assert set(plan(desired, ledger).publish) == set(desired)
+
+
+def test_a_frozen_device_is_left_alone() -> None:
+    ledger = {f"{P}/switch/i_r/state/config": Entry("r", ("switch:state",))}
+    todo = plan({f"{P}/sensor/i_r/last_error/config": ("r", cfg("e"))}, ledger,
+                frozen=frozenset({"r"}))
+    assert todo.publish == {} and todo.clear == []
+
+
+def test_device_discovery_removes_a_lost_component_by_its_platform_alone() -> None:
+    topic = f"{P}/device/i_a/config"
+    ledger = {topic: Entry("a", ("binary_sensor:m", "sensor:t"))}
+    payload = {"device": {}, "components": {"t": {"platform": "sensor", "name": "T"}}}
+    todo = plan({topic: ("a", payload)}, ledger)
+    assert todo.publish[topic]["components"] == {"t": {"platform": "sensor", "name": "T"},
+                                                 "m": {"platform": "binary_sensor"}}
+    assert todo.entries[topic] == Entry("a", ("sensor:t",))
+
+
+def test_the_ledger_file_survives_a_restart_and_a_broken_one_is_set_aside(tmp_path: Path) -> None:
+    path = tmp_path / "data" / FILE_NAME
+    ledger = Ledger(path)
+    ledger.update({"x/sensor/n/o/config": Entry("d", ("sensor:o",))}, [])
+    ledger.update({"x/sensor/n/p/config": Entry("d", ("sensor:p",))}, ["x/sensor/n/o/config"])
+    assert Ledger(path).entries == {"x/sensor/n/p/config": Entry("d", ("sensor:p",))}
+    path.write_text("{not json")
+    assert Ledger(path).entries == {}
+    assert path.with_suffix(".bad").read_text() == "{not json"

@@ -350,7 +350,9 @@ class MasterAdmin:
             if conn.execute("SELECT 1 FROM sensors WHERE sensor_id = ?",
                             (body.sensor_id,)).fetchone() is None:
                 raise unknown_sensor(body.sensor_id)
-            return self.queue.create(conn, body, self.service.clock())
+            made = self.queue.create(conn, body, self.service.clock())
+        self.service.feed.append("command", body.sensor_id, command_id=made["command_id"])
+        return made
 
     def commands(self, *, sensor_id: str | None, status: str | None,
                  limit: int = 500) -> list[dict[str, Any]]:

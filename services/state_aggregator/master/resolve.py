@@ -203,6 +203,15 @@ def convert(value: Any, data_type: str) -> Any:
     return value
 
 
+def units(mappings: Any) -> dict[str, str]:
+    """The unit of each mapped property, as the device registry keeps them."""
+    found: dict[str, str] = {}
+    for m in mappings if isinstance(mappings, list) else []:
+        if isinstance(m, dict) and m.get("unit") and (m.get("entry_field") or m.get("sensor_name")):
+            found[property_name(str(m.get("entry_field") or m["sensor_name"]))] = str(m["unit"])
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class Mapped:
     values: dict[str, Any]

@@ -128,6 +128,39 @@ def data() -> Response:
     return ok(_master().service.data(parse_body(DataUpload)))
 
 
+# --- for the MQTT side: what to publish unasked ------------------------------------------------
+
+
+@bp.get("/changes")
+def changes() -> Response:
+    """Long poll of config changes and queued commands: ``?since=SEQ&epoch=E&wait=S&limit=N``."""
+    feed = _master().service.feed
+    since = _int_arg("since", 0, 0, 2**62) or 0
+    wait = _int_arg("wait", 0, 0, 30) or 0
+    limit = _int_arg("limit", 5_000, 1, 20_000) or 5_000
+    epoch = request.args.get("epoch")
+    if epoch is not None and epoch != feed.epoch:
+        return ok({"epoch": feed.epoch, "seq": feed.seq, "resync": True, "changes": []})
+    seq, resync, items = feed.since(since, limit=limit, wait=wait)
+    return ok({"epoch": feed.epoch, "seq": seq, "resync": resync, "changes": items})
+
+
+@bp.get("/sensor-configs")
+def sensor_configs() -> Response:
+    """Every sensor's current ``sensors/{s}/config`` payload, and the feed position it is
+    valid at (read the position first: a change in between is then seen twice, never missed)."""
+    service = _master().service
+    epoch, seq = service.feed.epoch, service.feed.seq
+    return ok({"epoch": epoch, "seq": seq, "configs": service.current_configs()})
+
+
+@bp.post("/sensors/<sensor_id>/deliver")
+def deliver(sensor_id: str) -> Response:
+    """The sensor's open commands, marked sent: what the MQTT side publishes on
+    ``sensors/{s}/commands``."""
+    return ok({"sensor_id": sensor_id, "commands": _master().service.pending_commands(_id(sensor_id))})
+
+
 # --- management: master instances -------------------------------------------------------------
 
 

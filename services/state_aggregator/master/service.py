@@ -23,6 +23,7 @@ from .commands import CommandQueue
 from .configs import ConfigEngine, Version
 from .db import Database
 from .errors import Invalid, unknown_sensor
+from .feed import Feed
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class MasterService:
         self.queue = CommandQueue(max_open=self.options.max_open_commands,
                                   default_ttl=self.options.command_ttl)
         self.listeners: list[ConfigListener] = []
+        self.feed = Feed()
         self._announced: dict[str, SensorStatus] = {}
         self._announce_lock = threading.Lock()
         self._stop = threading.Event()
@@ -82,8 +84,10 @@ class MasterService:
         self.tick()
         with self.db.read() as conn:
             rows = conn.execute("SELECT * FROM sensors").fetchall()
+            docs = {r["sensor_id"]: latest.document for r in rows
+                    if (latest := self.configs.latest(conn, r["sensor_id"])) is not None}
         for row in rows:
-            self._register_device(row)
+            self._register_device(row, docs.get(row["sensor_id"]))
             if row["last_check_in"] is not None and self.sink is not None:
                 self.sink.seen(row["sensor_id"], row["last_check_in"])
         self._thread = threading.Thread(target=self._run, args=(tick_s,), name="master-control",
@@ -92,6 +96,7 @@ class MasterService:
 
     def stop(self) -> None:
         self._stop.set()
+        self.feed.wake_all()
 
     def _run(self, tick_s: float) -> None:
         while not self._stop.wait(tick_s):
@@ -135,9 +140,10 @@ class MasterService:
             self._announced.pop(sensor_id, None)
 
     def notify(self, changed: list[Version]) -> None:
-        """Tell the listeners (the MQTT side) which sensors have a new config."""
-        if not changed:
-            return
+        """Tell the feed and the listeners (the MQTT side) which sensors have a new config."""
+        for version in changed:
+            self.feed.append("config", version.sensor_id, config_version=version.version,
+                             config_hash=version.config_hash)
         for listener in self.listeners:
             try:
                 listener(changed)
@@ -173,14 +179,15 @@ class MasterService:
         assert latest is not None
         return latest
 
-    def _register_device(self, row: sqlite3.Row) -> None:
+    def _register_device(self, row: sqlite3.Row, doc: dict[str, Any] | None = None) -> None:
         if self.sink is None:
             return
         self.sink.register(RegisterDevice(
             device_id=row["sensor_id"], name=row["sensor_name"] or row["sensor_id"],
             model=row["hardware_info"] or "master-controlled sensor",
             sensor_type=row["sensor_type"], source="sensor",
-            interval=row["effective_interval"] or self.options.default_interval))
+            interval=row["effective_interval"] or self.options.default_interval,
+            units=resolve.units(((doc or {}).get("config") or {}).get("sensor_mappings"))))
 
     @staticmethod
     def assigned_master(conn: sqlite3.Connection, latest: Version) -> tuple[str | None, int | None]:
@@ -213,7 +220,7 @@ class MasterService:
             name, master_id = self.assigned_master(conn, latest)
             commands = self.queue.deliver(conn, body.sensor_id, now)
             row = self.sensor_row(conn, body.sensor_id)
-        self._register_device(row)
+        self._register_device(row, latest.document)
         self.notify(changed)
         doc = latest.document
         return {"status": "registered", "sensor_id": body.sensor_id, "assigned_master": name,
@@ -268,6 +275,13 @@ class MasterService:
                 "config_hash": latest.config_hash, "config_version": latest.version,
                 "config_endpoint": self.config_endpoint(body.sensor_id),
                 "check_in_interval": latest.document["check_in_interval"], "commands": commands}
+
+    def current_configs(self) -> list[dict[str, Any]]:
+        """Every sensor's current config as ``sensors/{s}/config`` carries it (a resync)."""
+        with self.db.read() as conn:
+            ids = [r[0] for r in conn.execute("SELECT sensor_id FROM sensors ORDER BY sensor_id")]
+            versions = [v for s in ids if (v := self.configs.latest(conn, s)) is not None]
+        return [config_message(v) for v in versions]
 
     def pending_commands(self, sensor_id: str) -> list[dict[str, Any]]:
         """Open commands handed out now (marked sent): what the MQTT side publishes."""
@@ -338,3 +352,9 @@ def _timestamp(value: str | float | None, now: float, where: str) -> float:
         raise Invalid("invalid_body", f"{where}.timestamp: {iso(ts)} is in the future (the hub's "
                                       f"clock says {iso(now)})")
     return ts
+
+
+def config_message(version: Version) -> dict[str, Any]:
+    """The retained ``sensors/{s}/config`` payload of the contract."""
+    return {"sensor_id": version.sensor_id, "config_hash": version.config_hash,
+            "config_version": version.version, **version.document}

@@ -197,3 +197,22 @@ def test_without_master_control_the_routes_say_so(clock: Clock) -> None:
     agg = Aggregator(INSTANCE, handlers={}, cache_ttl=10, poll_interval=5, clock=clock)
     resp = create_app(agg).test_client().get("/master/sensors")
     assert resp.status_code == 503 and body(resp)["error"] == "master_disabled"
+
+
+def test_the_feed_tells_the_mqtt_side_what_to_publish(http: FlaskClient) -> None:
+    start = body(http.get("/master/changes"))
+    http.post("/master/register", json=REGISTER)
+    http.post("/master/configs", json=TEMPLATE)
+    cmd = body(http.post("/master/command", json={"sensor_id": SID, "command_type": "restart"}))
+    page = body(http.get(f"/master/changes?since={start['seq']}&epoch={start['epoch']}&wait=5"))
+    assert [(c["kind"], c.get("config_version"), c.get("command_id")) for c in page["changes"]] == [
+        ("config", 1, None), ("config", 2, None), ("command", None, cmd["command_id"])]
+    assert body(http.get("/master/changes?since=0&epoch=other"))["resync"] is True
+    configs = body(http.get("/master/sensor-configs"))
+    assert configs["seq"] == page["seq"]
+    [only] = configs["configs"]
+    assert (only["sensor_id"], only["config_version"], only["config_name"]) == (
+        SID, 2, TEMPLATE["config_name"])
+    delivered = body(http.post(f"/master/sensors/{SID}/deliver"))["commands"]
+    assert [c["command_id"] for c in delivered] == [cmd["command_id"]]
+    assert body(http.get(f"/master/commands/{cmd['command_id']}"))["status"] == "sent"

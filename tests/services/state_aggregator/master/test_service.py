@@ -53,6 +53,7 @@ def test_register_answers_the_seed_fields_and_the_masters(service: MasterService
     assert service.register(ESP)["config_version"] == answer["config_version"]  # idempotent
     device = agg.devices["esp32_001"]
     assert (device.source, device.name, device.interval) == ("sensor", "Chamber 1", 30)
+    assert device.units == {"temperature": "°C"}
     # a disabled master leaves every sensor's list at once
     admin.update_instance(primary["id"], MasterInstancePatch(enabled=False))
     assert [m["name"] for m in service.config("esp32_001").body["masters"]] == ["Backup"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from shared.master_models import CommandAck, DataUpload, Heartbeat, SensorRegister, SensorStatus
-from shared.models import ErrorObs, EventObs, Observation, ReadingObs, RegisterDevice
+from shared.models import ErrorObs, EventObs, LinkObs, Observation, ReadingObs, RegisterDevice
 from shared.timeutil import iso, parse_iso
 
 from . import resolve
@@ -131,9 +131,16 @@ class MasterService:
         if previous is None or previous == status or self.sink is None:
             return
         log.info("sensor %s: %s -> %s", sensor_id, previous, status)
-        self.sink.ingest([EventObs(device_id=sensor_id, ts=now, event="status_changed",
-                                   data={"status": status, "previous": previous})],
-                         source="master-control")
+        items: list[Observation] = [EventObs(device_id=sensor_id, ts=now, event="status_changed",
+                                             data={"status": status, "previous": previous})]
+        # Master control's status decides availability: offline at 3 intervals, without the
+        # aggregator's 30 s floor for devices in general, and back online at the next check-in.
+        if status == "offline":
+            items.append(LinkObs(device_id=sensor_id, ts=now, up=False,
+                                 reason="no check-in for 3 check-in intervals"))
+        elif previous == "offline":
+            items.append(LinkObs(device_id=sensor_id, ts=now, up=True))
+        self.sink.ingest(items, source="master-control")
 
     def forget(self, sensor_id: str) -> None:
         with self._announce_lock:

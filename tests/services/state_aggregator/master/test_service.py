@@ -17,6 +17,7 @@ from shared.master_models import (
     Heartbeat,
     MasterInstanceIn,
     MasterInstancePatch,
+    SensorPatch,
     SensorRegister,
     TemplateIn,
 )
@@ -172,17 +173,20 @@ def test_data_is_mapped_into_device_state_and_replays_are_ignored(service: Maste
 
 
 def test_status_transitions_become_availability_and_events(service: MasterService,
-                                                           agg: Aggregator, clock: Clock) -> None:
-    service.register(ESP)  # check-in interval 60 (the default)
+                                                           admin: MasterAdmin, agg: Aggregator,
+                                                           clock: Clock) -> None:
+    service.register(ESP)  # the device's own cadence: the default 60 s
+    admin.update_sensor("esp32_001", SensorPatch(check_in_interval=5))
     service.tick()
     assert admin_status(service) == "pending"
     service.heartbeat(Heartbeat(sensor_id="esp32_001"))
     assert agg.devices["esp32_001"].online(clock.now)
-    for step, expected in ((91, "stale"), (90, "offline")):
+    for step, expected in ((8, "stale"), (7, "stale"), (1, "offline")):
         clock.now += step
         service.tick()
         assert admin_status(service) == expected
-    assert not agg.devices["esp32_001"].online(clock.now)
+        # offline at once with master control's status, not the aggregator's later judgment
+        assert agg.devices["esp32_001"].online(clock.now) == (expected != "offline")
     service.heartbeat(Heartbeat(sensor_id="esp32_001"))
     events = [(c["event"], c["data"]["previous"], c["data"]["status"])
               for c in agg.changes.since(0)[2] if c["kind"] == "event"]

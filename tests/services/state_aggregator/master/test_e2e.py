@@ -1,0 +1,93 @@
+"""Master control in the real instance (supervisord, real broker): a virtual sensor speaks HTTP to
+the aggregator's master routes, and a real MQTT subscriber sees it as a device: mapped state,
+availability that follows its check-ins, status events; a restart of the aggregator keeps it all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from tests.e2e.conftest import Instance, demo
+from tests.helpers import Broker, Subscriber, wait_for
+
+pytestmark = pytest.mark.e2e
+__all__ = ["demo"]  # the module-scoped instance fixture, shared with tests/e2e
+
+SID = "esp32_e2e_001"
+
+
+class VirtualSensor:
+    """A sensor as firmware would drive it, over plain HTTP."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.http = requests.Session()
+        self.http.trust_env = False
+
+    def call(self, method: str, path: str, **kw: Any) -> requests.Response:
+        return self.http.request(method, f"{self.base}{path}", timeout=10, **kw)
+
+
+@pytest.fixture
+def sensor(demo: Instance) -> VirtualSensor:
+    return VirtualSensor(f"http://127.0.0.1:{demo.env['STATE_AGGREGATOR_PORT']}/master")
+
+
+@pytest.fixture
+def sub(mosquitto: Broker, demo: Instance) -> Iterator[Subscriber]:
+    s = Subscriber(mosquitto.host, mosquitto.port).subscribe(f"{demo.root_topic}/devices/{SID}/#")
+    yield s
+    s.close()
+
+
+def test_a_master_controlled_sensor_on_the_real_wire(demo: Instance, sensor: VirtualSensor,
+                                                     sub: Subscriber) -> None:
+    dev = f"{demo.root_topic}/devices/{SID}"
+    made = sensor.call("POST", "/configs", json={
+        "config_name": "e2e", "sensor_id": SID, "config_data": {
+            "check_in_interval": 1,
+            "sensor_mappings": [{"sensor_name": "sensor.temperature", "entry_field": "Temperature",
+                                 "unit": "°C", "data_type": "float"}]}})
+    assert made.status_code == 201, made.text
+    reg = sensor.call("POST", "/register", json={"sensor_id": SID, "sensor_type": "esp32_e2e"})
+    assert reg.json()["has_config"] is True and reg.json()["check_in_interval"] == 1
+    etag = sensor.call("GET", f"/config/{SID}").headers["ETag"]
+    up = sensor.call("POST", "/data", json={"sensor_id": SID,
+                                            "readings": {"sensor.temperature": "18.5"}})
+    assert up.json()["accepted"] == 1
+    state = sub.wait(f"{dev}/state", timeout=20).json()
+    assert (state["device_id"], state["temperature"]) == (SID, 18.5)
+    sub.wait(f"{dev}/availability", timeout=20, where=lambda m: m.text == "online")
+
+    # silence: stale after 1.5 s, offline (and availability offline) after 3 s
+    sub.wait(f"{dev}/availability", timeout=20, where=lambda m: m.text == "offline")
+    events = [m.json()["data"]["status"] for m in sub.on(f"{dev}/events")
+              if m.json()["event"] == "status_changed"]
+    assert events[-2:] == ["stale", "offline"]
+    sub.clear()
+    sensor.call("POST", "/heartbeat", json={"sensor_id": SID})
+    sub.wait(f"{dev}/availability", timeout=20, where=lambda m: m.text == "online")
+
+    # a restart of the aggregator keeps sensors, templates, versions and the queue
+    cmd = sensor.call("POST", "/command", json={"sensor_id": SID, "command_type": "identify"}).json()
+    result = demo.supervisorctl("restart", "state-aggregator")
+    assert "started" in result.stdout, result.stdout + result.stderr
+
+    def answered() -> requests.Response | None:
+        try:
+            return sensor.call("GET", f"/config/{SID}", headers={"If-None-Match": etag})
+        except requests.RequestException:
+            return None
+
+    again = wait_for(answered, timeout=30, what="the restarted aggregator")
+    assert again.status_code == 304
+    beat = sensor.call("POST", "/heartbeat", json={"sensor_id": SID}).json()
+    assert [c["command_id"] for c in beat["commands"]] == [cmd["command_id"]]
+    history = sensor.call("GET", f"/sensors/{SID}/config-history").json()["versions"]
+    assert [v["config_version"] for v in history] == [1]
+    listed = sensor.call("GET", "/sensors").json()["sensors"]
+    assert [s["sensor_id"] for s in listed] == [SID]

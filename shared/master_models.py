@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.jsonutil import dumps
 
@@ -24,6 +24,7 @@ Timestamp = str | float
 
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_BATCH = 10_000
+MAX_READINGS_BYTES = 16 * 1024  # one reading set; device state is small, not a file transfer
 AckStatus = Literal["delivered", "completed", "failed"]
 CommandState = Literal["pending", "sent", "delivered", "completed", "failed", "expired", "canceled"]
 SensorStatus = Literal["online", "stale", "offline", "pending"]
@@ -76,12 +77,20 @@ class CommandAck(_In):
     result: dict[str, Any] | None = None
 
 
+def _small_readings(readings: dict[str, Any] | None) -> dict[str, Any] | None:
+    if readings is not None and (size := len(dumps(readings))) > MAX_READINGS_BYTES:
+        raise ValueError(f"readings are {size} bytes; at most {MAX_READINGS_BYTES} per reading set")
+    return readings
+
+
 class DataItem(_In):
     """One reading set; ``id`` (or the timestamp) makes a replayed upload idempotent."""
 
     id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     timestamp: Timestamp | None = None
     readings: Annotated[dict[str, Any], Field(min_length=1, max_length=256)]
+
+    _small = field_validator("readings")(_small_readings)
 
 
 class DataUpload(_In):
@@ -92,6 +101,8 @@ class DataUpload(_In):
     timestamp: Timestamp | None = None
     readings: Annotated[dict[str, Any], Field(min_length=1, max_length=256)] | None = None
     batch: Annotated[list[DataItem], Field(min_length=1, max_length=MAX_BATCH)] | None = None
+
+    _small = field_validator("readings")(_small_readings)
 
     @model_validator(mode="after")
     def _one_shape(self) -> DataUpload:

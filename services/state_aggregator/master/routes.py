@@ -37,6 +37,8 @@ from .errors import MasterError
 from .service import DeviceSink, MasterOptions, MasterService
 
 bp = Blueprint("master", __name__, url_prefix="/master")
+# A batch of 10,000 readings after a long offline period fits; a 10 MB body is refused unread.
+MAX_BODY = 4 * 1024 * 1024
 COMMAND_STATES: tuple[CommandState, ...] = ("pending", "sent", "delivered", "completed", "failed",
                                             "expired", "canceled")
 
@@ -81,6 +83,15 @@ def _int_arg(name: str, default: int | None, lo: int, hi: int) -> int | None:
     if not lo <= value <= hi:
         raise ApiError(400, "invalid_argument", f"{name} must be between {lo} and {hi}")
     return value
+
+
+@bp.before_request
+def _limit_body() -> Response | None:
+    length = request.content_length
+    if length is not None and length > MAX_BODY:
+        return error_response(413, "body_too_large",
+                              f"the body is {length} bytes; at most {MAX_BODY} are accepted")
+    return None
 
 
 @bp.errorhandler(MasterError)

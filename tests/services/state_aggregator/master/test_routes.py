@@ -128,6 +128,10 @@ def test_history_rollback_and_explanation(http: FlaskClient) -> None:
     ("post", "/master/instances", {"name": "m", "api_endpoint": "ftp://x"}, 422, "api_endpoint"),
     ("post", "/master/data", {"sensor_id": "s"}, 422, "exactly one of readings"),
     ("get", "/master/commands?status=lost", None, 400, "status must be one of"),
+    ("post", "/master/data", {"sensor_id": "s", "readings": {"x": "a" * 20_000}}, 422,
+     "readings: Value error, readings are 20008 bytes; at most 16384"),
+    ("post", "/master/data", {"sensor_id": "s", "batch": [{"readings": {"x": "a" * 20_000}}]}, 422,
+     "batch.0.readings"),
     ("post", "/master/commands/nope/ack", {"status": "completed"}, 404, "no command 'nope'"),
     ("post", "/master/commands/x/ack", {"status": "eaten"}, 422, "status"),
 ])
@@ -216,3 +220,9 @@ def test_the_feed_tells_the_mqtt_side_what_to_publish(http: FlaskClient) -> None
     delivered = body(http.post(f"/master/sensors/{SID}/deliver"))["commands"]
     assert [c["command_id"] for c in delivered] == [cmd["command_id"]]
     assert body(http.get(f"/master/commands/{cmd['command_id']}"))["status"] == "sent"
+
+
+def test_a_10_mb_body_is_refused_unread(http: FlaskClient) -> None:
+    huge = b'{"sensor_id": "s", "readings": {"x": "' + b"a" * 10_000_000 + b'"}}'
+    resp = http.post("/master/data", data=huge, content_type="application/json")
+    assert resp.status_code == 413 and body(resp)["error"] == "body_too_large"

@@ -113,9 +113,11 @@ def register() -> Response:
 
 @bp.get("/config/<sensor_id>")
 def config(sensor_id: str) -> Response:
+    """``If-None-Match`` (or ``?if_none_match=``, for a forwarder whose client sends no
+    headers) naming the current hash → 304."""
     answer = _master().service.config(
         _id(sensor_id), version=_int_arg("version", None, 1, 2**62),
-        if_none_match=request.headers.get("If-None-Match"))
+        if_none_match=request.headers.get("If-None-Match") or request.args.get("if_none_match"))
     etag = f'"{answer.body["config_hash"]}"'
     if answer.not_modified:
         return Response(status=304, headers={"ETag": etag})

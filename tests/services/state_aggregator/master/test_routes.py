@@ -66,6 +66,8 @@ def test_the_seed_walkthrough(http: FlaskClient) -> None:
                               "config_version", "config", "commands", "check_in_interval"}
     same = http.get(f"/master/config/{SID}", headers={"If-None-Match": cfg.headers["ETag"]})
     assert (same.status_code, same.data) == (304, b"")
+    by_arg = http.get(f"/master/config/{SID}?if_none_match={body(cfg)['config_hash']}")
+    assert by_arg.status_code == 304
     # a template edit reaches the sensor on its next check-in
     http.patch("/master/configs/1", json={"config_data": {"polling_interval": 30}})
     beat = body(http.post("/master/heartbeat", json={"sensor_id": SID, "status": "online",

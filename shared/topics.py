@@ -1,22 +1,27 @@
 """Every MQTT topic of the IoT2mqtt v1 contract is built and parsed here, and nowhere else.
 
-``Topics`` builds the outgoing topics of one instance; ``Topics.parse`` turns an incoming topic
-into a ``Route`` (or ``None`` when it is not one the bridge serves). Ids are checked at this
-boundary: a bad id raises ``TopicError`` with the offending value.
+``Topics`` builds the outgoing topics of one instance and the subscription filter of each kind
+of incoming topic; ``Topics.parse`` turns an incoming topic into a ``Route`` (or ``None`` when it
+is not one the bridge serves). Ids are checked at this boundary: a topic of a served shape with a
+bad id raises ``RouteError``, which names the kind, so the bridge can still answer it.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from shared.errors import TopicError
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 META_KINDS = ("devices_list", "info", "health", "rebirth")
+# ``meta/error`` carries the error answers that have no device to go to (an unknown group, an
+# invalid id in an inbound topic); it is never a request kind.
+META_ERROR = "error"
 
 RouteKind = Literal["cmd", "get", "group_cmd", "meta_request"]
+ROUTE_KINDS: tuple[RouteKind, ...] = get_args(RouteKind)
 
 
 def validate_id(value: str, what: str = "id") -> str:
@@ -41,12 +46,28 @@ def check_publish_topic(topic: str) -> str:
     return topic
 
 
+class RouteError(TopicError):
+    """Raised by ``Topics.parse`` for a topic of a served shape whose id is invalid; ``kind`` is
+    the shape, ``raw`` the offending id as it came."""
+
+    def __init__(self, kind: RouteKind, raw: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.raw = raw
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """An incoming topic the bridge serves: ``kind`` and the device, group or meta kind it names."""
 
     kind: RouteKind
     target: str
+
+
+# What the id in each kind of inbound topic names (for error messages).
+_TARGET_NAME: dict[RouteKind, str] = {
+    "cmd": "device_id", "get": "device_id", "group_cmd": "group_id", "meta_request": "meta kind",
+}
 
 
 @dataclass(frozen=True)
@@ -65,10 +86,12 @@ class Topics:
         # ([^/]+) so that a bad id reaches validate_id and gets a clear error, not silence.
         matcher = re.compile(
             re.escape(root)
-            + r"/(?:(?P<dev>devices)/(?P<d>[^/]+)/(?P<dverb>cmd|get)"
-            + r"|groups/(?P<g>[^/]+)/cmd"
-            + r"|meta/request/(?P<meta>[^/]+))$"
+            + r"/(?:devices/(?P<cmd>[^/]+)/cmd"
+            + r"|devices/(?P<get>[^/]+)/get"
+            + r"|groups/(?P<group_cmd>[^/]+)/cmd"
+            + r"|meta/request/(?P<meta_request>[^/]+))$"
         )
+        assert set(matcher.groupindex) == set(ROUTE_KINDS)
         object.__setattr__(self, "_matcher", matcher)
 
     # --- instance -------------------------------------------------------------------------
@@ -78,6 +101,10 @@ class Topics:
 
     def meta(self, kind: str) -> str:
         return f"{self.root}/meta/{validate_id(kind, 'meta kind')}"
+
+    @property
+    def meta_error(self) -> str:
+        return self.meta(META_ERROR)
 
     def meta_request(self, kind: str) -> str:
         return f"{self.root}/meta/request/{validate_id(kind, 'meta kind')}"
@@ -114,29 +141,40 @@ class Topics:
         return f"{self.root}/groups/{validate_id(group_id, 'group_id')}/cmd"
 
     # --- subscriptions and parsing -----------------------------------------------------------
-    def subscriptions(self) -> list[str]:
-        """The filters the bridge subscribes to (commands, gets, group commands, meta)."""
-        return [
-            f"{self.root}/devices/+/cmd",
-            f"{self.root}/devices/+/get",
-            f"{self.root}/groups/+/cmd",
-            f"{self.root}/meta/request/+",
-        ]
+    def build(self, route: Route) -> str:
+        """The inbound topic of ``route`` (the inverse of ``parse``)."""
+        builders = {"cmd": self.cmd, "get": self.get, "group_cmd": self.group_cmd,
+                    "meta_request": self.meta_request}
+        return builders[route.kind](route.target)
+
+    def filter(self, kind: RouteKind) -> str:
+        """The subscription filter of one kind of inbound topic."""
+        filters: dict[RouteKind, str] = {
+            "cmd": f"{self.root}/devices/+/cmd",
+            "get": f"{self.root}/devices/+/get",
+            "group_cmd": f"{self.root}/groups/+/cmd",
+            "meta_request": f"{self.root}/meta/request/+",
+        }
+        return filters[kind]
+
+    def subscriptions(self, kinds: tuple[RouteKind, ...] = ROUTE_KINDS) -> list[str]:
+        """The filters the bridge subscribes to, one per kind it handles."""
+        return [self.filter(kind) for kind in kinds]
 
     def parse(self, topic: str) -> Route | None:
         """The route of an incoming topic, ``None`` when the bridge does not serve it.
 
-        Raises ``TopicError`` when the topic has the right shape but an invalid id.
+        Raises ``RouteError`` when the topic has a served shape but an invalid id.
         """
         m = self._matcher.match(topic)
         if m is None:
             return None
-        if m["dev"]:
-            verb = m["dverb"]
-            return Route("cmd" if verb == "cmd" else "get", validate_id(m["d"], "device_id"))
-        if m["g"] is not None:
-            return Route("group_cmd", validate_id(m["g"], "group_id"))
-        return Route("meta_request", validate_id(m["meta"], "meta kind"))
+        kind: RouteKind = next(k for k in ROUTE_KINDS if m[k] is not None)
+        raw = m[kind]
+        try:
+            return Route(kind, validate_id(raw, _TARGET_NAME[kind]))
+        except TopicError as exc:
+            raise RouteError(kind, raw, str(exc)) from None
 
 
 

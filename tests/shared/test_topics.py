@@ -5,9 +5,18 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from paho.mqtt.client import topic_matches_sub
 
 from shared.errors import TopicError
-from shared.topics import Route, Topics, check_publish_topic, validate_id
+from shared.topics import (
+    ROUTE_KINDS,
+    Route,
+    RouteError,
+    RouteKind,
+    Topics,
+    check_publish_topic,
+    validate_id,
+)
 
 ids = st.from_regex(r"\A[A-Za-z0-9_-]{1,64}\Z")
 bad_ids = st.text(min_size=0, max_size=80).filter(lambda s: not _ok(s))
@@ -69,10 +78,33 @@ def test_bad_base_topics_are_refused(base: str) -> None:
         Topics(base, "demo")
 
 
-def test_subscriptions_cover_what_parse_serves() -> None:
-    assert T.subscriptions() == [
-        "IoT2mqtt/v1/instances/demo/devices/+/cmd",
-        "IoT2mqtt/v1/instances/demo/devices/+/get",
-        "IoT2mqtt/v1/instances/demo/groups/+/cmd",
-        "IoT2mqtt/v1/instances/demo/meta/request/+",
-    ]
+@given(kind=st.sampled_from(ROUTE_KINDS), target=ids)
+def test_each_kind_has_one_filter_that_matches_exactly_its_topics(kind: RouteKind,
+                                                                  target: str) -> None:
+    topic = T.build(Route(kind, target))
+    assert T.parse(topic) == Route(kind, target)
+    matching = [k for k in ROUTE_KINDS if topic_matches_sub(T.filter(k), topic)]
+    assert matching == [kind]
+
+
+def test_subscriptions_are_the_filters_of_the_kinds_asked_for() -> None:
+    assert T.subscriptions() == [T.filter(k) for k in ROUTE_KINDS]
+    assert T.subscriptions(("cmd",)) == [T.filter("cmd")]
+    assert all(f.startswith(T.root + "/") for f in T.subscriptions())
+
+
+@pytest.mark.parametrize(("topic", "kind", "raw"), [
+    ("IoT2mqtt/v1/instances/demo/devices/a b/cmd", "cmd", "a b"),
+    ("IoT2mqtt/v1/instances/demo/devices/" + "x" * 65 + "/get", "get", "x" * 65),
+    ("IoT2mqtt/v1/instances/demo/groups/g.1/cmd", "group_cmd", "g.1"),
+    ("IoT2mqtt/v1/instances/demo/meta/request/who?", "meta_request", "who?"),
+])
+def test_a_bad_id_names_the_kind_of_topic_it_came_on(topic: str, kind: str, raw: str) -> None:
+    with pytest.raises(RouteError) as caught:
+        T.parse(topic)
+    assert (caught.value.kind, caught.value.raw) == (kind, raw)
+
+
+def test_meta_error_is_an_answer_topic_not_a_request() -> None:
+    assert T.meta_error == "IoT2mqtt/v1/instances/demo/meta/error"
+    assert T.parse(T.meta_error) is None

@@ -3,7 +3,8 @@
 What it adds to paho: the v2 callback API, a Last Will, ``TCP_NODELAY`` (a QoS 1 round trip is
 about 88 ms with Nagle and under 1 ms without), a send window that keeps unacknowledged QoS>0
 messages far below paho's 16-bit message ids, subscriptions that complete before ``on_ready``
-runs, and handlers that cannot kill the network thread.
+runs, handlers that cannot kill the network thread, a reconnect backoff capped low (a broker that
+comes back is used again within about 2 s), and a stop that never waits on an absent broker.
 
 paho's own in-flight limit is off by default (``max_inflight=0``): with a limit, paho walks its
 message list from the start on every PUBACK to find the next queued message (``_update_inflight``,
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +35,14 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes, bool], None]
 """A message handler: ``(topic, payload, retained)``."""
+
+# Reconnect backoff: paho doubles the delay from the minimum up to the maximum. A retry is a
+# refused TCP connect while the broker is down, so retrying often costs nothing, and a cap this
+# low means the bridge is back within about 2 s of the broker (paho's default grows to 120 s).
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 1.5
+# How long ``stop`` may wait on the broker in all (final messages, then the network thread).
+STOP_TIMEOUT_S = 1.5
 
 
 class SendWindow:
@@ -52,10 +62,11 @@ class SendWindow:
             self.limit = max(1, min(self._ceiling, receive_maximum))
             self._cond.notify_all()
 
-    def acquire(self, *, block: bool = True) -> bool:
+    def acquire(self, *, block: bool = True, timeout: float | None = None) -> bool:
         with self._cond:
             if block:
-                self._cond.wait_for(lambda: self.used < self.limit)
+                if not self._cond.wait_for(lambda: self.used < self.limit, timeout=timeout):
+                    return False
             elif self.used >= self.limit:
                 return False
             self.used += 1
@@ -96,6 +107,7 @@ class MqttClient:
         subscriptions: Sequence[tuple[str, int]] = (),
         on_ready: Callable[[], None] | None = None,
         on_lost: Callable[[], None] | None = None,
+        on_message: Handler | None = None,
         max_inflight: int = 0,
         send_window: int = 10_000,
     ) -> None:
@@ -103,7 +115,7 @@ class MqttClient:
         self.port = port
         self.client_id = client_id
         self._keepalive = keepalive
-        self._subscriptions = list(subscriptions)
+        self.subscriptions = list(subscriptions)
         self._on_ready = on_ready
         self._on_lost = on_lost
         self._pending_sub_mid: int | None = None
@@ -112,6 +124,9 @@ class MqttClient:
         self._windowed: set[int] = set()
         self._net_thread: threading.Thread | None = None
         self._stopping = False
+        self._default_handler = on_message
+        self.generation = 0  # grows by one on every connection, before ``connected`` is set
+        self.dropped_on_network_thread = 0
 
         # MQTT 5, for "retain as published": under 3.1.1 a retained message published while
         # we are subscribed arrives with retain=0, so a retained command could not be refused.
@@ -124,14 +139,16 @@ class MqttClient:
             client.username_pw_set(username, password)
         if will is not None:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # paho hints int, but only doubles and compares the delays: fractions work.
+        client.reconnect_delay_set(min_delay=RECONNECT_MIN_S,  # type: ignore[arg-type]
+                                   max_delay=RECONNECT_MAX_S)  # type: ignore[arg-type]
         client.max_inflight_messages_set(max_inflight)
         client.max_queued_messages_set(0)
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_subscribe = self._handle_subscribe
         client.on_publish = self._handle_publish
-        client.on_message = self._handle_unrouted
+        client.on_message = self._handle_message
         self._client = client
         self._acks_lock: threading.RLock = client._out_message_mutex
 
@@ -144,34 +161,54 @@ class MqttClient:
         self._net_thread = getattr(self._client, "_thread", None)
 
     def stop(self, final: Sequence[tuple[str, str | bytes, int, bool]] = (),
-             timeout: float = 5.0) -> None:
-        """Publish ``final`` messages (waiting for them while connected), then disconnect."""
-        infos = [self.publish(t, p, qos=q, retain=r) for t, p, q, r in final]
+             timeout: float = STOP_TIMEOUT_S) -> None:
+        """Publish ``final`` messages while connected, then disconnect: all within ``timeout``.
+
+        With the broker away nothing is waited for (the Last Will says ``offline`` for us), so a
+        stop never hangs until the supervisor's SIGKILL."""
+        deadline = time.monotonic() + timeout
         if self.connected.is_set():
-            for info in infos:
+            for topic, payload, qos, retain in final:
+                info = self.publish(topic, payload, qos=qos, retain=retain,
+                                    wait=max(0.0, deadline - time.monotonic()))
+                delivered = False
                 try:
-                    info.wait_for_publish(timeout)
+                    info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+                    delivered = info.is_published()
                 except (RuntimeError, ValueError):
-                    log.warning("final message %s was not delivered before shutdown", info.mid)
+                    pass
+                if not delivered:
+                    log.warning("final message to %s was not delivered before shutdown", topic)
         self._stopping = True
         self._client.disconnect()
-        self._client.loop_stop()
+        # paho's loop_stop joins its thread without a limit, and the thread may sit in a
+        # connect attempt or still flush messages to a slow broker: join with what is left.
+        thread = self._net_thread
+        self._client._thread_terminate = True  # what loop_stop sets
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.2, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning("the MQTT network thread did not stop within %.1f s", timeout)
 
     # --- publishing --------------------------------------------------------------------------
     def publish(
-        self, topic: str, payload: str | bytes, *, qos: int = 0, retain: bool = False
+        self, topic: str, payload: str | bytes, *, qos: int = 0, retain: bool = False,
+        wait: float | None = None,
     ) -> paho.MQTTMessageInfo:
-        """Queue one message. For QoS>0 it waits for room in the send window; on paho's own
-        thread, which must never block, a message that finds the window full is handed to a
-        thread that waits (rare: a few status and response messages are published there)."""
+        """Queue one message. For QoS>0 it waits (up to ``wait`` seconds, or for good) for room
+        in the send window. paho's own thread must never block, so callers hand their
+        publishing to their own threads; a QoS>0 message published there that finds the window
+        full is dropped and counted (never a thread per message: a flood made thousands)."""
         check_publish_topic(topic)
         took = qos > 0
         if took:
             on_net_thread = threading.current_thread() is self._net_thread
-            if not self.window.acquire(block=not on_net_thread):
-                threading.Thread(target=self.publish, args=(topic, payload),
-                                 kwargs={"qos": qos, "retain": retain}, daemon=True).start()
-                return paho.MQTTMessageInfo(0)
+            if not self.window.acquire(block=not on_net_thread, timeout=wait):
+                if on_net_thread:
+                    self.dropped_on_network_thread += 1
+                    log.error("send window full on the network thread: dropped a message to %s",
+                              topic)
+                return _unsent()
         # paho calls on_publish while holding this re-entrant lock, so holding it across
         # publish() means a fast PUBACK cannot be handled before the mid is recorded, and
         # taking a lock of our own here instead would deadlock against on_publish.
@@ -193,6 +230,15 @@ class MqttClient:
             return len(self._windowed)
 
     # --- subscribing -------------------------------------------------------------------------
+    def _handle_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        if self._default_handler is None:
+            log.debug("no handler for %s", msg.topic)
+            return
+        try:
+            self._default_handler(msg.topic, bytes(msg.payload), bool(msg.retain))
+        except Exception:
+            log.exception("handler failed on a message to %s", msg.topic)
+
     def route(self, topic_filter: str, handler: Handler) -> None:
         """Call ``handler`` for messages matching ``topic_filter``; its exceptions are logged."""
 
@@ -216,12 +262,12 @@ class MqttClient:
         sock = client.socket()
         if isinstance(sock, socket.socket):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if not self._subscriptions:
+        if not self.subscriptions:
             self._ready()
             return
         rc, mid = client.subscribe([
             (topic_filter, SubscribeOptions(qos=qos, retainAsPublished=True))
-            for topic_filter, qos in self._subscriptions
+            for topic_filter, qos in self.subscriptions
         ])
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             log.error("subscribe failed: %s", paho.error_string(rc))
@@ -232,13 +278,14 @@ class MqttClient:
     ) -> None:
         if mid != self._pending_sub_mid:
             return
-        for (topic_filter, _qos), code in zip(self._subscriptions, codes, strict=False):
+        for (topic_filter, _qos), code in zip(self.subscriptions, codes, strict=False):
             if code.is_failure:
                 log.error("broker refused subscription %s: %s", topic_filter, code)
         self._ready()
 
     def _ready(self) -> None:
         log.info("connected to mqtt://%s:%s", self.host, self.port)
+        self.generation += 1
         self.connected.set()
         if self._on_ready is not None:
             try:
@@ -254,7 +301,8 @@ class MqttClient:
         if self._stopping:
             log.info("disconnected from mqtt://%s:%s", self.host, self.port)
         elif was:
-            log.warning("lost the broker (%s); reconnecting with backoff", reason)
+            log.warning("lost the broker (%s); reconnecting every %.1f s at most", reason,
+                        RECONNECT_MAX_S)
             if self._on_lost is not None:
                 try:
                     self._on_lost()
@@ -269,5 +317,9 @@ class MqttClient:
                 self._windowed.discard(mid)
                 self.window.release()
 
-    def _handle_unrouted(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        log.debug("no handler for %s", msg.topic)
+
+def _unsent() -> paho.MQTTMessageInfo:
+    """The info of a message that never reached paho (``is_published`` stays false)."""
+    info = paho.MQTTMessageInfo(0)
+    info.rc = MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
+    return info

@@ -1,6 +1,11 @@
 """The bridge: builds the context, the MQTT client and the features, and runs them. Each
 feature starts in its own try/except that names it, so one bad feature cannot take the bridge
-down."""
+down.
+
+Inbound messages are routed in one place: the topic is parsed once (``Topics.parse``) and
+dispatched by its kind to the one feature handler of that kind. The bridge subscribes to exactly
+the kinds that running features handle, so every filter has a handler and every handler a filter.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,18 @@ import logging
 import secrets
 import signal
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
 from shared.instance import Instance
 from shared.mqtt import MqttClient, Will
 from shared.rest import RestClient
 from shared.settings import Settings
-from shared.topics import Topics
+from shared.topics import RouteError, RouteKind, Topics
 
+from .answers import Answers
 from .context import BridgeContext
-from .features.base import Feature
-from .features.commands import CommandsFeature
+from .features.base import Feature, Inbound
+from .features.commands import CommandsFeature, guess_id, meta_error
 from .features.meta import MetaFeature
 from .features.state import StateFeature
 from .features.status import StatusFeature
@@ -37,83 +42,120 @@ class Bridge:
     def __init__(self, settings: Settings, instance: Instance) -> None:
         topics = Topics(settings.mqtt_base_topic, settings.instance_name)
         client_id = make_client_id(settings)
-        self.status: StatusFeature | None = None
         self.client = MqttClient(
             host=settings.mqtt_host, port=settings.mqtt_port, client_id=client_id,
             keepalive=settings.mqtt_keepalive, username=settings.mqtt_username,
             password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
             will=Will(topics.status, "offline", qos=1, retain=True),
-            subscriptions=[(f, 1) for f in topics.subscriptions()],
-            on_ready=self._on_ready, on_lost=self._on_lost,
+            on_ready=self._on_ready, on_lost=self._on_lost, on_message=self._on_message,
         )
+        publisher = Publisher(self.client, default_qos=settings.mqtt_qos,
+                              state_retain=settings.mqtt_retain)
         self.ctx = BridgeContext(
-            settings=settings, instance=instance, topics=topics,
-            publisher=Publisher(self.client, default_qos=settings.mqtt_qos,
-                                state_retain=settings.mqtt_retain),
+            settings=settings, instance=instance, topics=topics, client=self.client,
+            publisher=publisher, answers=Answers(publisher),
             aggregator=RestClient(settings.state_aggregator, name="state-aggregator"),
-            executor=ThreadPoolExecutor(max_workers=8, thread_name_prefix="bridge"),
             client_id=client_id,
         )
-        self.status = StatusFeature(self.ctx)
         self.state = StateFeature(self.ctx)
+        self.status = StatusFeature(self.ctx, state=self.state)
         self.features: list[Feature] = [
             self.status, self.state, CommandsFeature(self.ctx),
             MetaFeature(self.ctx, state=self.state, status=self.status),
         ]
         self.running: list[Feature] = []
+        self.dispatch: dict[RouteKind, Inbound] = {}
         self._stopped = threading.Event()
+        self._stop_requested = threading.Event()
+        self._session_cond = threading.Condition()
+        self._ready_count = 0  # connections made ready by the client, counted on its thread
 
     def start(self) -> None:
+        self.ctx.answers.start()
         for feature in self.features:
             try:
-                for topic_filter, handler in feature.routes():
-                    self.client.route(topic_filter, handler)
+                handlers = feature.handlers()
+                if taken := handlers.keys() & self.dispatch.keys():
+                    raise RuntimeError(f"another feature already handles {sorted(taken)}")
                 feature.start()
+                self.dispatch.update(handlers)
                 self.running.append(feature)
             except Exception:
                 log.exception("feature %r failed to start; the bridge goes on without it",
                               feature.name)
+        self.client.subscriptions = [(self.ctx.topics.filter(kind), 1) for kind in self.dispatch]
+        threading.Thread(target=self._session, name="session", daemon=True).start()
         self.client.start()
 
-    def _on_ready(self) -> None:
-        # paho's thread: publish online now (subscriptions are in place), the rest elsewhere.
-        if self.status is not None:
-            self.status.announce_online()
-        for feature in self.running:
-            self.ctx.executor.submit(self._guarded_connect, feature)
-
-    @staticmethod
-    def _guarded_connect(feature: Feature) -> None:
+    # --- inbound -------------------------------------------------------------------------------
+    def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        """paho's network thread: one parse, then the handler of the topic's kind."""
         try:
-            feature.on_connect()
-        except Exception:
-            log.exception("feature %r failed after connect", feature.name)
+            route = self.ctx.topics.parse(topic)
+        except RouteError as exc:
+            if not retained:  # a stale message left on the broker is not a request
+                log.debug("bad inbound topic %s: %s", topic, exc)
+                self.ctx.answers.json(self.ctx.topics.meta_error, meta_error(
+                    "INVALID_TOPIC", str(exc), topic=topic, req_id=guess_id(payload)))
+            return
+        handler = self.dispatch.get(route.kind) if route is not None else None
+        if handler is None:
+            log.debug("no handler for %s", topic)
+            return
+        handler(route, payload, retained)  # type: ignore[arg-type]  # route is not None here
+
+    # --- the session: what follows each (re)connection ------------------------------------------
+    def _on_ready(self) -> None:
+        # paho's thread must not wait for the send window: the session thread publishes.
+        with self._session_cond:
+            self._ready_count += 1
+            self._session_cond.notify_all()
+
+    def _session(self) -> None:
+        """After each connection: ``online`` (the subscriptions are in place), then each
+        feature's ``on_connect``. Runs on its own thread, one connection at a time."""
+        handled = 0
+        while not self._stopped.is_set():
+            with self._session_cond:
+                while self._ready_count == handled and not self._stopped.is_set():
+                    self._session_cond.wait()
+                handled = self._ready_count
+            if self._stopped.is_set() or not self.client.connected.is_set():
+                continue
+            self.status.announce_online()
+            for feature in self.running:
+                try:
+                    feature.on_connect()
+                except Exception:
+                    log.exception("feature %r failed after connect", feature.name)
 
     def _on_lost(self) -> None:
-        if self.status is not None:
-            self.status.connection_lost()
+        self.status.connection_lost()
 
+    # --- stopping --------------------------------------------------------------------------------
     def stop(self) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        with self._session_cond:
+            self._session_cond.notify_all()
         log.info("stopping: publishing offline")
         for feature in reversed(self.running):
             try:
                 feature.stop()
             except Exception:
                 log.exception("feature %r failed to stop", feature.name)
+        self.ctx.answers.stop()
+        # Bounded: with the broker away this returns within about STOP_TIMEOUT_S.
         self.client.stop(final=[(self.ctx.topics.status, "offline", 1, True)])
-        self.ctx.executor.shutdown(wait=False, cancel_futures=True)
 
     def run_forever(self) -> None:
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             log.info("signal %s received", signal.Signals(signum).name)
-            self._stopped_by_signal.set()
+            self._stop_requested.set()
 
-        self._stopped_by_signal = threading.Event()
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         self.start()
-        self._stopped_by_signal.wait()
+        self._stop_requested.wait()
         self.stop()

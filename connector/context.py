@@ -3,27 +3,46 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from shared.instance import Instance
+from shared.models import DeviceInfo, StateChange
+from shared.mqtt import MqttClient
 from shared.rest import RestClient
 from shared.settings import Settings
 from shared.topics import Topics
 
+from .answers import Answers
 from .publisher import Publisher
+
+
+@dataclass(slots=True)
+class DeviceRecord:
+    """What the bridge last published of one device."""
+
+    info: DeviceInfo
+    online: bool
+    state: StateChange | None = None
+    # The contract's ``seq``: grows by one per state of this device. The aggregator's
+    # ``StateChange.seq`` is its change-log position (shared by every device), so the bridge
+    # counts here; a republish of the same state carries the same seq (a visible duplicate).
+    seq: int = 0
 
 
 @dataclass
 class Mirror:
     """What the bridge last published of each device, so that a reconnect or a rebirth can
-    republish everything without asking the aggregator for it."""
+    republish everything without asking the aggregator for it. Written only by the state
+    publisher thread; other threads read it (dict reads are atomic in CPython)."""
 
-    devices: dict[str, dict[str, Any]] = field(default_factory=dict)  # DeviceInfo dumps
-    states: dict[str, dict[str, Any]] = field(default_factory=dict)  # StateChange dumps
+    devices: dict[str, DeviceRecord] = field(default_factory=dict)
     groups: dict[str, list[str]] = field(default_factory=dict)
     synced: bool = False
+
+    def counts(self) -> dict[str, int]:
+        online = sum(1 for rec in list(self.devices.values()) if rec.online)
+        return {"devices": len(self.devices), "online": online,
+                "offline": len(self.devices) - online, "groups": len(self.groups)}
 
 
 @dataclass
@@ -31,9 +50,10 @@ class BridgeContext:
     settings: Settings
     instance: Instance
     topics: Topics
+    client: MqttClient
     publisher: Publisher
+    answers: Answers
     aggregator: RestClient
-    executor: ThreadPoolExecutor
     client_id: str
     mirror: Mirror = field(default_factory=Mirror)
     started: float = field(default_factory=time.time)

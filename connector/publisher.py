@@ -32,6 +32,6 @@ class Publisher:
         self.published += 1
 
     @property
-    def pending(self) -> int:
-        """Messages accepted but not yet acknowledged by the broker (``broker_outbox``)."""
+    def unacknowledged(self) -> int:
+        """QoS>0 messages handed to paho and not yet acknowledged by the broker."""
         return self._client.unacknowledged

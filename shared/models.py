@@ -15,8 +15,8 @@ from shared.topics import validate_id
 DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Severity = Literal["info", "warning", "error", "critical"]
 CommandStatus = Literal["accepted", "success", "error", "timeout", "expired", "rejected"]
-# The contract's device sources; the hub's own hub_system device is a "sensor" too.
-Source = Literal["serial", "http", "probe", "sensor"]
+# The contract's device sources; ``system`` is the hub's own device (``hub_system``).
+Source = Literal["serial", "http", "probe", "sensor", "system"]
 
 
 def _check_property_names(values: dict[str, Any]) -> dict[str, Any]:
@@ -176,13 +176,15 @@ class AvailabilityChange(_Model):
 
 
 class DeviceChange(_Model):
-    """A device was added to or removed from the registry."""
+    """A device was added to or removed from the registry. ``info`` (with ``added``) lets the
+    bridge publish the new device alone instead of reloading every device."""
 
     kind: Literal["device"] = "device"
     seq: int
     device_id: DeviceId
     ts: float
     action: Literal["added", "removed"]
+    info: DeviceInfo | None = None
 
 
 Change = Annotated[

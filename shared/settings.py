@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
+from shared.processes import COMMAND_TIMEOUT_MAX_S
 from shared.topics import validate_base_topic, validate_id
 
 
@@ -40,6 +41,11 @@ class Settings(BaseSettings):
     mqtt_qos: Literal[0, 1, 2] = 1
     mqtt_retain: bool = True
     mqtt_keepalive: int = Field(default=60, ge=5, le=65535)
+    # state/{property} topics: when the value changed (and all on (re)connect, rebirth and for
+    # a new device), for every reading, or never.
+    mqtt_property_topics: Literal["changed", "all", "off"] = "changed"
+    # Seconds; a command asking for a longer ``timeout`` is answered ``rejected``.
+    command_timeout_max: float = Field(default=COMMAND_TIMEOUT_MAX_S, gt=0, le=3600)
 
     # --- the processes' local REST endpoints ----------------------------------------------------
     service_host: str = "127.0.0.1"

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from shared.topics import Route, RouteKind
+
 from ..context import BridgeContext
 
-Route = tuple[str, Callable[[str, bytes, bool], None]]
+Inbound = Callable[[Route, bytes, bool], None]
+"""A handler of one kind of inbound topic: ``(route, payload, retained)``. It runs on paho's
+network thread, so it only decodes and hands work to a bounded queue; it never blocks."""
 
 
 class Feature:
@@ -17,10 +21,10 @@ class Feature:
     def __init__(self, ctx: BridgeContext) -> None:
         self.ctx = ctx
 
-    def routes(self) -> list[Route]:
-        """Topic filters this feature handles, and their handlers (run on paho's thread:
-        they must hand slow work to ``ctx.executor``)."""
-        return []
+    def handlers(self) -> dict[RouteKind, Inbound]:
+        """The kinds of inbound topic this feature serves; the bridge subscribes to exactly the
+        kinds that running features serve, and dispatches each parsed topic by its kind."""
+        return {}
 
     def start(self) -> None:
         """Acquire threads and resources."""
@@ -29,4 +33,4 @@ class Feature:
         """Release them."""
 
     def on_connect(self) -> None:
-        """Called (on a worker thread) after every (re)connection."""
+        """Called (on the bridge's session thread) after every (re)connection."""

@@ -1,5 +1,9 @@
 """``meta/request/{kind}`` -> ``meta/{kind}``: devices_list, info, health, rebirth. Unknown kinds
-and malformed requests get an error answer (never retained, so the last good answer stays)."""
+and malformed requests get an error answer (never retained, so the last good answer stays).
+
+Meta requests have a worker of their own, so no command, however slow its device, delays
+them; a flood of requests beyond its queue is answered "busy" through the answers queue.
+"""
 
 from __future__ import annotations
 
@@ -9,55 +13,66 @@ from collections.abc import Callable
 from typing import Any
 
 from shared import CONNECTOR_TYPE, __version__
-from shared.errors import ServiceError, TopicError
-from shared.models import MetaRequestIn
+from shared.errors import ServiceError
+from shared.models import DeviceInfo, MetaRequestIn
+from shared.processes import PROCESS_NAMES
 from shared.timeutil import iso
-from shared.topics import META_KINDS
+from shared.topics import META_KINDS, Route, RouteKind
 
-from .base import Feature, Route
-from .commands import BadRequest, decode
+from ..context import BridgeContext
+from ..workers import Workers
+from .base import Feature, Inbound
+from .commands import BadRequest, decode, guess_id
 from .state import StateFeature
 from .status import StatusFeature
 
 log = logging.getLogger(__name__)
 
-PROCESSES = ["serial-handler", "http-poller", "state-aggregator", "mqtt-bridge"]
+META_QUEUE = 32
+RETAINED_ANSWERS = ("devices_list", "info")
 
 
 class MetaFeature(Feature):
     name = "meta"
 
-    def __init__(self, ctx: Any, *, state: StateFeature, status: StatusFeature) -> None:
+    def __init__(self, ctx: BridgeContext, *, state: StateFeature, status: StatusFeature) -> None:
         super().__init__(ctx)
         self._state = state
         self._status = status
+        self._workers = Workers("meta", size=1, capacity=META_QUEUE)
         self._answers: dict[str, Callable[[], dict[str, Any]]] = {
-            "devices_list": self.devices_list, "info": self.info,
-            "health": self._status.health, "rebirth": self.rebirth,
+            "devices_list": self.devices_list, "info": self.info, "health": self._status.health,
         }
-        assert set(self._answers) == set(META_KINDS)
+        assert {*self._answers, "rebirth"} == set(META_KINDS)
 
-    def routes(self) -> list[Route]:
-        return [(f"{self.ctx.topics.root}/meta/request/+", self._on_request)]
+    def handlers(self) -> dict[RouteKind, Inbound]:
+        return {"meta_request": self._on_request}
 
-    def _on_request(self, topic: str, payload: bytes, retained: bool) -> None:
+    def start(self) -> None:
+        self._workers.start()
+
+    def stop(self) -> None:
+        self._workers.stop()
+
+    def _on_request(self, route: Route, payload: bytes, retained: bool) -> None:
         if retained:
             return  # a stale request left on the broker is not a request
-        try:
-            route = self.ctx.topics.parse(topic)
-        except TopicError as exc:
-            log.warning("ignoring %s: %s", topic, exc)
-            return
-        if route is None:
-            return
-        self.ctx.executor.submit(self._answer, route.target, payload)
+        kind = route.target
+        if not self._workers.offer(lambda: self._answer(kind, payload)):
+            self.ctx.answers.json(self.ctx.topics.meta(kind), self._error_body(
+                guess_id(payload), "busy: too many meta requests queued; try again"))
 
     def _answer(self, kind: str, payload: bytes) -> None:
         topic = self.ctx.topics.meta(kind)
         try:
             req = decode(payload, MetaRequestIn, allow_empty=True)
         except BadRequest as exc:
-            self._error(topic, None, f"invalid meta request: {exc}")
+            self._error(topic, guess_id(payload), f"invalid meta request: {exc}")
+            return
+        if kind == "rebirth":
+            # The state publisher republishes in order with everything else and answers after.
+            self._state.rebirth(lambda count: self._publish(
+                topic, kind, req.id, {"republished": count}))
             return
         answer = self._answers.get(kind)
         if answer is None:
@@ -69,38 +84,41 @@ class MetaFeature(Feature):
         except ServiceError as exc:
             self._error(topic, req.id, str(exc))
             return
-        body = {**({"id": req.id} if req.id else {}), "timestamp": iso(), **body}
-        self.ctx.publisher.json(topic, body, qos=1, retain=kind in ("devices_list", "info"))
+        self._publish(topic, kind, req.id, body)
+
+    def _publish(self, topic: str, kind: str, req_id: str | None, body: dict[str, Any]) -> None:
+        body = {**({"id": req_id} if req_id else {}), "timestamp": iso(), **body}
+        self.ctx.publisher.json(topic, body, qos=1, retain=kind in RETAINED_ANSWERS)
+
+    @staticmethod
+    def _error_body(req_id: str | None, message: str) -> dict[str, Any]:
+        return {**({"id": req_id} if req_id else {}), "timestamp": iso(), "error": message}
 
     def _error(self, topic: str, req_id: str | None, message: str) -> None:
         log.warning("%s: %s", topic, message)
-        body = {**({"id": req_id} if req_id else {}), "timestamp": iso(), "error": message}
-        self.ctx.publisher.json(topic, body, qos=1)
+        self.ctx.publisher.json(topic, self._error_body(req_id, message), qos=1)
 
     # --- answers -------------------------------------------------------------------------------
     def devices_list(self) -> dict[str, Any]:
         instance = self.ctx.instance.instance_id
         body = self.ctx.aggregator.get("/devices")
+        devices = [DeviceInfo.model_validate(d) for d in body["devices"]]
         return {"devices": [{
-            "device_id": d["device_id"], "global_id": f"{instance}_{d['device_id']}",
-            "name": d["name"], "model": d["model"], "source": d["source"],
-            "enabled": d["enabled"], "online": d["online"],
-            "last_seen": iso(d["last_seen"]) if d["last_seen"] else None,
-        } for d in body["devices"]]}
+            "device_id": d.device_id, "global_id": f"{instance}_{d.device_id}",
+            "name": d.name, "model": d.model, "source": d.source,
+            "enabled": d.enabled, "online": d.online,
+            "last_seen": iso(d.last_seen) if d.last_seen else None,
+        } for d in devices]}
 
     def info(self) -> dict[str, Any]:
-        mirror = self.ctx.mirror
-        online = sum(1 for d in mirror.devices.values() if d.get("online"))
+        counts = self.ctx.mirror.counts()
         return {
             "instance_id": self.ctx.instance.instance_id,
             "friendly_name": self.ctx.instance.friendly_name,
             "connector_type": CONNECTOR_TYPE, "version": __version__,
             "uptime": round(time.time() - self.ctx.started, 1),
-            "processes": PROCESSES,
-            "counts": {"devices": len(mirror.devices), "online": online,
-                       "offline": len(mirror.devices) - online, "groups": len(mirror.groups)},
+            "processes": list(PROCESS_NAMES),
+            "counts": counts,
             "mqtt": {"client_id": self.ctx.client_id, "base_topic": self.ctx.topics.root},
+            "dropped_answers": self.ctx.answers.dropped,
         }
-
-    def rebirth(self) -> dict[str, Any]:
-        return {"republished": self._state.republish_all()}

@@ -1,60 +1,108 @@
 """Device state, per-property values, availability, errors and events.
 
-A feed thread long-polls the aggregator's change log (one request carries every change that has
-piled up) and publishes each change; after a restart of either side it reloads the snapshot.
+Two threads and a short queue between them. The feed thread long-polls the aggregator's change
+log (one request carries every change that has piled up) and reloads the snapshot after a
+restart of either side; the publisher thread applies each item to the mirror and publishes it.
+The publisher is the only writer of device topics, and it publishes only on a live session
+(connected, ``online`` out): a reconnection, a new snapshot and a rebirth each ask for a full
+republish, and a republish that the current session already had is not repeated (a restart of
+the bridge used to publish every topic twice: once for the snapshot, once for the connection).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from shared.errors import ServiceError
-from shared.models import (
-    AvailabilityChange,
-    ChangesPage,
-    DeviceChange,
-    ErrorChange,
-    EventChange,
-    Snapshot,
-    StateChange,
-)
-from shared.timeutil import iso
+from shared.models import ChangesPage, Snapshot
 
+from ..context import BridgeContext
 from .base import Feature
+from .device_topics import DeviceTopics
 
 log = logging.getLogger(__name__)
 
 LONG_POLL_S = 20
+QUEUE_PAGES = 4  # pages fetched ahead of the publisher; beyond that the aggregator keeps them
+
+
+@dataclass(frozen=True, slots=True)
+class _Republish:
+    """Everything again for the session ``generation`` (unless it already had it)."""
+
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Rebirth:
+    """Everything again, whatever was published before; ``done`` gets the device count."""
+
+    done: Callable[[int], None]
+
+
+_Item = Snapshot | ChangesPage | _Republish | _Rebirth
 
 
 class StateFeature(Feature):
     name = "state"
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: BridgeContext) -> None:
         super().__init__(ctx)
+        self.devices = DeviceTopics(ctx)
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()  # one publisher of device topics at a time
+        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=QUEUE_PAGES)
+        self._session = threading.Condition()
+        self._session_gen = 0  # the connection whose ``online`` is out (set by on_connect)
+        self._full_gen = 0  # the session that last had every device published
         self.epoch: str | None = None
         self.seq = 0
+        # The backlog: changes taken from the aggregator and not yet published.
+        self._backlog_lock = threading.Lock()
+        self._pages: deque[ChangesPage] = deque()
+        self._position = 0  # index of the next change to publish in self._pages[0]
+        self._pending = 0
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="state-feed", daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._feed, name="state-feed", daemon=True).start()
+        threading.Thread(target=self._publish_loop, name="state-publish", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
+        with self._session:
+            self._session.notify_all()
 
     def on_connect(self) -> None:
-        if self.ctx.mirror.synced:
-            self.republish_all()
+        generation = self.ctx.client.generation
+        with self._session:
+            self._session_gen = generation
+            self._session.notify_all()
+        self._put(_Republish(generation))
 
-    # --- the feed ----------------------------------------------------------------------------
-    def _run(self) -> None:
+    def rebirth(self, done: Callable[[int], None]) -> None:
+        """Republish every device; ``done(count)`` runs on the publisher thread afterwards."""
+        self._put(_Rebirth(done))
+
+    def outbox(self) -> dict[str, Any]:
+        """``meta/health``'s ``outbox``: changes still to publish and the age of the oldest."""
+        with self._backlog_lock:
+            pending = self._pending
+            oldest = (self._pages[0].changes[self._position].ts
+                      if pending and self._pages else None)
+        return {"pending": pending,
+                "oldest_age_s": round(max(0.0, time.time() - oldest), 3) if oldest else 0.0,
+                "thinned": 0}
+
+    # --- the feed thread -----------------------------------------------------------------------
+    def _feed(self) -> None:
         backoff = 0.5
         failing = False
         while not self._stop.is_set():
@@ -74,16 +122,8 @@ class StateFeature(Feature):
 
     def _load_snapshot(self) -> None:
         snap = Snapshot.model_validate(self.ctx.aggregator.get("/snapshot", timeout=30.0))
-        mirror = self.ctx.mirror
-        with self._lock:
-            mirror.devices = {d.info.device_id: d.info.model_dump() for d in snap.devices}
-            mirror.states = {d.info.device_id: d.state.model_dump()
-                             for d in snap.devices if d.state is not None}
-            mirror.groups = snap.groups
-            mirror.synced = True
-            self.epoch, self.seq = snap.epoch, snap.seq
-        log.info("snapshot: %d devices, %d with state", len(mirror.devices), len(mirror.states))
-        self.republish_all()
+        self.epoch, self.seq = snap.epoch, snap.seq
+        self._put(snap)
 
     def _follow(self) -> None:
         body = self.ctx.aggregator.get(
@@ -95,55 +135,73 @@ class StateFeature(Feature):
             log.info("state-aggregator restarted or the change log moved on: resyncing")
             self.epoch = None
             return
-        with self._lock:
-            for change in page.changes:
-                self._apply(change)
-            self.seq = page.seq
+        if page.changes:
+            with self._backlog_lock:
+                self._pages.append(page)
+                self._pending += len(page.changes)
+            self._put(page)
+        self.seq = page.seq
 
-    def _apply(self, change: Any) -> None:
-        mirror = self.ctx.mirror
-        if isinstance(change, StateChange):
-            mirror.states[change.device_id] = change.model_dump()
-            self._publish_state(change.device_id, change.ts, change.values, change.sampled)
-        elif isinstance(change, AvailabilityChange):
-            info = mirror.devices.get(change.device_id)
-            if info is not None:
-                info["online"] = change.online
-            self._publish_availability(change.device_id, change.online)
-        elif isinstance(change, ErrorChange):
-            self.ctx.publisher.json(self.ctx.topics.error(change.device_id), {
-                "timestamp": iso(change.ts), "error_code": change.error_code,
-                "message": change.message, "severity": change.severity}, qos=1)
-        elif isinstance(change, EventChange):
-            payload: dict[str, Any] = {"timestamp": iso(change.ts), "event": change.event}
-            if change.data is not None:
-                payload["data"] = change.data
-            self.ctx.publisher.json(self.ctx.topics.events(change.device_id), payload, qos=1)
-        elif isinstance(change, DeviceChange):
-            self.epoch = None  # the registry changed shape: reload it whole
+    def _put(self, item: _Item) -> None:
+        """Queue for the publisher, waiting while it is behind (back-pressure on the feed)."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
 
-    # --- publishing ----------------------------------------------------------------------------
-    def _publish_state(self, device_id: str, ts: float, values: dict[str, Any],
-                       sampled: list[str]) -> None:
-        topics, pub = self.ctx.topics, self.ctx.publisher
-        pub.json(topics.state(device_id), {"device_id": device_id, "timestamp": iso(ts), **values},
-                 retain=pub.state_retain)
-        for prop in sampled:
-            if prop in values:
-                pub.json(topics.state_property(device_id, prop), values[prop], retain=True)
+    # --- the publisher thread --------------------------------------------------------------------
+    def _publish_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                generation = self._wait_for_session()
+                if generation is None:
+                    return
+                self._handle(item, generation)
+            except Exception:
+                log.exception("publishing %s failed", type(item).__name__)
 
-    def _publish_availability(self, device_id: str, online: bool) -> None:
-        self.ctx.publisher.text(self.ctx.topics.availability(device_id),
-                                "online" if online else "offline", qos=1, retain=True)
+    def _wait_for_session(self) -> int | None:
+        """The current session's generation once it is live (connected and ``online`` out);
+        device topics published without one would go out again on the connection."""
+        client = self.ctx.client
+        with self._session:
+            while not self._stop.is_set():
+                if client.connected.is_set() and self._session_gen == client.generation:
+                    return self._session_gen
+                self._session.wait(0.2)
+        return None
 
-    def republish_all(self) -> int:
-        """Availability and state of every device (rebirth, reconnect, new snapshot)."""
-        mirror = self.ctx.mirror
-        with self._lock:
-            for device_id, info in mirror.devices.items():
-                self._publish_availability(device_id, bool(info["online"]))
-                state = mirror.states.get(device_id)
-                if state is not None:
-                    self._publish_state(device_id, state["ts"], state["values"],
-                                        list(state["values"]))
-            return len(mirror.devices)
+    def _handle(self, item: _Item, generation: int) -> None:
+        if isinstance(item, Snapshot):
+            self.devices.load(item)
+            self._publish_all(generation)
+        elif isinstance(item, ChangesPage):
+            self._publish_page(item)
+        elif isinstance(item, _Republish):
+            if self.ctx.mirror.synced and self._full_gen < item.generation:
+                self._publish_all(generation)
+        else:
+            item.done(self._publish_all(generation))
+
+    def _publish_all(self, generation: int) -> int:
+        self._full_gen = generation
+        return self.devices.publish_all()
+
+    def _publish_page(self, page: ChangesPage) -> None:
+        for i, change in enumerate(page.changes):
+            try:
+                self.devices.apply(change)
+            except Exception:
+                log.exception("publishing change %s of %s failed", change.kind, change.device_id)
+            with self._backlog_lock:
+                self._position = i + 1
+                self._pending -= 1
+        with self._backlog_lock:
+            self._pages.popleft()
+            self._position = 0

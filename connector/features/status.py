@@ -12,22 +12,25 @@ from typing import Any
 
 from shared.errors import ServiceError
 from shared.jsonutil import dumps
+from shared.processes import HANDLERS
 from shared.timeutil import iso
 
+from ..context import BridgeContext
 from .base import Feature
+from .state import StateFeature
 
 log = logging.getLogger(__name__)
 
 CHECK_EVERY_S = 5.0
 REPUBLISH_EVERY_S = 60.0
-HANDLERS = ("serial-handler", "http-poller")
 
 
 class StatusFeature(Feature):
     name = "status"
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: BridgeContext, *, state: StateFeature) -> None:
         super().__init__(ctx)
+        self._state = state
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._last: dict[str, Any] | None = None
@@ -45,7 +48,7 @@ class StatusFeature(Feature):
         self._write_status_file()
 
     def announce_online(self) -> None:
-        """Runs on paho's thread right after the subscriptions are acknowledged."""
+        """Runs on the bridge's session thread once the subscriptions are acknowledged."""
         self.ctx.publisher.text(self.ctx.topics.status, "online", qos=1, retain=True)
         self.connected = True
         self._write_status_file()
@@ -61,7 +64,7 @@ class StatusFeature(Feature):
     # --- health --------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         processes = {"mqtt-bridge": "running", "state-aggregator": "down"}
-        processes.update(dict.fromkeys(HANDLERS, "unknown"))
+        processes.update(dict.fromkeys((h.name for h in HANDLERS), "unknown"))
         devices = {"online": 0, "offline": 0}
         try:
             body = self.ctx.aggregator.get("/health", timeout=3.0)
@@ -76,8 +79,10 @@ class StatusFeature(Feature):
             state = "online"
         else:
             state = "degraded"
-        return {"state": state, "processes": processes,
-                "broker_outbox": self.ctx.publisher.pending, "devices": devices}
+        # The real backlog: readings taken from the aggregator and not yet published (paho's
+        # count of unacknowledged messages is bounded by the send window and says little).
+        return {"state": state, "processes": processes, "outbox": self._state.outbox(),
+                "devices": devices}
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -94,7 +99,7 @@ class StatusFeature(Feature):
             return
         health = self.health()
         now = time.monotonic()
-        if health != self._last or now - self._last_at >= REPUBLISH_EVERY_S:
+        if _meaning(health) != _meaning(self._last) or now - self._last_at >= REPUBLISH_EVERY_S:
             if self._last is not None and health["state"] != self._last["state"]:
                 log.info("instance health: %s -> %s", self._last["state"], health["state"])
             self._last, self._last_at = health, now
@@ -111,3 +116,11 @@ class StatusFeature(Feature):
             tmp.replace(path)
         except OSError as exc:
             log.warning("cannot write %s: %s", path, exc)
+
+
+def _meaning(health: dict[str, Any] | None) -> Any:
+    """What makes a health worth republishing at once: not the backlog's exact figures, which
+    move with every reading under load, only whether there is one."""
+    if health is None:
+        return None
+    return {**health, "outbox": health["outbox"]["pending"] > 0}

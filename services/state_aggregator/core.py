@@ -158,8 +158,8 @@ class Aggregator:
     def register(self, request: RegisterDevice, *, handler: str | None = None) -> bool:
         """Add a device found at run time (a probe, ``hub_system``); ``False`` when it is known.
 
-        The ``device`` change tells the bridge to reload the snapshot, so the device reaches MQTT
-        (discovery, availability) without a restart."""
+        The ``device`` change carries the device, so the bridge publishes it (availability, and
+        discovery later) without a restart and without republishing every other device."""
         with self._lock:
             if request.device_id in self.devices:
                 return False
@@ -168,8 +168,11 @@ class Aggregator:
                 model=request.model or request.source, sensor_type=request.sensor_type,
                 source=request.source, handler=handler, enabled=True, writable=False,
                 interval=request.interval, units=dict(request.units))
-            self.changes.append({"kind": "device", "device_id": request.device_id,
-                                 "ts": self.clock(), "action": "added"})
+            now = self.clock()
+            # The device travels with its change, so the bridge publishes it alone.
+            self.changes.append({"kind": "device", "device_id": request.device_id, "ts": now,
+                                 "action": "added",
+                                 "info": self.devices[request.device_id].info(now).model_dump()})
             self._registered[request.device_id] = Registration(device=request, handler=handler)
             if self._store is not None:
                 self._store.save(list(self._registered.values()))

@@ -90,7 +90,7 @@ class SystemSampler:
     def start(self) -> None:
         self._agg.register(RegisterDevice(
             device_id=DEVICE_ID, name="Hub system", model="sensor-hub host",
-            sensor_type="system", source="sensor", interval=self.interval, units=UNITS))
+            sensor_type="system", source="system", interval=self.interval, units=UNITS))
         self._thread = threading.Thread(target=self._run, name="hub-system", daemon=True)
         self._thread.start()
 

@@ -65,7 +65,8 @@ def test_devices_list_lists_every_device(mosquitto: Broker, demo: Instance,
     assert listed[READ_ONLY]["global_id"] == f"demo_{READ_ONLY}"
     assert listed[READ_ONLY]["source"] == "serial"
     assert listed["motion_hallway"]["source"] == "http"
-    assert {d["source"] for d in listed.values()} <= {"serial", "http", "probe", "sensor"}
+    assert listed["hub_system"]["source"] == "system"
+    assert {d["source"] for d in listed.values()} <= {"serial", "http", "probe", "sensor", "system"}
     assert all(set(d) >= {"device_id", "global_id", "name", "model", "source", "enabled",
                           "online", "last_seen"} for d in listed.values())
 
@@ -170,11 +171,14 @@ def test_malformed_json_gets_an_error_and_the_bridge_goes_on(
 
 def test_get_forces_a_fresh_read(mosquitto: Broker, demo: Instance, sub: Subscriber) -> None:
     topic = f"{demo.root_topic}/devices/heater_relay/state"
-    before = sub.wait(topic).json()["timestamp"]
+    # Right after one of the relay's polls (every 10 s), so the next is ~10 s away: a newer
+    # state within 3 s can only come from the get.
     sub.clear()
+    polled = sub.wait(topic, timeout=15, where=lambda m: not m.retain).json()
     publish(mosquitto.host, mosquitto.port, f"{demo.root_topic}/devices/heater_relay/get", b"")
-    after = sub.wait(topic, where=lambda m: not m.retain).json()["timestamp"]
-    assert after > before
+    fresh = sub.wait(topic, timeout=3,
+                     where=lambda m: m.json()["timestamp"] > polled["timestamp"]).json()
+    assert fresh["seq"] == polled["seq"] + 1
 
 
 def test_supervisorctl_shows_four_running(demo: Instance) -> None:
@@ -184,7 +188,8 @@ def test_supervisorctl_shows_four_running(demo: Instance) -> None:
         assert name in result.stdout
 
 
-def test_supervisorctl_restart_brings_the_bridge_back(demo: Instance, sub: Subscriber) -> None:
+def test_supervisorctl_restart_brings_the_bridge_back_publishing_once(
+        mosquitto: Broker, demo: Instance, sub: Subscriber) -> None:
     status = f"{demo.root_topic}/status"
     sub.clear()
     result = demo.supervisorctl("restart", "mqtt-bridge")
@@ -192,6 +197,23 @@ def test_supervisorctl_restart_brings_the_bridge_back(demo: Instance, sub: Subsc
     # A clean stop says offline itself; the new process says online.
     sub.wait(status, where=lambda m: m.text == "offline")
     sub.wait(status, where=lambda m: m.text == "online")
+    # Every topic once: a marker (a fresh read of the relay) goes through the same path after
+    # the start-up publishing, so any second copy would be here before it.
+    for device in (*DEVICES, *HUB_DEVICES):
+        sub.wait(f"{demo.root_topic}/devices/{device}/availability", timeout=20)
+    asked = time.time()
+    publish(mosquitto.host, mosquitto.port, f"{demo.root_topic}/devices/heater_relay/get", b"")
+    sub.wait(f"{demo.root_topic}/devices/heater_relay/state", timeout=10,
+             where=lambda m: _ts(m.json()["timestamp"]) >= asked - 0.5)
+    with sub.lock:
+        online_at = max(i for i, m in enumerate(sub.messages)
+                        if m.topic == status and m.text == "online")
+        since = sub.messages[online_at:]
+    for device in (*DEVICES, *HUB_DEVICES):
+        topic = f"{demo.root_topic}/devices/{device}"
+        assert len([m for m in since if m.topic == f"{topic}/availability"]) == 1, device
+        seqs = [m.json()["seq"] for m in since if m.topic == f"{topic}/state"]
+        assert len(seqs) == len(set(seqs)), f"{device} state published twice: {seqs}"
 
 
 def test_restarting_the_aggregator_loses_no_device(demo: Instance, sub: Subscriber) -> None:
@@ -233,3 +255,7 @@ def test_kill_9_bridge_publishes_offline_then_comes_back(mosquitto: Broker, demo
     assert new_pid != pid
     # The broker keeps "online" retained for whoever subscribes next.
     assert retained(mosquitto.host, mosquitto.port, status, where=lambda m: m.text == "online")
+
+
+def _ts(iso_z: str) -> float:
+    return datetime.fromisoformat(iso_z.replace("Z", "+00:00")).timestamp()

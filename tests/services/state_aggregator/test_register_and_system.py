@@ -75,7 +75,7 @@ def test_sampler_registers_hub_system_and_feeds_it(tmp_path: Path) -> None:
         wait_for(lambda: DEVICE_ID in agg.devices, what="hub_system to register")
         device = agg.device(DEVICE_ID)
         wait_for(lambda: device.state_ts is not None, what="the first hub_system reading")
-        assert device.source == "sensor"  # the contract knows no other source
+        assert device.source == "system"  # the contract's source of the hub's own device
         assert device.values["cpu_temperature"] == 48.0
         assert device.values["disk_free"] > 0 and device.units["disk_free"] == "B"
         assert agg.device_infos()[0].online is True

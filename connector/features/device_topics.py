@@ -1,0 +1,177 @@
+"""The device topics: applies each change from the aggregator to the mirror and publishes what
+it changed (state, per-property values, availability, errors, events, new and removed devices),
+and republishes every device after a (re)connection, a new snapshot or a rebirth.
+
+Only the state publisher thread calls this, so the mirror has one writer and the messages of a
+device leave in the order its changes happened.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from shared.models import (
+    AvailabilityChange,
+    Change,
+    DeviceChange,
+    DeviceInfo,
+    ErrorChange,
+    EventChange,
+    Snapshot,
+    StateChange,
+)
+from shared.timeutil import iso
+
+from ..context import BridgeContext, DeviceRecord
+
+log = logging.getLogger(__name__)
+
+PropertyTopics = Literal["changed", "all", "off"]
+# Contract fields of the flat state payload; a property of the same name cannot replace them
+# (it still has its own ``state/{property}`` topic).
+RESERVED = ("device_id", "timestamp", "seq")
+
+
+def state_payload(device_id: str, ts: float, seq: int, values: dict[str, Any]) -> dict[str, Any]:
+    payload: dict[str, Any] = {"device_id": device_id, "timestamp": iso(ts), "seq": seq}
+    for key, value in values.items():
+        if key not in payload:
+            payload[key] = value
+    return payload
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal as JSON values: ``1``, ``1.0`` and ``true`` are different readings."""
+    return type(a) is type(b) and a == b
+
+
+class DeviceTopics:
+    def __init__(self, ctx: BridgeContext) -> None:
+        self.ctx = ctx
+        self.policy: PropertyTopics = ctx.settings.mqtt_property_topics
+
+    # --- whole mirror ---------------------------------------------------------------------------
+    def load(self, snap: Snapshot) -> None:
+        """Replace the mirror with ``snap``; clear the topics of devices that are gone. The
+        caller republishes everything afterwards."""
+        mirror = self.ctx.mirror
+        old = mirror.devices
+        devices: dict[str, DeviceRecord] = {}
+        for entry in snap.devices:
+            device_id = entry.info.device_id
+            before = old.get(device_id)
+            seq = before.seq if before else 0
+            if entry.state is not None and (before is None or before.state is None
+                                            or before.state.ts != entry.state.ts):
+                seq += 1
+            devices[device_id] = DeviceRecord(info=entry.info, online=entry.info.online,
+                                              state=entry.state, seq=seq)
+        for device_id in old.keys() - devices.keys():
+            self._clear(old[device_id])
+        mirror.devices = devices
+        mirror.groups = snap.groups
+        mirror.synced = True
+        log.info("snapshot: %d devices, %d with state", len(devices),
+                 sum(1 for r in devices.values() if r.state is not None))
+
+    def publish_all(self) -> int:
+        """Availability, state and every property of every device."""
+        records = list(self.ctx.mirror.devices.values())
+        for rec in records:
+            self.publish_device(rec)
+        return len(records)
+
+    def publish_device(self, rec: DeviceRecord) -> None:
+        self._availability(rec.info.device_id, rec.online)
+        if rec.state is not None:
+            self._state(rec, rec.state, list(rec.state.values) if self.policy != "off" else [])
+
+    # --- one change -----------------------------------------------------------------------------
+    def apply(self, change: Change) -> None:
+        if isinstance(change, StateChange):
+            self._on_state(change)
+        elif isinstance(change, AvailabilityChange):
+            rec = self.ctx.mirror.devices.get(change.device_id)
+            if rec is not None:
+                rec.online = change.online
+            self._availability(change.device_id, change.online)
+        elif isinstance(change, ErrorChange):
+            self.ctx.publisher.json(self.ctx.topics.error(change.device_id), {
+                "timestamp": iso(change.ts), "error_code": change.error_code,
+                "message": change.message, "severity": change.severity}, qos=1)
+        elif isinstance(change, EventChange):
+            payload: dict[str, Any] = {"timestamp": iso(change.ts), "event": change.event}
+            if change.data is not None:
+                payload["data"] = change.data
+            self.ctx.publisher.json(self.ctx.topics.events(change.device_id), payload, qos=1)
+        elif isinstance(change, DeviceChange):
+            self._on_device(change)
+
+    def _on_state(self, change: StateChange) -> None:
+        rec = self.ctx.mirror.devices.get(change.device_id)
+        if rec is None:
+            log.debug("state of %s, which the mirror does not hold yet", change.device_id)
+            return
+        before = rec.state.values if rec.state is not None else {}
+        rec.state = change
+        rec.seq += 1
+        if self.policy == "all":
+            props = [p for p in change.sampled if p in change.values]
+        elif self.policy == "changed":
+            props = [p for p in change.sampled if p in change.values
+                     and (p not in before or not same(before[p], change.values[p]))]
+        else:
+            props = []
+        self._state(rec, change, props)
+
+    def _on_device(self, change: DeviceChange) -> None:
+        mirror = self.ctx.mirror
+        if change.action == "removed":
+            rec = mirror.devices.pop(change.device_id, None)
+            if rec is not None:
+                self._clear(rec)
+            log.info("device %s removed: its retained topics are cleared", change.device_id)
+            return
+        info = change.info or self._fetch_info(change.device_id)
+        if info is None:
+            return
+        before = mirror.devices.get(change.device_id)
+        rec = DeviceRecord(info=info, online=info.online,
+                           state=before.state if before else None,
+                           seq=before.seq if before else 0)
+        mirror.devices[change.device_id] = rec
+        self.publish_device(rec)  # only the new device, never every device again
+
+    def _fetch_info(self, device_id: str) -> DeviceInfo | None:
+        """An aggregator that does not send the device with its ``added`` change: ask for it."""
+        body = self.ctx.aggregator.get("/devices")
+        for raw in body.get("devices", []):
+            if raw.get("device_id") == device_id:
+                return DeviceInfo.model_validate(raw)
+        log.warning("device %s was added but the aggregator no longer lists it", device_id)
+        return None
+
+    # --- publishing -----------------------------------------------------------------------------
+    def _state(self, rec: DeviceRecord, change: StateChange, props: list[str]) -> None:
+        topics, pub = self.ctx.topics, self.ctx.publisher
+        device_id = change.device_id
+        pub.json(topics.state(device_id), state_payload(device_id, change.ts, rec.seq,
+                                                        change.values),
+                 retain=pub.state_retain)
+        for prop in props:
+            pub.json(topics.state_property(device_id, prop), change.values[prop], retain=True)
+
+    def _availability(self, device_id: str, online: bool) -> None:
+        self.ctx.publisher.text(self.ctx.topics.availability(device_id),
+                                "online" if online else "offline", qos=1, retain=True)
+
+    def _clear(self, rec: DeviceRecord) -> None:
+        """Empty retained payloads, so a removed device leaves no ghost topics behind."""
+        topics, pub = self.ctx.topics, self.ctx.publisher
+        device_id = rec.info.device_id
+        pub.raw(topics.availability(device_id), b"", qos=1, retain=True)
+        if rec.state is not None:
+            pub.raw(topics.state(device_id), b"", qos=1, retain=True)
+            for prop in rec.state.values:
+                pub.raw(topics.state_property(device_id, prop), b"", qos=1, retain=True)

@@ -1,0 +1,135 @@
+"""Device topics as a real subscriber sees them: every topic once after a (re)start, a new
+device alone, a removed device leaves nothing retained, per-property topics by policy, and the
+state's per-device ``seq``."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from shared.models import ReadingObs, RegisterDevice
+from tests.connector.conftest import SENSORS, Hub
+from tests.helpers import Broker, Subscriber, publish, retained, wait_for
+
+
+def reading(device: str, **values: object) -> ReadingObs:
+    return ReadingObs(device_id=device, ts=time.time(), values=values)
+
+
+def device_topics(sub: Subscriber, root: str) -> Counter[str]:
+    """Live messages per device topic (a retained copy the broker replays is not counted)."""
+    with sub.lock:
+        return Counter(m.topic.removeprefix(f"{root}/devices/") for m in sub.messages
+                       if m.topic.startswith(f"{root}/devices/") and not m.retain)
+
+
+def marker(hub: Hub, sub: Subscriber, value: float) -> None:
+    """A reading of s3 through the same path as everything else: once it is at the
+    subscriber, whatever the bridge published before it is there too."""
+    hub.agg.ingest([reading("s3", temperature=value)])
+    sub.wait(f"{hub.root}/devices/s3/state", where=lambda m: m.json()["temperature"] == value)
+
+
+@pytest.mark.parametrize("restarts", [0, 1])
+def test_a_start_publishes_every_topic_once(broker: Broker, hub: Hub, tmp_path: Path,
+                                            restarts: int) -> None:
+    hub.agg.ingest([reading("s1", temperature=20.5, humidity=40.0), reading("s2", temperature=19.0)])
+    for _ in range(restarts):  # as `supervisorctl restart mqtt-bridge` does
+        first = hub.bridge(broker, tmp_path)
+        wait_for(lambda b=first: b.ctx.mirror.synced and b.client.connected.is_set(),
+                 what="the first bridge up")
+        first.stop()
+    sub = Subscriber(broker.host, broker.port).subscribe(f"{hub.root}/devices/#")
+    try:
+        hub.bridge(broker, tmp_path)
+        marker(hub, sub, 30.0)
+        seen = device_topics(sub, hub.root)
+        for topic in ("s1/availability", "s1/state", "s1/state/temperature", "s1/state/humidity",
+                      "s2/availability", "s2/state", "s2/state/temperature",
+                      "relay/availability"):
+            assert seen[topic] == 1, f"{topic} published {seen[topic]} times: {seen}"
+    finally:
+        sub.close()
+
+
+def test_a_new_device_publishes_only_itself_and_a_removed_one_is_cleared(
+        broker: Broker, hub: Hub, tmp_path: Path) -> None:
+    hub.agg.ingest([reading("s1", temperature=20.5)])
+    sub = Subscriber(broker.host, broker.port).subscribe(f"{hub.root}/devices/#")
+    try:
+        bridge = hub.bridge(broker, tmp_path)
+        marker(hub, sub, 30.0)
+        sub.clear()
+        for i in range(20):
+            hub.agg.register(RegisterDevice(device_id=f"probe_{i}", source="probe", interval=10))
+        hub.agg.ingest([reading("probe_7", temperature_c=21.5)])
+        marker(hub, sub, 31.0)
+        seen = device_topics(sub, hub.root)
+        assert {t for t in seen if not t.startswith(("probe_", "s3/"))} == set(), seen
+        assert all(seen[f"probe_{i}/availability"] == 1 + (i == 7) for i in range(20)), seen
+        assert json.loads(sub.last(f"{hub.root}/devices/probe_7/state/temperature_c").payload) \
+            == 21.5
+        assert "probe_7" in bridge.ctx.mirror.devices
+
+        # The aggregator drops probe_7 (a stale probe removed): nothing of it stays retained.
+        hub.agg.changes.append({"kind": "device", "device_id": "probe_7", "ts": time.time(),
+                                "action": "removed"})
+        wait_for(lambda: "probe_7" not in bridge.ctx.mirror.devices, what="probe_7 removed")
+        for suffix in ("availability", "state", "state/temperature_c"):
+            sub.wait(f"{hub.root}/devices/probe_7/{suffix}", where=lambda m: m.payload == b"")
+        ghost = Subscriber(broker.host, broker.port).subscribe(f"{hub.root}/devices/probe_7/#")
+        try:
+            marker(hub, sub, 32.0)  # the broker sends retained messages with the SUBACK
+            assert ghost.messages == []
+        finally:
+            ghost.close()
+    finally:
+        sub.close()
+
+
+@pytest.mark.parametrize(("policy", "expected"), [
+    ("changed", ["temperature", "humidity", "humidity"]),
+    ("all", ["temperature", "humidity", "temperature", "humidity", "temperature", "humidity"]),
+    ("off", []),
+])
+def test_property_topics_follow_the_policy(broker: Broker, hub: Hub, tmp_path: Path,
+                                           policy: str, expected: list[str]) -> None:
+    sub = Subscriber(broker.host, broker.port).subscribe(f"{hub.root}/devices/s1/#")
+    try:
+        bridge = hub.bridge(broker, tmp_path, mqtt_property_topics=policy)
+        wait_for(lambda: bridge.ctx.mirror.synced and bridge.client.connected.is_set(),
+                 what="the bridge up")
+        for humidity in (40.0, 40.0, 41.0):  # the temperature never changes
+            hub.agg.ingest([reading("s1", temperature=20.0, humidity=humidity)])
+            time.sleep(0.002)  # distinct sampling times: a reading may not roll state back
+        states = wait_for(lambda: len(got := sub.on(f"{hub.root}/devices/s1/state")) == 3 and got,
+                          what="three states")
+        marker(hub, Subscriber(broker.host, broker.port).subscribe(f"{hub.root}/#"), 1.0)
+        props = [m.topic.rsplit("/", 1)[1] for m in sub.messages if "/state/" in m.topic]
+        assert props == expected
+        assert [s.json()["seq"] for s in states] == [1, 2, 3]
+
+        # A rebirth republishes every property (unless off) with the state's own seq again.
+        sub.clear()
+        publish(broker.host, broker.port, f"{hub.root}/meta/request/rebirth", b"{}")
+        state = sub.wait(f"{hub.root}/devices/s1/state")
+        assert state.json()["seq"] == 3
+        if policy != "off":
+            assert json.loads(sub.wait(f"{hub.root}/devices/s1/state/temperature").payload) == 20.0
+    finally:
+        sub.close()
+
+
+def test_state_payload_keeps_the_contract_fields(broker: Broker, hub: Hub,
+                                                 tmp_path: Path) -> None:
+    hub.bridge(broker, tmp_path)
+    hub.agg.ingest([reading("s2", seq=999, temperature=1.5)])  # a property named like a field
+    body = retained(broker.host, broker.port, f"{hub.root}/devices/s2/state",
+                    where=lambda m: "temperature" in m.json()).json()
+    assert body["seq"] == 1 and body["device_id"] == "s2" and body["temperature"] == 1.5
+    assert retained(broker.host, broker.port, f"{hub.root}/devices/s2/state/seq").json() == 999
+    assert set(SENSORS) >= {"s2"}

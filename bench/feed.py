@@ -1,9 +1,10 @@
 """Readings into the hub: pseudo-terminals that the serial handler opens as its ports (the
 harness writes the sensor side), and POSTs to the LAN ingest API when the instance has one.
 
-Every reading carries a ``seq``; the harness keeps each one's send time (``time.time_ns()``)
-so the subscriber's arrival times give end-to-end latency, and the seqs that never arrive are
-the losses.
+Every reading carries its sequence number as the property ``n`` (not ``seq``: that is the
+contract's per-device counter in every state payload); the harness keeps each one's send time
+(``time.time_ns()``) so the subscriber's arrival times give end-to-end latency, and the
+numbers that never arrive are the losses.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 
 import requests
 
-LINE = b'{"id":"%s","temperature":%.1f,"seq":%d}\n'
+LINE = b'{"id":"%s","temperature":%.1f,"n":%d}\n'
 
 
 def _foreign_ptys() -> set[str]:
@@ -215,7 +216,7 @@ class IngestPoster:
     def available(self) -> bool:
         try:
             resp = self.session.post(self.url, json={"probe_id": self.probe_id,
-                                                     "temperature_c": 21.0, "seq": -1},
+                                                     "temperature_c": 21.0, "n": -1},
                                      headers=self.headers, timeout=2)
         except requests.RequestException:
             return False
@@ -230,7 +231,7 @@ class IngestPoster:
                 break
             try:
                 self.session.post(self.url, json={"probe_id": self.probe_id,
-                                                  "temperature_c": 21.5, "seq": seq},
+                                                  "temperature_c": 21.5, "n": seq},
                                   headers=self.headers, timeout=2)
                 n += 1
             except requests.RequestException:

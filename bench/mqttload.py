@@ -2,8 +2,8 @@
 the measuring subscriber used by every section, and the ceiling's publisher.
 
 The subscriber records, for every live (not retained) message on a recorded topic, the
-``seq`` in its JSON payload and the arrival time (``time.time_ns()``); it counts every other
-message. The harness talks to it over a pipe: ``reset``, ``dump``.
+harness's sequence number ``n`` in its JSON payload and the arrival time (``time.time_ns()``);
+it counts every other message. The harness talks to it over a pipe: ``reset``, ``dump``.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def _subscriber_main(  # noqa: PLR0917  (a Process target takes positional args)
             counts["last_ns"] = now
             if msg.topic.endswith(record_suffix):
                 try:
-                    seq = orjson.loads(msg.payload)["seq"]
+                    seq = orjson.loads(msg.payload)["n"]
                 except (orjson.JSONDecodeError, KeyError, TypeError):
                     counts["unparsed"] += 1
                     return
@@ -166,7 +166,7 @@ class Subscriber:
 def payload(seq: int, size: int = 150) -> bytes:
     """A state-like JSON payload of exactly ``size`` bytes carrying ``seq``."""
     head = (b'{"device_id":"ceiling","timestamp":"2026-01-01T12:00:00.123Z",'
-            b'"temperature":22.5,"seq":%10d,"pad":"' % seq)
+            b'"temperature":22.5,"n":%10d,"pad":"' % seq)
     return head + b"x" * (size - len(head) - 2) + b'"}'
 
 

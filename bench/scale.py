@@ -1,7 +1,10 @@
 """Scale: instances with 1,000 / 5,000 / 10,000 serial devices (spread over a few ptys). One
-cycle = one reading for every device; measured: the time from the first line written to the
-last device's state at the subscriber, CPU seconds of each process over the cycle, and the
-REST calls the bridge made (counted by a relay in front of the aggregator)."""
+cycle = one reading for every device; measured, from the first line written: the time until the
+last device's ``state`` topic is at the subscriber (``cycle_s``, the state-topic time) and the
+time until the cycle's last device message of any kind is (``all_s``: states plus per-property
+topics), the number of those messages, CPU seconds of each process over the cycle, and the REST
+calls the bridge made (counted by a relay in front of the aggregator). One subscriber takes
+``devices/#``, so both times are seen by the same client."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from .stats import median
 
 log = logging.getLogger(__name__)
 PORTS = 4
+SETTLED_S = 1.0  # no device message for this long: the cycle's tail has arrived
 BRIDGE_PATHS = ("GET /changes", "GET /snapshot", "GET /devices", "GET /groups", "GET /health")
 
 
@@ -41,7 +45,7 @@ def _one_size(broker: Broker, mode: Mode, size: int) -> dict[str, Any]:
             env={"STATE_AGGREGATOR_PORT": str(aggregator_port),
                  "STATE_AGGREGATOR_URL": f"http://127.0.0.1:{relay_port}"})
         ready_s = time.monotonic() - t0
-        sub = Subscriber(broker.host, broker.port, [f"{hub.base}/devices/+/state"],
+        sub = Subscriber(broker.host, broker.port, [f"{hub.base}/devices/#"],
                          record_suffix="/state", qos=1)
         feeder = Feeder(ports, capacity=size * (mode.scale_cycles + 2) + 10,
                         received=lambda: sub.recorded.value)
@@ -54,6 +58,7 @@ def _one_size(broker: Broker, mode: Mode, size: int) -> dict[str, Any]:
                 first = feeder.sent
                 start_ns = feeder.cycle(20.0 + c)
                 done = sub.wait_recorded(size, timeout=120, idle=15)
+                _settle(sub, SETTLED_S)
                 dump = sub.dump()
                 cpu1, req1 = hub.cpu(), relay.counts()
                 got = {s for s in dump.seqs if first <= s < first + size}
@@ -62,6 +67,8 @@ def _one_size(broker: Broker, mode: Mode, size: int) -> dict[str, Any]:
                 reqs = delta(req1, req0)
                 row = {
                     "cycle_s": round((last_ns - start_ns) / 1e9, 3),
+                    "all_s": round((max(dump.last_ns, last_ns) - start_ns) / 1e9, 3),
+                    "messages": dump.total,
                     "complete": done and len(got) == size, "states": len(got),
                     "cpu_s": {k: round(cpu1.get(k, 0) - v, 2) for k, v in cpu0.items()},
                     "bridge_rest_calls": sum(v for k, v in reqs.items() if k in BRIDGE_PATHS),
@@ -82,6 +89,8 @@ def _one_size(broker: Broker, mode: Mode, size: int) -> dict[str, Any]:
     return {
         "devices": size, "ready_s": round(ready_s, 2), "cycles": cycles,
         "cycle_s": median([c["cycle_s"] for c in cycles]),
+        "all_s": median([c["all_s"] for c in cycles]),
+        "messages": median([c["messages"] for c in cycles]),
         "complete": all(c["complete"] for c in cycles),
         "cpu_s": {p: round(median([c["cpu_s"][p] for c in cycles]), 2) for p in procs},
         "cpu_s_total": median([c["cpu_s_total"] for c in cycles]),
@@ -89,3 +98,17 @@ def _one_size(broker: Broker, mode: Mode, size: int) -> dict[str, Any]:
         "ingest_calls": median([c["ingest_calls"] for c in cycles]),
         "memory": memory,
     }
+
+
+def _settle(sub: Subscriber, quiet_s: float, limit_s: float = 60.0) -> None:
+    """Until no message has arrived for ``quiet_s`` (the per-property topics of the cycle
+    follow its states), or ``limit_s``."""
+    end = time.monotonic() + limit_s
+    last, changed = -1, time.monotonic()
+    while time.monotonic() < end:
+        now_n = sub.total.value
+        if now_n != last:
+            last, changed = now_n, time.monotonic()
+        elif time.monotonic() - changed >= quiet_s:
+            return
+        time.sleep(0.02)

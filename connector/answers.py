@@ -45,6 +45,10 @@ class Answers:
     def pending(self) -> int:
         return self._workers.pending
 
+    @property
+    def published(self) -> int:
+        return self._workers.done
+
     def _offer(self, job: Any) -> None:
         self.offered += 1
         if self._workers.offer(job):

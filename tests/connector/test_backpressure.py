@@ -59,11 +59,12 @@ def test_a_flood_of_malformed_commands_does_not_stall_states_or_meta(
         answers = sub.on(f"{root}/devices/relay/cmd/response")
         assert answers and all(a.json()["status"] == "error" for a in answers)
         assert "not valid JSON" in answers[0].json()["error"]
-        # Every bad command got its answer or was counted as dropped (the broker itself drops
-        # what exceeds its queue for a slow client, so not all 6,000 need reach the bridge).
+        # Every bad command that reached the bridge got its answer published or was counted as
+        # dropped (mosquitto drops what exceeds its queue for a slow client, on the way to the
+        # bridge and to this subscriber alike, so neither sees all 6,000).
         answered = bridge.ctx.answers
-        wait_for(lambda: len(sub.on(f"{root}/devices/relay/cmd/response"))
-                 == answered.offered - answered.dropped, what="every answer at the subscriber")
+        wait_for(lambda: answered.published == answered.offered - answered.dropped,
+                 what="every answer not dropped published")
     finally:
         sub.close()
 

@@ -71,7 +71,7 @@ def main() -> None:
             print(f"{n} sensors, {threads} client threads, load average {os.getloadavg()[0]:.2f}")
             print(f"register: {n / reg_s:.0f}/s; heartbeat flat out: {n / beat_s:.0f}/s, "
                   f"p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms, max {lat[-1]:.1f} ms")
-            paced = []
+            rss_before = _rss_kib(proc.pid)
             step = 10.0 / n  # every sensor every 10 s
             t_start = time.perf_counter()
             futures = []
@@ -85,6 +85,8 @@ def main() -> None:
             print(f"heartbeat paced at {n / 10:.0f}/s for {paced_s:.0f} s ({len(paced)} beats): "
                   f"p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms, max {paced[-1]:.1f} ms, "
                   f"load average {os.getloadavg()[0]:.2f}")
+            print(f"aggregator RSS (its gunicorn worker): {rss_before / 1024:.1f} MiB before, "
+                  f"{_rss_kib(proc.pid) / 1024:.1f} MiB after the paced run")
         t0 = time.perf_counter()
         made = local.post(f"{base}/configs", json={"config_name": "all", "sensor_type": "esp32",
                                                    "config_data": {"polling_interval": 30}}).json()
@@ -96,6 +98,17 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _rss_kib(pid: int) -> int:
+    """RSS of the process tree's largest member (gunicorn's worker holds the state)."""
+    best = 0
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for p in [pid, *(int(c) for c in children.read_text().split())] if children.exists() else [pid]:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                best = max(best, int(line.split()[1]))
+    return best
 
 
 def _up(session: requests.Session, base: str) -> bool:

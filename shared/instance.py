@@ -52,7 +52,12 @@ class SerialSource(_Strict):
     parity: Literal["N", "E", "O", "M", "S"] = "N"
     stopbits: float = Field(default=1, description="1, 1.5 or 2")
     line_ending: Literal["\n", "\r\n", "\r"] = "\n"
-    read_timeout: float = Field(default=2.0, gt=0, le=60)
+    read_timeout: float = Field(
+        default=2.0, gt=0, le=60,
+        description="Seconds a read request may wait for its answer; a sensor's own "
+                    "read_timeout overrides it. An unanswered request holds the port that long: "
+                    "sensors on the port x read_timeout should fit the interval",
+    )
     mode: Literal["stream", "poll"] = Field(
         default="stream",
         description="stream: the sensor prints readings by itself; poll: the hub asks every interval",
@@ -96,8 +101,20 @@ class SensorConfig(_Strict):
     interval: float | None = Field(
         default=None, gt=0, description="Expected cadence in seconds (default: update_interval)"
     )
+    read_timeout: float | None = Field(
+        default=None, gt=0, le=60,
+        description="Serial sensors: seconds this sensor's answer to a read request may take, "
+                    "overriding its port's source.read_timeout",
+    )
     properties: dict[PropertyName, PropertySpec] = Field(default_factory=dict)
     source: SourceConfig
+
+    @model_validator(mode="after")
+    def _read_timeout_is_serial(self) -> SensorConfig:
+        # An HTTP source has its own "timeout"; a probe pushes and is never asked.
+        if self.read_timeout is not None and self.source.type != "serial":
+            raise ValueError("read_timeout is for serial sensors (an HTTP source has timeout)")
+        return self
 
 
 class InstanceConfig(_Strict):

@@ -44,6 +44,7 @@ class SerialHandler:
                 sensor_id=sensor.sensor_id,
                 interval=instance.interval_of(sensor, update_interval),
                 writable=src.writable,
+                read_timeout=sensor.read_timeout,
             ))
         self.ports = {
             url: PortWorker(url, configs[url], slots, self._observe, on_bad_line=self._bad_line,
@@ -96,7 +97,7 @@ class SerialHandler:
             "friendly_name": sensor.friendly_name or sensor_id, "port": worker.url,
             "port_up": worker.is_up, "down_reason": worker.down_reason,
             "mode": worker.config.mode, "writable": slot.writable, "interval": slot.interval,
-            "bad_lines": slot.bad_lines,
+            "bad_lines": slot.bad_lines, **worker.sensor_status(sensor_id),
             "reading": last.model_dump() if last else None,
             "timestamp": iso(last.ts) if last else None,
         }

@@ -1,6 +1,7 @@
 """One worker per serial port: its own reader thread (so one stuck port never delays another),
-reconnects with backoff when the port goes away, the poll schedule for sensors that answer only
-when asked, fresh reads and commands written back in the line protocol."""
+reconnects with backoff when the port goes away, a poll thread that asks sensors that answer
+only when asked on the port's schedule (``schedule.py``), fresh reads and commands written back
+in the line protocol."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from shared.instance import SerialSource
 from shared.models import CommandRequest, CommandResult, ErrorObs, EventObs, LinkObs, ReadingObs
 
 from . import protocol
+from .schedule import PortSchedule
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,8 @@ class SensorSlot:
     sensor_id: str
     interval: float
     writable: bool
+    read_timeout: float | None = None  # this sensor's own; None: the port's
     last: ReadingObs | None = None
-    next_poll: float = 0.0
     waiting_reads: list[Future[ReadingObs]] = field(default_factory=list)
     bad_lines: int = 0
     bad_reported_at: float = -math.inf
@@ -89,6 +91,12 @@ class PortWorker:
         self.unknown = 0
         self.opens = 0
         self.open_failures = 0
+        self.schedule = PortSchedule(url, [(s.sensor_id, s.interval, self.read_timeout_of(s))
+                                           for s in slots])
+
+    def read_timeout_of(self, slot: SensorSlot) -> float:
+        """The sensor's own read_timeout, else the port's."""
+        return slot.read_timeout or self.config.read_timeout
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -286,8 +294,8 @@ class PortWorker:
         self.down_reason = None
         self._down_announced = False
         now = self._clock()
+        self.schedule.restart()  # a new round at once, not one interval later
         for slot in self.slots.values():
-            slot.next_poll = 0.0  # read at once after (re)connecting, not one interval later
             self._emit(LinkObs(device_id=slot.sensor_id, ts=now, up=True))
         self._wake.set()
 
@@ -332,15 +340,19 @@ class PortWorker:
         """Ask the sensor for a reading now and wait for it; failures are also emitted."""
         slot = self.slots[sensor_id]
         fut: Future[ReadingObs] = Future()
-        limit = timeout or self.config.read_timeout
+        own = self.read_timeout_of(slot)
+        limit = timeout or own
         if self.config.mode == "stream":
             # A streaming sketch may ignore read requests: its next line is the answer then.
-            limit = min(max(limit, slot.interval + self.config.read_timeout), FRESH_READ_CAP)
+            limit = min(max(limit, slot.interval + own), FRESH_READ_CAP)
         with self._lock:
             slot.waiting_reads.append(fut)
+        started = time.monotonic()
         try:
             self._write(protocol.read_request(sensor_id, self.config.line_ending))
-            return fut.result(timeout=limit)
+            reading = fut.result(timeout=limit)
+            self._answered(sensor_id, time.monotonic() - started)
+            return reading
         except FutureTimeout:
             err = ReadError("READ_TIMEOUT", f"{sensor_id} on {self.url} did not answer within "
                                             f"{limit:g} s")
@@ -350,10 +362,29 @@ class PortWorker:
             with self._lock:
                 if fut in slot.waiting_reads:
                     slot.waiting_reads.remove(fut)
-        if err.code == "READ_TIMEOUT":  # other failures were emitted where they were seen
-            self._emit(ErrorObs(device_id=sensor_id, ts=self._clock(), error_code=err.code,
-                                message=err.message))
+        if err.code == "READ_TIMEOUT":
+            self._unanswered(sensor_id, err)
+        elif err.code != "PORT_UNAVAILABLE":  # the sensor said it failed: it did answer
+            self._answered(sensor_id, time.monotonic() - started)
         raise err
+
+    def _answered(self, sensor_id: str, duration: float) -> None:
+        missed = self.schedule.answered(sensor_id, duration)
+        if missed:
+            log.info("%s on %s answers again after %d unanswered read request(s)", sensor_id,
+                     self.url, missed)
+
+    def _unanswered(self, sensor_id: str, err: ReadError) -> None:
+        """A device error at the first unanswered request of an outage, not at every round:
+        the sensor is then asked less often (see schedule.py) until it answers."""
+        if not self.schedule.unanswered(sensor_id):
+            log.debug("%s", err.message)
+            return
+        message = err.message
+        if self.config.mode == "poll":
+            message += "; asked less often (after the healthy sensors) until it answers"
+        self._emit(ErrorObs(device_id=sensor_id, ts=self._clock(), error_code=err.code,
+                            message=message))
 
     def command(self, sensor_id: str, request: CommandRequest) -> CommandResult:
         """Write the command line and wait for the sensor's ack line: ``success`` (ok), ``error``
@@ -382,21 +413,29 @@ class PortWorker:
 
     # --- the poll thread -------------------------------------------------------------------------
     def _poll_loop(self) -> None:
+        """Ask one sensor at a time, as the schedule says; while the port is down nothing is
+        due (the schedule restarts when it comes back)."""
         while not self._stop.is_set():
-            now = time.monotonic()
-            for slot in [s for s in self.slots.values() if s.next_poll <= now]:
-                slot.next_poll = now + slot.interval
-                if not self.is_up or self._stop.is_set():
-                    continue
-                try:
-                    self.read(slot.sensor_id)
-                except ReadError:
-                    pass  # already emitted as a device error
-                except Exception:
-                    log.exception("polling %s on %s failed", slot.sensor_id, self.url)
-            upcoming = min(s.next_poll for s in self.slots.values())
-            self._wake.wait(max(0.05, upcoming - time.monotonic()))
-            self._wake.clear()
+            if not self.is_up:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            sensor_id, wait = self.schedule.next_poll()
+            if sensor_id is None:
+                # At most 1 s, so a clock that jumped or a lost wake-up costs little.
+                self._wake.wait(min(wait, 1.0))
+                self._wake.clear()
+                continue
+            try:
+                self.read(sensor_id)
+            except ReadError:
+                pass  # already emitted as a device error
+            except Exception:
+                log.exception("polling %s on %s failed", sensor_id, self.url)
+
+    def sensor_status(self, sensor_id: str) -> dict[str, Any]:
+        """Its part of ``/sensors``: read_timeout, polls, late polls and backoff state."""
+        return self.schedule.view(sensor_id)
 
     def status(self) -> dict[str, Any]:
         return {"port": self.url, "up": self.is_up, "down_reason": self.down_reason,
@@ -404,4 +443,5 @@ class PortWorker:
                 "unknown_sensor_lines": self.unknown, "opens": self.opens,
                 "open_failures": self.open_failures,
                 "sensors": sorted(self.slots),
-                "bad_lines": {s.sensor_id: s.bad_lines for s in self.slots.values()}}
+                "bad_lines": {s.sensor_id: s.bad_lines for s in self.slots.values()},
+                **self.schedule.status()}

@@ -13,9 +13,9 @@ their slot:
   due (after ``FORCE_PROBE_AFTER`` rounds without such a gap it is asked anyway, or it could
   never come back). From its second unanswered request in a row it also backs off: it skips
   1, 2, 4 ... rounds, up to ``MAX_BACKOFF_S`` worth.
-- A poll sent more than ``tolerance(interval)`` after its usual place in the round (the
-  earliest it has been sent at since the port opened), or a grid point missed altogether, is
-  counted late and warned about once: the round does not fit the interval.
+- A healthy sensor's poll sent more than ``tolerance(interval)`` after its usual place in the
+  round (the earliest it has been sent at since the port opened), or a grid point missed
+  altogether, is counted late and warned about once: the round does not fit the interval.
 """
 
 from __future__ import annotations
@@ -144,6 +144,8 @@ class PortSchedule:
         missed = int(offset // p.interval)  # grid points that passed while it waited: late
         p.polls += 1
         p.k += missed + 1
+        if p.consecutive_failures:
+            return  # a probe goes wherever there is room; only the others have a place
         late = missed
         if not missed:
             if p.base_offset is not None and offset - p.base_offset > tolerance(p.interval):

@@ -15,14 +15,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import e2e, polling, procs, report, scale, startup
+from . import e2e, polling, procs, report, scale, serial_polling, startup
 from .broker import start_broker
 from .modes import MODES
 from .mqttload import ceiling_run
 from .stats import median
 
 log = logging.getLogger("bench")
-SECTIONS = ("ceiling", "e2e", "scale", "polling", "startup")
+SECTIONS = ("ceiling", "e2e", "scale", "polling", "serial", "startup")
 PAYLOAD = 150
 
 
@@ -82,6 +82,9 @@ def run_sections(results: dict[str, Any], mode: Any, only: list[str]) -> None:
         if "polling" in only:
             log.info("HTTP polling: %d sensors", mode.poll_sensors)
             results["polling"] = polling.run(broker, mode)
+        if "serial" in only:
+            log.info("serial polling: one shared bus")
+            results["serial"] = serial_polling.run(mode)
         if "startup" in only:
             log.info("start-up and idle memory")
             results["startup"] = startup.run(broker, mode)

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from . import serial_polling
+
 
 def _ok(value: bool | None) -> str:
     return "-" if value is None else ("**holds**" if value else "**missed**")
@@ -53,6 +55,7 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             f"{p['interval_s']:g} s)", f"{p['on_time_share'] * 100:.2f} % "
             f"(poller's counters: {p['poller_on_time_share'] * 100:.2f} %)",
             p["on_time_share"] >= 0.99)
+    out += serial_polling.targets(r)
     if "startup" in r:
         s = r["startup"]
         pss = s["idle_memory"]["total"]["pss_mb"]
@@ -141,6 +144,7 @@ def markdown(r: dict[str, Any]) -> str:
                   f"| on time (poller's late/polls) | {p['poller_on_time_share'] * 100:.2f} % |",
                   f"| polls made / due | {p['coverage'] * 100:.2f} % |",
                   f"| polls/s | {p['polls_per_s']:g} |"]
+    lines += serial_polling.markdown(r)
     if "startup" in r:
         s = r["startup"]
         lines += ["", "## Start-up and memory (demo instance)", "",

@@ -4,6 +4,7 @@ Maximum (which paho ignores), and handlers cannot kill the network thread."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from shared.mqtt import MqttClient, SendWindow, Will
@@ -68,3 +69,48 @@ def test_a_failing_handler_does_not_stop_the_client(tmp_path: Path) -> None:
     finally:
         client.stop()
         broker.stop()
+
+
+def test_a_full_window_on_the_network_thread_drops_and_counts_never_a_thread(
+        tmp_path: Path) -> None:
+    # On paho's network thread no PUBACK can be read while a handler runs, so the window never
+    # frees there: the client must neither block nor start a thread per message (a flood of
+    # bad commands once made thousands).
+    broker = start_broker(tmp_path, extra="max_inflight_messages 5\n")
+    base = unique_base()
+    threads: list[int] = []
+
+    def handler(_topic: str, _payload: bytes, _retained: bool) -> None:
+        before = threading.active_count()
+        for i in range(50):
+            client.publish(f"{base}/out", str(i), qos=1)
+        threads.append(threading.active_count() - before)
+
+    client = MqttClient(host=broker.host, port=broker.port, client_id=f"{base}-c",
+                        subscriptions=[(f"{base}/in", 1)], on_message=handler)
+    try:
+        client.start()
+        assert client.connected.wait(10)
+        from tests.helpers import publish
+        publish(broker.host, broker.port, f"{base}/in", b"go")
+        wait_for(lambda: threads, what="the handler to run")
+        assert threads == [0]
+        assert client.dropped_on_network_thread == 45
+        wait_for(lambda: client.unacknowledged == 0, what="the five sent acknowledged")
+    finally:
+        client.stop()
+        broker.stop()
+
+
+def test_stop_waits_for_nothing_when_the_broker_is_gone(tmp_path: Path) -> None:
+    broker = start_broker(tmp_path)
+    base = unique_base()
+    client = MqttClient(host=broker.host, port=broker.port, client_id=f"{base}-c",
+                        will=Will(f"{base}/status", "offline"))
+    client.start()
+    assert client.connected.wait(10)
+    broker.stop()
+    wait_for(lambda: not client.connected.is_set(), what="the client to notice")
+    began = time.monotonic()
+    client.stop(final=[(f"{base}/status", "offline", 1, True)])
+    assert time.monotonic() - began < 1.0

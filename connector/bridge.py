@@ -25,6 +25,7 @@ from .answers import Answers
 from .context import BridgeContext
 from .features.base import Feature, Inbound
 from .features.commands import CommandsFeature, guess_id, meta_error
+from .features.discovery import DiscoveryFeature
 from .features.meta import MetaFeature
 from .features.state import StateFeature
 from .features.status import StatusFeature
@@ -40,7 +41,8 @@ def make_client_id(settings: Settings) -> str:
 
 class Bridge:
     def __init__(self, settings: Settings, instance: Instance) -> None:
-        topics = Topics(settings.mqtt_base_topic, settings.instance_name)
+        topics = Topics(settings.mqtt_base_topic, settings.instance_name,
+                        ha_prefix=settings.ha_discovery_prefix)
         client_id = make_client_id(settings)
         self.client = MqttClient(
             host=settings.mqtt_host, port=settings.mqtt_port, client_id=client_id,
@@ -62,6 +64,7 @@ class Bridge:
         self.features: list[Feature] = [
             self.status, self.state, CommandsFeature(self.ctx),
             MetaFeature(self.ctx, state=self.state, status=self.status),
+            DiscoveryFeature(self.ctx),
         ]
         self.running: list[Feature] = []
         self.dispatch: dict[RouteKind, Inbound] = {}

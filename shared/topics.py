@@ -20,8 +20,10 @@ META_KINDS = ("devices_list", "info", "health", "rebirth")
 # invalid id in an inbound topic); it is never a request kind.
 META_ERROR = "error"
 
-RouteKind = Literal["cmd", "get", "group_cmd", "meta_request"]
-ROUTE_KINDS: tuple[RouteKind, ...] = get_args(RouteKind)
+RouteKind = Literal["cmd", "get", "group_cmd", "meta_request", "ha_status"]
+# The kinds under the instance's own root. ``ha_status`` is Home Assistant's ``{prefix}/status``
+# (its birth message, which discovery answers), outside the root and served only when asked for.
+ROUTE_KINDS: tuple[RouteKind, ...] = tuple(k for k in get_args(RouteKind) if k != "ha_status")
 
 
 def validate_id(value: str, what: str = "id") -> str:
@@ -67,6 +69,7 @@ class Route:
 # What the id in each kind of inbound topic names (for error messages).
 _TARGET_NAME: dict[RouteKind, str] = {
     "cmd": "device_id", "get": "device_id", "group_cmd": "group_id", "meta_request": "meta kind",
+    "ha_status": "discovery prefix",
 }
 
 
@@ -74,12 +77,14 @@ _TARGET_NAME: dict[RouteKind, str] = {
 class Topics:
     base_topic: str
     instance: str
+    ha_prefix: str = "homeassistant"  # HA_DISCOVERY_PREFIX, for Home Assistant's status topic
     root: str = field(init=False)
     _matcher: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         validate_base_topic(self.base_topic)
         validate_id(self.instance, "instance")
+        validate_base_topic(self.ha_prefix)
         root = f"{self.base_topic}/v1/instances/{self.instance}"
         object.__setattr__(self, "root", root)
         # One compiled matcher for everything the bridge subscribes to. Ids are matched loosely
@@ -140,11 +145,18 @@ class Topics:
     def group_cmd(self, group_id: str) -> str:
         return f"{self.root}/groups/{validate_id(group_id, 'group_id')}/cmd"
 
+    @property
+    def ha_status(self) -> str:
+        return DiscoveryTopics(self.ha_prefix).status
+
+    def _ha_status_of(self, _prefix: str) -> str:
+        return self.ha_status
+
     # --- subscriptions and parsing -----------------------------------------------------------
     def build(self, route: Route) -> str:
         """The inbound topic of ``route`` (the inverse of ``parse``)."""
         builders = {"cmd": self.cmd, "get": self.get, "group_cmd": self.group_cmd,
-                    "meta_request": self.meta_request}
+                    "meta_request": self.meta_request, "ha_status": self._ha_status_of}
         return builders[route.kind](route.target)
 
     def filter(self, kind: RouteKind) -> str:
@@ -154,6 +166,7 @@ class Topics:
             "get": f"{self.root}/devices/+/get",
             "group_cmd": f"{self.root}/groups/+/cmd",
             "meta_request": f"{self.root}/meta/request/+",
+            "ha_status": self.ha_status,
         }
         return filters[kind]
 
@@ -166,6 +179,8 @@ class Topics:
 
         Raises ``RouteError`` when the topic has a served shape but an invalid id.
         """
+        if topic == self.ha_status:
+            return Route("ha_status", self.ha_prefix)
         m = self._matcher.match(topic)
         if m is None:
             return None

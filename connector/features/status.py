@@ -82,7 +82,7 @@ class StatusFeature(Feature):
         # The real backlog: readings taken from the aggregator and not yet published (paho's
         # count of unacknowledged messages is bounded by the send window and says little).
         return {"state": state, "processes": processes, "outbox": self._state.outbox(),
-                "devices": devices}
+                "devices": devices, "started": iso(self.ctx.started)}
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -36,3 +36,14 @@ def test_discovery_topics() -> None:
     assert topics.device("demo_t1") == "home/ha/device/demo_t1/config"
     with pytest.raises(TopicError):
         DiscoveryTopics("/ha")
+
+
+def test_home_assistant_status_is_a_route_outside_the_instance_root() -> None:
+    from shared.topics import ROUTE_KINDS, Route, Topics
+
+    topics = Topics("IoT2mqtt", "demo", ha_prefix="home/ha")
+    assert topics.filter("ha_status") == "home/ha/status"
+    assert topics.parse("home/ha/status") == Route("ha_status", "home/ha")
+    assert topics.build(Route("ha_status", "home/ha")) == "home/ha/status"
+    assert topics.parse("homeassistant/status") is None
+    assert "ha_status" not in ROUTE_KINDS  # not one of the instance's own inbound kinds

@@ -1,0 +1,179 @@
+"""Home Assistant MQTT discovery (``HA_DISCOVERY_MODE=entity|device|off``).
+
+One thread keeps the broker's retained discovery configs equal to what the mirror holds: it
+publishes every config after each connect, the configs of a new device or property as soon as
+the mirror has them, everything again (after a random delay, paced over a few seconds) when
+Home Assistant announces ``online`` on ``{prefix}/status``, and an empty retained payload for
+what disappeared. The ledger on disk remembers what earlier runs published, so a restart with a
+changed instance file, prefix or mode clears their leftovers too.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Any
+
+from shared import CONNECTOR_TYPE, __version__
+from shared.topics import DiscoveryTopics, Route, RouteKind
+
+from ..context import BridgeContext
+from ..ha.builder import Builder, DeviceView, Origin
+from ..ha.ledger import FILE_NAME, Ledger, plan
+from ..ha.props import infer
+from .base import Feature, Inbound
+
+log = logging.getLogger(__name__)
+
+CHECK_EVERY_S = 1.0  # how soon a new device or property is discovered
+HA_ONLINE_DELAY_S = (0.5, 3.0)  # random delay before answering Home Assistant's "online"
+SPREAD_S = 3.0  # a full republish for Home Assistant is paced over this long
+CHUNK = 100
+# Events a device of a source emits whatever its properties say (see services/http_poller/lan.py).
+SOURCE_EVENTS = {"probe": ("probe_rebooted",)}
+
+
+class DiscoveryFeature(Feature):
+    name = "discovery"
+
+    def __init__(self, ctx: BridgeContext) -> None:
+        super().__init__(ctx)
+        settings = ctx.settings
+        self.mode = settings.ha_discovery_mode
+        self.discovery = DiscoveryTopics(settings.ha_discovery_prefix)
+        self.builder = Builder(ctx.topics, self.discovery, ctx.instance.friendly_name,
+                               Origin(CONNECTOR_TYPE, __version__, settings.ha_support_url))
+        self.ledger: Ledger | None = None
+        self._specs = {s.sensor_id: s for s in ctx.instance.config.sensors}
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._connected = False
+        self._full_at: float | None = None  # monotonic time of a pending full republish
+        self._spread = 0.0
+        self._published: dict[str, dict[str, Any]] = {}
+        self._signature: object = None
+        self._quick: object = None
+        self.rounds = 0
+
+    def handlers(self) -> dict[RouteKind, Inbound]:
+        return {} if self.mode == "off" else {"ha_status": self._on_ha_status}
+
+    def start(self) -> None:
+        self.ledger = Ledger(self.ctx.settings.data_dir / FILE_NAME)
+        threading.Thread(target=self._loop, name="discovery", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def on_connect(self) -> None:
+        self._request_full(delay=0.0, spread=0.0)
+
+    def _on_ha_status(self, _route: Route, payload: bytes, retained: bool) -> None:
+        # paho's thread: only schedule. A retained "online" is an old birth, not a restart.
+        if retained or payload.strip().lower() != b"online":
+            return
+        delay = random.uniform(*HA_ONLINE_DELAY_S)
+        log.info("Home Assistant is online: republishing discovery in %.1f s", delay)
+        self._request_full(delay=delay, spread=SPREAD_S)
+
+    def _request_full(self, *, delay: float, spread: float) -> None:
+        with self._lock:
+            self._connected = True
+            self._full_at = time.monotonic() + delay
+            self._spread = spread
+        self._wake.set()
+
+    # --- the loop ------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                due = self._full_at
+            now = time.monotonic()
+            wait = CHECK_EVERY_S if due is None else min(CHECK_EVERY_S, max(0.0, due - now))
+            if self._wake.wait(wait):
+                self._wake.clear()
+            if self._stop.is_set() or not self._connected or not self.ctx.mirror.synced:
+                continue
+            try:
+                self._round()
+            except Exception:
+                log.exception("discovery round failed; retrying")
+                self._stop.wait(CHECK_EVERY_S)
+
+    def _round(self) -> None:
+        with self._lock:
+            full = self._full_at is not None and self._full_at <= time.monotonic()
+            spread = self._spread if full else 0.0
+            if full:
+                self._full_at = None
+        # Cheap first: the registry entries and property names as the mirror holds them; the
+        # views (property inference per device) are only built when that moved.
+        quick = self._quick_signature()
+        if not full and quick == self._quick:
+            return
+        views, frozen, signature = self.views()
+        if full or signature != self._signature:
+            self.reconcile(views, frozen, full=full, spread=spread)
+        self._signature, self._quick = signature, quick
+
+    def _quick_signature(self) -> object:
+        return tuple((d, id(rec.info), tuple(rec.state.values) if rec.state else ())
+                     for d, rec in list(self.ctx.mirror.devices.items()))
+
+    def views(self) -> tuple[list[DeviceView], frozenset[str], object]:
+        """The devices as discovery sees them, the devices to leave alone (no state yet, but an
+        earlier run published them: their properties are not known again yet) and a signature
+        that changes when any of that does."""
+        mirror = self.ctx.mirror
+        ledgered = {e.device for e in self.ledger.entries.values()} if self.ledger else set()
+        views: list[DeviceView] = []
+        frozen: set[str] = set()
+        for device_id, rec in list(mirror.devices.items()):
+            info = rec.info
+            values: dict[str, Any] = rec.state.values if rec.state else {}
+            if not values and device_id in ledgered:
+                frozen.add(device_id)
+            sensor = self._specs.get(device_id)
+            props = infer(values, sensor.properties if sensor else {}, info.units)
+            events = {e for p in props for e in p.events} | set(SOURCE_EVENTS.get(info.source, ()))
+            views.append(DeviceView(info.model_copy(update={"online": False, "last_seen": None}),
+                                    props, tuple(sorted(events))))
+        signature = (tuple((v.info, v.props, v.events) for v in views), frozenset(frozen))
+        return views, frozenset(frozen), signature
+
+    def reconcile(self, views: list[DeviceView], frozen: frozenset[str], *, full: bool,
+                  spread: float = 0.0) -> tuple[int, int]:
+        """Publish what changed (everything when ``full``), clear what is gone; returns the
+        number of configs published and cleared."""
+        assert self.ledger is not None
+        desired: dict[str, tuple[str, dict[str, Any]]] = {}
+        if self.mode != "off":
+            for topic, payload in self.builder.hub_messages(self.mode).items():
+                desired[topic] = ("", payload)
+            for view in views:
+                for topic, payload in self.builder.device_messages(self.mode, view).items():
+                    desired[topic] = (view.info.device_id, payload)
+        # Off clears everything, whether or not a device's properties are known again.
+        todo = plan(desired, self.ledger.entries, frozen=frozen if desired else frozenset(),
+                    previous=None if full else self._published)
+        pub = self.ctx.publisher
+        for topic in todo.clear:
+            pub.raw(topic, b"", qos=1, retain=True)
+            self._published.pop(topic, None)
+        items = list(todo.publish.items())
+        pause = spread / max(1, len(items) // CHUNK) if spread else 0.0
+        for i, (topic, payload) in enumerate(items):
+            if pause and i and i % CHUNK == 0 and self._stop.wait(pause):
+                break
+            pub.json(topic, payload, qos=1, retain=True)
+            self._published[topic] = payload
+        self.ledger.update(todo.entries, todo.clear)
+        self.rounds += 1
+        if todo.publish or todo.clear:
+            log.info("discovery (%s): %d configs published, %d cleared", self.mode,
+                     len(todo.publish), len(todo.clear))
+        return len(todo.publish), len(todo.clear)

@@ -61,10 +61,12 @@ class Bridge:
         )
         self.state = StateFeature(self.ctx)
         self.status = StatusFeature(self.ctx, state=self.state)
+        self.discovery = DiscoveryFeature(self.ctx)
         self.features: list[Feature] = [
             self.status, self.state, CommandsFeature(self.ctx),
-            MetaFeature(self.ctx, state=self.state, status=self.status),
-            DiscoveryFeature(self.ctx),
+            MetaFeature(self.ctx, state=self.state, status=self.status,
+                        on_rebirth=self.discovery.republish),
+            self.discovery,
         ]
         self.running: list[Feature] = []
         self.dispatch: dict[RouteKind, Inbound] = {}

@@ -72,6 +72,11 @@ class DiscoveryFeature(Feature):
     def on_connect(self) -> None:
         self._request_full(delay=0.0, spread=0.0)
 
+    def republish(self) -> None:
+        """Every config again (``meta/request/rebirth``)."""
+        if self.mode != "off":
+            self._request_full(delay=0.0, spread=0.0)
+
     def _on_ha_status(self, _route: Route, payload: bytes, retained: bool) -> None:
         # paho's thread: only schedule. A retained "online" is an old birth, not a restart.
         if retained or payload.strip().lower() != b"online":

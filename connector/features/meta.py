@@ -35,9 +35,11 @@ RETAINED_ANSWERS = ("devices_list", "info")
 class MetaFeature(Feature):
     name = "meta"
 
-    def __init__(self, ctx: BridgeContext, *, state: StateFeature, status: StatusFeature) -> None:
+    def __init__(self, ctx: BridgeContext, *, state: StateFeature, status: StatusFeature,
+                 on_rebirth: Callable[[], None] | None = None) -> None:
         super().__init__(ctx)
         self._state = state
+        self._on_rebirth = on_rebirth  # discovery republishes its configs too (the contract)
         self._status = status
         self._workers = Workers("meta", size=1, capacity=META_QUEUE)
         self._answers: dict[str, Callable[[], dict[str, Any]]] = {
@@ -70,6 +72,8 @@ class MetaFeature(Feature):
             self._error(topic, guess_id(payload), f"invalid meta request: {exc}")
             return
         if kind == "rebirth":
+            if self._on_rebirth is not None:
+                self._on_rebirth()
             # The state publisher republishes in order with everything else and answers after.
             self._state.rebirth(lambda count: self._publish(
                 topic, kind, req.id, {"republished": count}))

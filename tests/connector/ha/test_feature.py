@@ -199,5 +199,11 @@ def test_home_assistant_online_and_a_new_device_are_answered(
             event, f"{prefix}/sensor/ha_p1/temperature/config", f"{prefix}/sensor/ha_p1/rssi/config",
             f"{prefix}/sensor/ha_p1/last_error/config"})
         valid(found, prefix, f"{base}/v1/instances/ha")
+        # meta/request/rebirth republishes discovery with everything else.
+        sub.clear()
+        publish(mosquitto.host, mosquitto.port, f"{base}/v1/instances/ha/meta/request/rebirth",
+                b"{}")
+        wait_for(lambda: {m.topic for m in sub.messages} >= set(found), timeout=15,
+                 what="every config again after a rebirth")
     finally:
         sub.close()

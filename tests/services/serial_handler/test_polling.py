@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import orjson
 import pytest
 
+from services.serial_handler.app import create_app
 from shared.errors import ConfigError, ReadError
 from shared.models import ErrorObs, ReadingObs
 from tests.helpers import wait_for
@@ -93,6 +94,13 @@ def test_a_silent_sensor_backs_off_is_reported_once_and_recovers(answering, star
     (error,) = recorder.of(ErrorObs, "mute")  # once for the outage, not every round
     assert error.error_code == "READ_TIMEOUT" and "asked less often" in error.message
     assert handler.sensor_view("ok")["consecutive_failures"] == 0
+    client = create_app(handler=handler).test_client()  # what /sensors and /health say
+    listed = {s["sensor_id"]: s for s in client.get("/sensors").get_json()["sensors"]}
+    assert listed["mute"]["skipped_rounds"] >= 3 and listed["mute"]["unanswered"] >= 3
+    assert set(listed["mute"]["backoff"]) == {"state", "rounds", "rounds_left"}
+    assert listed["ok"]["backoff"]["state"] == "ok"
+    (port,) = client.get("/health").get_json()["ports"]
+    assert port["backing_off"] == ["mute"] and port["polls"] >= len(b.asked["mute"])
 
     b.answering.add("mute")
     recorder.wait(ReadingObs, "mute", timeout=15)

@@ -3,9 +3,11 @@ there are none or they fail; then run the probe loop under the watchdog. Anythin
 the loop ends in a reset, so the device never sits dead."""
 
 from .hal.esp32 import Esp32Hal
+from .master import MasterClient
 from .probe import WIFI_FILE, Probe
 from .sensors import make_sensor
 from .store import Store
+from .transport import HttpTransport
 
 DEVICE_FILE = "device.json"  # {"id"?, "name"?, "pin"?}: set once when flashing, optional
 WIFI_TIMEOUT_MS = 20000
@@ -21,6 +23,8 @@ def main() -> None:
         creds["ssid"], creds.get("password", ""), WIFI_TIMEOUT_MS)
     probe = Probe(hal, probe_id, sensor=make_sensor(hal, device.get("pin", 4)),
                   name=device.get("name"), hub=creds.get("hub"))
+    probe.master = MasterClient(probe, HttpTransport(hal), masters=device.get("masters"),
+                                sensor_type=device.get("sensor_type", "esp32_probe"))
     if not joined:
         hal.start_access_point(probe_id + "-setup")
         probe.setup_mode = True  # only the setup page until credentials are saved

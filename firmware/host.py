@@ -23,8 +23,10 @@ from zeroconf import InterfaceChoice, Zeroconf
 
 from .hal import Reboot
 from .hal.host import HostHal
+from .master import MasterClient
 from .probe import Probe
 from .sensors import SimulatedSensor
+from .transport import HttpTransport
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +37,21 @@ class VirtualProbe:
     def __init__(self, probe_id: str, state_dir: Path, *, hub: str | None = None,
                  http_port: int = 0, zeroconf: Zeroconf | None = None, bind: str = "0.0.0.0",
                  advertise_ip: str | None = None, interval_ms: int = 10000,
-                 buffer_slots: int = 200, setup: Any = None) -> None:
+                 buffer_slots: int = 200, setup: Any = None, master: bool = True,
+                 masters: list[str] | None = None, sensor_type: str = "esp32_probe",
+                 master_options: dict[str, Any] | None = None) -> None:
         self.id = probe_id
         self.hal = HostHal(state_dir / probe_id, probe_id=probe_id, bind=bind,
                            advertise_ip=advertise_ip, zeroconf=zeroconf)
         self.hub = hub
         self.interval_ms = interval_ms
         self.buffer_slots = buffer_slots
-        self.setup = setup  # called with each new Probe (tests attach a master client here)
+        self.setup = setup  # called with each new Probe, before it starts
+        self.master = master
+        self.masters = [{"name": f"master-{i}", "api_endpoint": url, "priority": i}
+                        for i, url in enumerate(masters or [], start=1)]
+        self.sensor_type = sensor_type
+        self.master_options = master_options or {}
         self.boots = 0
         self.port = http_port
         self.probe: Probe | None = None
@@ -54,6 +63,9 @@ class VirtualProbe:
     def _boot(self) -> Probe:
         probe = Probe(self.hal, self.id, sensor=SimulatedSensor(), http_port=self.port,
                       hub=self.hub, buffer_slots=self.buffer_slots, interval_ms=self.interval_ms)
+        if self.master:
+            probe.master = MasterClient(probe, HttpTransport(self.hal), masters=self.masters,
+                                        sensor_type=self.sensor_type, **self.master_options)
         if self.setup is not None:
             self.setup(probe)
         probe.start()
@@ -113,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mdns-interface", action="append",
                         help="interface address for mDNS (repeatable; default: all)")
     parser.add_argument("--no-mdns", action="store_true", help="do not advertise")
+    parser.add_argument("--master", action="append", metavar="URL",
+                        help="master control endpoint, first = highest priority (repeatable; "
+                             "default: the hub that provisions the probe)")
+    parser.add_argument("--no-master", action="store_true", help="no master control client")
+    parser.add_argument("--sensor-type", default="esp32_probe", help="sensor_type to register")
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be at least 1")
@@ -124,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         port = args.http_port + i if args.http_port else 0
         probes.append(VirtualProbe(pid, args.state, hub=args.hub, http_port=port, zeroconf=zc,
                                    bind=args.bind, advertise_ip=args.advertise_ip,
-                                   interval_ms=args.interval_ms).start())
+                                   interval_ms=args.interval_ms, master=not args.no_master,
+                                   masters=args.master, sensor_type=args.sensor_type).start())
         print(f"{pid} listening on {args.bind}:{probes[-1].port}", flush=True)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

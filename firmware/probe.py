@@ -69,6 +69,7 @@ class Probe:
         self.buffer = RingBuffer(hal, "buffer", buffer_slots)
         self.last_error: str | None = None
         self.delivered = 0
+        self.taken = 0
         self.rejected = 0
         self.setup_mode = False
         self.master: Any = None  # the master control client, when one is attached
@@ -86,7 +87,7 @@ class Probe:
         self.sock = self.hal.listen(self.http_port)
         self.http_port = self.hal.bound_port(self.sock)
         self.hal.advertise(SERVICE, self.http_port, {"id": self.id, "name": self.name,
-                                                     "fw": VERSION, "mac": self.hal.mac()})
+                                                     "fw": self.fw(), "mac": self.hal.mac()})
 
     def close(self) -> None:
         if self.sock is not None:
@@ -99,6 +100,10 @@ class Probe:
                 self.step()
         finally:
             self.close()
+
+    def fw(self) -> str:
+        """The running image's version (an OTA update changes it)."""
+        return str(self.master.fw()) if self.master is not None else VERSION
 
     def uptime_s(self) -> int:
         return self.hal.ticks_diff(self.hal.ticks_ms(), self.started) // 1000
@@ -142,7 +147,9 @@ class Probe:
         except Exception as exc:  # a sensor fault must not stop the probe
             self.error("sensor: %s" % exc)
             return
-        reading = {"t": self.hal.time_s(), "r": values}
+        self.taken += 1
+        # The id makes a replayed upload idempotent at the master: unique across boots.
+        reading = {"t": self.hal.time_s(), "r": values, "i": "%s-%d" % (self.boot_id, self.taken)}
         if not self.buffer.count and self.deliver([reading]) == 1:
             return
         try:
@@ -222,7 +229,7 @@ class Probe:
     def route(self, req: "Any") -> "tuple[Any, ...]":
         key = (req.method, req.path)
         if key == ("GET", "/whoami"):
-            who = {"id": self.id, "name": self.name, "mac": self.hal.mac(), "fw": VERSION}
+            who = {"id": self.id, "name": self.name, "mac": self.hal.mac(), "fw": self.fw()}
             return 200, who, "application/json"
         if key == ("GET", "/status"):
             return 200, self.status(), "application/json"
@@ -263,7 +270,7 @@ class Probe:
         return {"ok": True, "message": "saved; restarting to join %s" % ssid}
 
     def status(self) -> "dict[str, Any]":
-        out = {"id": self.id, "name": self.name, "fw": VERSION, "server_url": self.server_url,
+        out = {"id": self.id, "name": self.name, "fw": self.fw(), "server_url": self.server_url,
                "interval_ms": self.interval_ms, "uptime_s": self.uptime_s(),
                "boot_id": self.boot_id, "provisioned": self.provisioned,
                "last_error": self.last_error, "buffered": self.buffer.count,

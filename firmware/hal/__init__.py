@@ -21,6 +21,10 @@ class Hal:
         """The station MAC as ``aa:bb:cc:dd:ee:ff``: stable across reboots."""
         raise NotImplementedError
 
+    def hardware(self) -> str:
+        """What the probe says it runs on (``hardware_info`` when it registers)."""
+        return "unknown"
+
     # time
     def ticks_ms(self) -> int:
         """A monotonic millisecond counter (may wrap on the device: compare with ``ticks_diff``)."""
@@ -34,8 +38,9 @@ class Hal:
         """``a + delta`` on the (possibly wrapping) counter."""
         return a + delta
 
-    def time_s(self) -> int:
-        """Seconds since 1970-01-01 UTC; 0 while the clock is not set (no NTP yet)."""
+    def time_s(self) -> float:
+        """Seconds since 1970-01-01 UTC (with a fraction where the clock has one); 0 while the
+        clock is not set (no NTP yet)."""
         raise NotImplementedError
 
     def sleep_ms(self, ms: int) -> None:

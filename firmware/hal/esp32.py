@@ -51,6 +51,9 @@ class Esp32Hal(Hal):
         raw = self.sta.config("mac")
         return ":".join("%02x" % b for b in raw)
 
+    def hardware(self) -> str:
+        return str(os.uname().machine)  # e.g. "Generic ESP32 module with ESP32"
+
     def ticks_ms(self) -> int:
         return int(time.ticks_ms())  # type: ignore[attr-defined]
 
@@ -60,7 +63,7 @@ class Esp32Hal(Hal):
     def ticks_add(self, a: int, delta: int) -> int:
         return int(time.ticks_add(a, delta))  # type: ignore[attr-defined]
 
-    def time_s(self) -> int:
+    def time_s(self) -> float:
         now = int(time.time()) + self.epoch
         return now if now > 1600000000 else 0  # before NTP the clock starts at its epoch
 

@@ -12,6 +12,7 @@ import os
 import secrets
 import select
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -51,11 +52,14 @@ class HostHal(Hal):
     def mac(self) -> str:
         return self._mac
 
+    def hardware(self) -> str:
+        return f"virtual probe (CPython {sys.version.split()[0]})"
+
     def ticks_ms(self) -> int:
         return int((time.monotonic() - self._t0) * 1000)
 
-    def time_s(self) -> int:
-        return int(time.time())
+    def time_s(self) -> float:
+        return round(time.time(), 3)
 
     def sleep_ms(self, ms: int) -> None:
         time.sleep(ms / 1000)

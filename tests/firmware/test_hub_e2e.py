@@ -24,7 +24,8 @@ def test_discovered_provisioned_buffered_and_delivered_once(tmp_path: Path) -> N
         hub = NetnsHub(tmp_path)
         zc = Zeroconf(interfaces=["127.0.0.1"])
         probes = [VirtualProbe(f"probe-fw-{i}", tmp_path / "probes", bind="127.0.0.1",
-                               zeroconf=zc, advertise_ip="127.0.0.1").start() for i in (1, 2)]
+                               zeroconf=zc, advertise_ip="127.0.0.1",
+                               master=False).start() for i in (1, 2)]
         try:
             scenario(hub, probes)
         finally:

@@ -4,7 +4,8 @@
 ``POST /ingest`` (up to ``max_batch`` items), so an idle hub sends each reading at once and a
 busy one sends hundreds per request. While the aggregator is away the queue holds up to
 ``capacity`` observations and the same batch is retried with backoff; only past that are the
-oldest dropped, and counted.
+oldest dropped, and counted. The queue holds the observations as the handler built them
+(validated once, there); they become JSON only when a batch is sent.
 
 Under a steady trickle (readings a millisecond or two apart) that would mean one request per
 reading or two, and the requests, not the readings, would eat the CPU of both processes. So when
@@ -19,10 +20,9 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any
 
 from shared.errors import ServiceError
-from shared.models import ErrorObs, EventObs, LinkObs, ReadingObs
+from shared.models import ErrorObs, EventObs, IngestBatch, LinkObs, ReadingObs, to_json
 from shared.rest import RestClient
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class Pusher:
         self._last_post_end = 0.0
         self._source = source
         self._max_batch = max_batch
-        self._queue: deque[dict[str, Any]] = deque()
+        self._queue: deque[Obs] = deque()
         self._capacity = capacity
         self._cond = threading.Condition()
         self._stop = False
@@ -56,7 +56,7 @@ class Pusher:
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 10_000 == 0:
                     log.error("aggregator backlog full: dropped %d oldest observations", self.dropped)
-            self._queue.append(obs.model_dump())
+            self._queue.append(obs)
             self._cond.notify()
 
     def start(self) -> None:
@@ -88,8 +88,9 @@ class Pusher:
                 n = min(len(self._queue), self._max_batch)
                 batch = [self._queue[i] for i in range(n)]
             try:
-                self._client.post("/ingest", {"source": self._source, "items": batch},
-                                  timeout=10.0)
+                # model_construct: these are the handler's own, already validated models.
+                body = to_json(IngestBatch.model_construct(source=self._source, items=batch))
+                self._client.post("/ingest", body, timeout=10.0)
             except ServiceError as exc:
                 self.failures += 1
                 if self.failures == 1 or backoff >= 5.0:

@@ -22,6 +22,7 @@ from shared.errors import ReadError, UnknownDevice
 from shared.instance import HttpSource, Instance, SensorConfig
 from shared.jsonutil import JSONDecodeError, dumps, loads
 from shared.models import CommandRequest, CommandResult, ErrorObs, EventObs, ReadingObs
+from shared.processes import FRESH_READ_TIMEOUT_S
 from shared.timeutil import iso
 
 from .mapping import Mapping
@@ -174,12 +175,12 @@ class HttpPoller:
             self._local.session = session
         return session
 
-    def _fetch(self, src: HttpSource) -> Any:
+    def _fetch(self, src: HttpSource, timeout: float) -> Any:
         try:
             resp = self._session().request(src.method, src.url, headers=src.headers,
-                                           timeout=src.timeout)
+                                           timeout=timeout)
         except requests.Timeout as exc:
-            raise ReadError("READ_TIMEOUT", f"{src.url} did not answer within {src.timeout:g} s") from exc
+            raise ReadError("READ_TIMEOUT", f"{src.url} did not answer within {timeout:g} s") from exc
         except requests.RequestException as exc:
             raise ReadError("UNREACHABLE", f"{src.url} is unreachable: {exc}") from exc
         if resp.status_code >= 400:
@@ -201,12 +202,17 @@ class HttpPoller:
             raise ReadError("BAD_RESPONSE", f"the response does not fit the mapping: "
                                             f"{type(exc).__name__}: {exc}") from exc
 
-    def poll(self, polled: Polled) -> ReadingObs:
+    def poll(self, polled: Polled, *, push: bool = True) -> ReadingObs:
+        """One request to the sensor. The reading is pushed unless ``push`` is false (a fresh
+        read: its caller delivers it); errors and events are always pushed."""
         sid = polled.sensor.sensor_id
         polled.polls += 1
         started = time.perf_counter()
+        # A fresh read never outlasts what the aggregator waits for it.
+        timeout = polled.source.timeout if push else min(polled.source.timeout,
+                                                         FRESH_READ_TIMEOUT_S)
         try:
-            values = self._map(polled, self._fetch(polled.source))
+            values = self._map(polled, self._fetch(polled.source, timeout))
         except ReadError as exc:
             with self._lock:
                 polled.failures += 1
@@ -227,7 +233,8 @@ class HttpPoller:
             before, polled.last_values = polled.last_values, values
             polled.last_ts = now
         reading = ReadingObs(device_id=sid, ts=now, values=values)
-        self._emit(reading)
+        if push:
+            self._emit(reading)
         for event in polled.mapping.events(before, values):
             self._emit(EventObs(device_id=sid, ts=now, event=event))
         return reading
@@ -240,7 +247,8 @@ class HttpPoller:
         return polled
 
     def read(self, sensor_id: str) -> ReadingObs:
-        return self.poll(self._polled(sensor_id))
+        """A fresh read for a REST caller, who delivers the reading: it is not pushed too."""
+        return self.poll(self._polled(sensor_id), push=False)
 
     def health_of(self, sensor_id: str) -> dict[str, Any]:
         return self._polled(sensor_id).health()

@@ -1,5 +1,9 @@
 """The serial handler's logic, free of Flask: one ``PortWorker`` per configured port, the
-sensors on them, and the errors seen."""
+sensors on them, and the errors seen.
+
+A fresh read asked over REST (the aggregator's force-refresh, the MQTT ``get``) is answered with
+the reading and not pushed as well: the aggregator ingests that answer, so the reading becomes
+state once. Readings that arrive while no such read waits are pushed as always."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Any
 from shared.errors import ReadError, UnknownDevice
 from shared.instance import Instance, SerialSource
 from shared.models import CommandRequest, CommandResult, ErrorObs, EventObs, LinkObs, ReadingObs
+from shared.processes import FRESH_READ_TIMEOUT_S
 from shared.timeutil import iso
 
 from .ports import PortWorker, SensorSlot
@@ -53,6 +58,10 @@ class SerialHandler:
             for url, slots in by_port.items()
         }
         self._port_of = {slot: w for w in self.ports.values() for slot in w.slots}
+        # Fresh reads waiting per sensor, and the readings held back from the push for them.
+        self._fresh_lock = threading.Lock()
+        self._fresh_waiting: dict[str, int] = defaultdict(int)
+        self._held: dict[str, list[ReadingObs]] = defaultdict(list)
 
     def start(self) -> None:
         for worker in self.ports.values():
@@ -74,6 +83,11 @@ class SerialHandler:
             self._record({"device_id": obs.device_id, "port": self._port_of[obs.device_id].url,
                           "error_code": obs.error_code, "message": obs.message,
                           "timestamp": iso(obs.ts)})
+        if isinstance(obs, ReadingObs):
+            with self._fresh_lock:
+                if self._fresh_waiting.get(obs.device_id):
+                    self._held[obs.device_id].append(obs)  # the fresh read's answer carries it
+                    return
         self._emit(obs)
 
     def _bad_line(self, port: str, code: str, message: str, device_id: str | None) -> None:
@@ -107,8 +121,28 @@ class SerialHandler:
 
     def read(self, sensor_id: str, properties: list[str] | None = None) -> ReadingObs:
         """A fresh reading (``ReadError`` when the sensor does not give one); with
-        ``properties``, only those of its values (all of them when it has none of those)."""
-        reading = self._worker(sensor_id).read(sensor_id)
+        ``properties``, only those of its values (all of them when it has none of those).
+
+        The reading is the caller's to deliver: it is not pushed. Any other reading held back
+        while this read waited (a stream that printed twice, a read that timed out just as
+        its answer came) is pushed afterwards, so nothing is lost."""
+        worker = self._worker(sensor_id)
+        with self._fresh_lock:
+            self._fresh_waiting[sensor_id] += 1
+        reading: ReadingObs | None = None
+        try:
+            # never longer than the aggregator waits for the answer
+            reading = worker.read(sensor_id,
+                                  timeout=min(worker.config.read_timeout, FRESH_READ_TIMEOUT_S))
+        finally:
+            with self._fresh_lock:
+                self._fresh_waiting[sensor_id] -= 1
+                if sensor_id in self._held:
+                    self._held[sensor_id] = [r for r in self._held[sensor_id] if r is not reading]
+                # the last read out pushes what nobody took
+                rest = self._held.pop(sensor_id, []) if not self._fresh_waiting[sensor_id] else []
+            for other in rest:
+                self._emit(other)
         if properties:
             picked = {k: v for k, v in reading.values.items() if k in properties}
             if picked:

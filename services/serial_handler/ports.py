@@ -22,6 +22,7 @@ import serial
 from shared.errors import ReadError
 from shared.instance import SerialSource
 from shared.models import CommandRequest, CommandResult, ErrorObs, EventObs, LinkObs, ReadingObs
+from shared.processes import FRESH_READ_TIMEOUT_S
 
 from . import protocol
 from .schedule import PortSchedule
@@ -39,8 +40,8 @@ OnBadLine = Callable[[str, str, str, str | None], None]
 READ_GRANULARITY = 0.2  # s; how often a blocked reader looks up to see whether it should stop
 STABLE_AFTER = 10.0  # s a port must stay open before the retry delay starts again from the least
 # A fresh read of a streaming sensor waits for its next line, but never past the aggregator's
-# 15 s wait for the answer (services/state_aggregator/core.py, refresh).
-FRESH_READ_CAP = 12.0
+# wait for the answer (the command timeout chain in shared/processes.py).
+FRESH_READ_CAP = FRESH_READ_TIMEOUT_S
 
 
 @dataclass

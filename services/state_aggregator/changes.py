@@ -3,6 +3,9 @@ change gets a sequence number; ``since(seq)`` returns all that came after, waiti
 deadline when there is nothing yet. One request carries as many changes as have piled up, so the
 bridge makes a constant number of calls however many devices there are.
 
+The log holds the shared change models themselves (``StateChange`` ...), built once when the
+change happens and written as JSON only at the REST edge.
+
 A restart gives a new ``epoch``; a consumer whose epoch or position is gone gets ``resync`` and
 reloads the snapshot.
 """
@@ -11,14 +14,20 @@ from __future__ import annotations
 
 import threading
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import TypeVar
+
+from shared.models import AvailabilityChange, DeviceChange, ErrorChange, EventChange, StateChange
+
+AnyChange = StateChange | ErrorChange | EventChange | AvailabilityChange | DeviceChange
+C = TypeVar("C", StateChange, ErrorChange, EventChange, AvailabilityChange, DeviceChange)
 
 
 class ChangeLog:
     def __init__(self, capacity: int = 200_000) -> None:
         self.epoch = uuid.uuid4().hex[:12]
         self._capacity = capacity
-        self._items: list[dict[str, Any]] = []
+        self._items: list[AnyChange] = []
         self._first = 1  # seq of self._items[0]
         self._seq = 0
         self._cond = threading.Condition()
@@ -27,22 +36,22 @@ class ChangeLog:
     def seq(self) -> int:
         return self._seq
 
-    def append(self, change: dict[str, Any]) -> int:
-        """Give ``change`` the next sequence number and wake the waiting readers."""
+    def append(self, make: Callable[[int], C]) -> C:
+        """Add the change ``make(seq)`` builds with the next sequence number (the models are
+        frozen, so the number goes in as it is built) and wake the waiting readers."""
         with self._cond:
+            change = make(self._seq + 1)
             self._seq += 1
-            change["seq"] = self._seq
             self._items.append(change)
             if len(self._items) > 2 * self._capacity:  # amortised trim
                 drop = len(self._items) - self._capacity
                 del self._items[:drop]
                 self._first += drop
             self._cond.notify_all()
-            return self._seq
+            return change
 
-    def since(
-        self, seq: int, *, limit: int = 10_000, wait: float = 0.0
-    ) -> tuple[int, bool, list[dict[str, Any]]]:
+    def since(self, seq: int, *, limit: int = 10_000,
+              wait: float = 0.0) -> tuple[int, bool, list[AnyChange]]:
         """``(last_seq, resync, changes)`` for everything after ``seq``."""
         with self._cond:
             if wait > 0 and seq >= self._seq:
@@ -51,7 +60,7 @@ class ChangeLog:
                 return self._seq, True, []
             start = seq + 1 - self._first
             items = self._items[start : start + limit]
-            last = items[-1]["seq"] if items else self._seq
+            last = items[-1].seq if items else self._seq
             return last, False, items
 
     def wake_all(self) -> None:

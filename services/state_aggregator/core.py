@@ -1,6 +1,9 @@
 """The aggregator's logic, free of Flask: it takes observations in batches from the handlers,
-keeps the registry and the TTL cache, writes the change log, judges availability, and routes
-commands and fresh reads to the handler that owns each device."""
+keeps the registry, writes the change log, judges availability, and routes commands and fresh
+reads to the handler that owns each device.
+
+``/device/{id}`` serves a device's stored state while it is younger than ``cache_ttl`` (each
+device's ``cached_at``) and reads the device afresh otherwise; there is no second copy."""
 
 from __future__ import annotations
 
@@ -11,23 +14,33 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
 from shared.errors import ReadError, ServiceError, UnknownDevice
 from shared.instance import Instance
 from shared.models import (
+    AvailabilityChange,
     CommandRequest,
     CommandResult,
+    DeviceChange,
     DeviceInfo,
+    DeviceSnapshot,
+    ErrorChange,
     ErrorObs,
+    EventChange,
     EventObs,
     LinkObs,
     Observation,
     ReadingObs,
     RegisterDevice,
+    Severity,
+    Snapshot,
+    StateChange,
 )
+from shared.processes import FRESH_READ_TIMEOUT_S, handler_wait_s
 from shared.rest import RestClient
 from shared.timeutil import iso
 
-from .cache import TTLCache
 from .changes import ChangeLog
 from .persist import Registration, RegistryStore
 from .registry import Device, build_registry
@@ -58,7 +71,8 @@ class Aggregator:
             instance, poll_interval=poll_interval, update_interval=update_interval
         )
         self.groups: dict[str, list[str]] = {g.group_id: list(g.devices) for g in instance.groups}
-        self.cache: TTLCache[dict[str, Any]] = TTLCache(cache_ttl)
+        self.cache_ttl = cache_ttl
+        self.cache_counters = {"hits": 0, "misses": 0, "expired": 0}
         self.changes = ChangeLog(changelog_capacity)
         self.errors: deque[dict[str, Any]] = deque(maxlen=500)
         self.counters = {"readings": 0, "errors": 0, "events": 0, "rejected": 0, "stale": 0}
@@ -101,50 +115,56 @@ class Aggregator:
                     continue
                 accepted += 1
                 if isinstance(item, ReadingObs):
-                    self._apply_reading(device, item)
+                    self._apply_reading(device, item, now)
                 elif isinstance(item, ErrorObs):
                     self._record_error(device.device_id, item.error_code, item.message,
                                        item.severity, item.ts)
                 elif isinstance(item, EventObs):
-                    self.counters["events"] += 1
-                    self.changes.append({"kind": "event", "device_id": device.device_id,
-                                         "ts": item.ts, "event": item.event, "data": item.data})
+                    self._record_event(item)
                 elif isinstance(item, LinkObs):
                     device.link_down = None if item.up else (item.reason or "transport down")
                 self._announce(device, now)
             self.counters["rejected"] += rejected
         return {"accepted": accepted, "rejected": rejected}
 
-    def _apply_reading(self, device: Device, reading: ReadingObs) -> None:
-        if device.state_ts is not None and reading.ts <= device.state_ts:
-            # Older than what we hold (or the same reading again, e.g. a fresh read that the
-            # handler also pushed): it must not roll the state back.
+    def _apply_reading(self, device: Device, reading: ReadingObs, now: float) -> None:
+        last = device.state
+        if last is not None and reading.ts <= last.ts:
+            # Older than what we hold (or the same reading again): it must not roll the state
+            # back.
             self.counters["stale"] += 1
             return
         self.counters["readings"] += 1
-        device.values = {**device.values, **reading.values}
-        device.state_ts = reading.ts
+        values = reading.values if last is None else {**last.values, **reading.values}
+        device.device_seq += 1
+        device_seq = device.device_seq
+        device.state = self.changes.append(lambda seq: StateChange(
+            seq=seq, device_seq=device_seq, device_id=device.device_id, ts=reading.ts,
+            values=values, sampled=list(reading.values)))
+        device.cached_at = now
         device.last_seen = reading.ts if device.last_seen is None else max(device.last_seen, reading.ts)
-        state = {"device_id": device.device_id, "ts": reading.ts, "values": device.values,
-                 "sampled": list(reading.values)}
-        self.cache.put(device.device_id, state)
-        self.changes.append({"kind": "state", **state})
 
-    def _record_error(self, device_id: str, code: str, message: str, severity: str, ts: float,
-                      *, publish: bool = True) -> None:
+    def _record_event(self, event: EventObs) -> None:
+        self.counters["events"] += 1
+        self.changes.append(lambda seq: EventChange(
+            seq=seq, device_id=event.device_id, ts=event.ts, event=event.event, data=event.data))
+
+    def _record_error(self, device_id: str, code: str, message: str, severity: Severity,
+                      ts: float, *, publish: bool = True) -> None:
         self.counters["errors"] += 1
-        entry = {"device_id": device_id, "error_code": code, "message": message,
-                 "severity": severity, "ts": ts, "timestamp": iso(ts)}
-        self.errors.append(entry)
+        self.errors.append({"device_id": device_id, "error_code": code, "message": message,
+                            "severity": severity, "ts": ts, "timestamp": iso(ts)})
         if publish:
-            self.changes.append({"kind": "error", **entry})
+            self.changes.append(lambda seq: ErrorChange(
+                seq=seq, device_id=device_id, ts=ts, error_code=code, message=message,
+                severity=severity))
 
     def _announce(self, device: Device, now: float) -> None:
         online = device.online(now)
         if online != device.announced:
             device.announced = online
-            self.changes.append({"kind": "availability", "device_id": device.device_id,
-                                 "ts": now, "online": online})
+            self.changes.append(lambda seq: AvailabilityChange(
+                seq=seq, device_id=device.device_id, ts=now, online=online))
 
     def _watch(self) -> None:
         """Devices go offline by the clock, not by an event: look once a second."""
@@ -170,9 +190,9 @@ class Aggregator:
                 interval=request.interval, units=dict(request.units))
             now = self.clock()
             # The device travels with its change, so the bridge publishes it alone.
-            self.changes.append({"kind": "device", "device_id": request.device_id, "ts": now,
-                                 "action": "added",
-                                 "info": self.devices[request.device_id].info(now).model_dump()})
+            info = self.devices[request.device_id].info(now)
+            self.changes.append(lambda seq: DeviceChange(
+                seq=seq, device_id=request.device_id, ts=now, action="added", info=info))
             self._registered[request.device_id] = Registration(device=request, handler=handler)
             if self._store is not None:
                 self._store.save(list(self._registered.values()))
@@ -228,7 +248,7 @@ class Aggregator:
         with self._lock:
             return [d.info(now) for d in self.devices.values()]
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> Snapshot:
         """Every device with its last state, and the change-log position they are valid at.
 
         Waits (a little) for the warm-up, so a bridge that resyncs right after a restart does
@@ -236,45 +256,77 @@ class Aggregator:
         self.warmed.wait(SNAPSHOT_WARM_WAIT_S)
         now = self.clock()
         with self._lock:
-            devices = []
-            for d in self.devices.values():
-                state = None
-                if d.state_ts is not None:
-                    state = {"kind": "state", "seq": 0, "device_id": d.device_id,
-                             "ts": d.state_ts, "values": d.values, "sampled": list(d.values)}
-                devices.append({"info": d.info(now).model_dump(), "state": state})
-            return {"epoch": self.changes.epoch, "seq": self.changes.seq, "devices": devices,
-                    "groups": self.groups}
+            devices = [DeviceSnapshot(info=d.info(now), state=d.state)
+                       for d in self.devices.values()]
+            return Snapshot(epoch=self.changes.epoch, seq=self.changes.seq, devices=devices,
+                            groups=self.groups)
 
     def cached_state(self, device_id: str) -> dict[str, Any]:
-        """The device as ``/device/{id}`` shows it: from the cache while fresh, else read now."""
+        """The device as ``/device/{id}`` shows it: its stored state while younger than
+        ``cache_ttl``, else a fresh read."""
         device = self.device(device_id)
-        hit = self.cache.get(device_id)
-        if hit is not None:
-            return self._device_view(device, cached=True, age=hit.age)
+        now = self.clock()
+        with self._lock:
+            stored = device.cached_at if device.state is not None else None
+            age = None if stored is None else now - stored
+            if age is not None and age < self.cache_ttl:
+                self.cache_counters["hits"] += 1
+                return self._device_view(device, now, cached=True, age=age)
+            self.cache_counters["misses"] += 1
+            if age is not None:
+                self.cache_counters["expired"] += 1
         return self.refresh(device_id)
 
+    def cache_stats(self) -> dict[str, float | int]:
+        """``/cache/stats``: how often ``/device/{id}`` was served from the stored state."""
+        now = self.clock()
+        with self._lock:
+            stored = [d.cached_at for d in self.devices.values()
+                      if d.state is not None and d.cached_at is not None]
+            hits, misses = self.cache_counters["hits"], self.cache_counters["misses"]
+            return {"ttl": self.cache_ttl, "size": len(stored),
+                    "live": sum(1 for t in stored if now - t < self.cache_ttl),
+                    **self.cache_counters,
+                    "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else 0.0}
+
+    def cache_clear(self) -> int:
+        """Make every stored state stale, so the next ``/device/{id}`` reads the device."""
+        with self._lock:
+            stored = [d for d in self.devices.values() if d.cached_at is not None]
+            for d in stored:
+                d.cached_at = None
+            return len(stored)
+
     def refresh(self, device_id: str, properties: list[str] | None = None) -> dict[str, Any]:
-        """A fresh read through the owning handler; it becomes state like any reading."""
+        """A fresh read through the owning handler. The handler answers with the reading and
+        does not push it too, so it becomes state once, here, like any reading."""
         device = self.device(device_id)
         client = self._handler(device)
         params = {"properties": ",".join(properties)} if properties else None
         try:
-            body = client.get(f"/sensor/{device_id}", params=params, timeout=15.0)
+            body = client.get(f"/sensor/{device_id}", params=params,
+                              timeout=handler_wait_s(FRESH_READ_TIMEOUT_S))
         except ServiceError as exc:
             if isinstance(exc.body, dict) and exc.status == 503:
                 raise ReadError(str(exc.body.get("error", "READ_FAILED")),
                                 str(exc.body.get("message", exc))) from exc
             raise
-        reading = ReadingObs.model_validate(body["reading"])
-        self.ingest([reading], source=f"{device.handler}-handler")
-        return self._device_view(device, cached=False, age=0.0)
+        try:
+            reading = ReadingObs.model_validate(body["reading"])
+        except (ValidationError, KeyError, TypeError) as exc:
+            raise ServiceError(f"{client.name} answered a fresh read of {device_id!r} with no "
+                               f"valid reading: {exc}") from exc
+        self.ingest([reading], source=client.name)
+        return self._device_view(device, self.clock(), cached=False, age=0.0)
 
-    def _device_view(self, device: Device, *, cached: bool, age: float) -> dict[str, Any]:
-        now = self.clock()
+    def _device_view(self, device: Device, now: float, *, cached: bool,
+                     age: float) -> dict[str, Any]:
         with self._lock:
-            return {**device.info(now).model_dump(), "state": dict(device.values),
-                    "timestamp": iso(device.state_ts) if device.state_ts else None,
+            state = device.state
+            return {**device.info(now).model_dump(),
+                    "state": {} if state is None else state.values,
+                    "timestamp": None if state is None else iso(state.ts),
+                    "device_seq": None if state is None else state.device_seq,
                     "cached": cached, "cache_age": round(age, 3)}
 
     def _handler(self, device: Device) -> RestClient:
@@ -294,7 +346,7 @@ class Aggregator:
         try:
             body = self._handler(device).post(
                 f"/sensor/{device_id}/command", request.model_dump(),
-                timeout=request.timeout_s + 5.0,
+                timeout=handler_wait_s(request.timeout_s),
             )
         except ServiceError as exc:
             if isinstance(exc.body, dict) and "status" in exc.body:

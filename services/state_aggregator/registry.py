@@ -2,6 +2,8 @@
 
 Availability is derived from ``last_seen`` and the device's cadence each time it is asked for;
 ``announced`` only remembers what the change log last said, so that transitions can be found.
+``state`` is the device's last ``StateChange`` as the change log carried it: the snapshot and
+``/device/{id}`` serve that object, nothing rebuilt by hand.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.instance import HttpSource, Instance, SensorConfig, SerialSource
-from shared.models import DeviceInfo, Source
+from shared.models import DeviceInfo, Source, StateChange
 
 MIN_OFFLINE_AFTER = 30.0
 
@@ -29,9 +31,18 @@ class Device:
     units: dict[str, str] = field(default_factory=dict)
     last_seen: float | None = None
     link_down: str | None = None
-    state_ts: float | None = None
-    values: dict[str, Any] = field(default_factory=dict)
+    state: StateChange | None = None
+    device_seq: int = 0  # states this device has had since the aggregator started
+    cached_at: float | None = None  # when ``state`` was stored; None after /cache/clear
     announced: bool = False
+
+    @property
+    def state_ts(self) -> float | None:
+        return None if self.state is None else self.state.ts
+
+    @property
+    def values(self) -> dict[str, Any]:
+        return {} if self.state is None else self.state.values
 
     @property
     def offline_after(self) -> float:

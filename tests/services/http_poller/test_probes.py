@@ -146,7 +146,7 @@ def discover_provision_ingest(hub: Hub, probe: FakeProbe, advertiser: Zeroconf,
     assert device.values == {"temperature_c": 21.5, "rssi": -61}
     assert device.online(hub.agg.clock()) and device.units["temperature_c"] == "°C"
     _, _, changes = hub.agg.changes.since(0)
-    assert ("device", "added") in [(c["kind"], c.get("action")) for c in changes]
+    assert ("device", "added") in [(c.kind, getattr(c, "action", None)) for c in changes]
 
     rows = list(csv.reader((tmp_path / "temps.csv").open()))
     assert rows[0] == ["timestamp", "probe_id", "temperature_c", "readings"]
@@ -163,7 +163,7 @@ def discover_provision_ingest(hub: Hub, probe: FakeProbe, advertiser: Zeroconf,
     probe.reboot()
     wait_for(lambda: len(probe.provisions) >= 2 and probe.server_url == hub.url,
              what="re-provisioning after the reboot")
-    wait_for(lambda: any(c["kind"] == "event" and c["event"] == "probe_rebooted"
+    wait_for(lambda: any(c.kind == "event" and getattr(c, "event", None) == "probe_rebooted"
                          for c in hub.agg.changes.since(0)[2]), what="a probe_rebooted event")
     assert probe.push(temperature_c=22.0).status_code == 200
     assert hub.agg.device("probe_kitchen").values["temperature_c"] == 22.0

@@ -14,10 +14,12 @@ from werkzeug.serving import make_server
 
 from services.serial_handler.app import create_app
 from services.serial_handler.core import SerialHandler
-from shared.models import LinkObs, ReadingObs
+from services.state_aggregator.core import Aggregator
+from shared.models import LinkObs, ReadingObs, StateChange
+from shared.rest import RestClient
 from tests.helpers import wait_for
 
-from .conftest import serial_sensor
+from .conftest import make_instance, serial_sensor
 
 
 @pytest.fixture
@@ -142,3 +144,27 @@ def test_fresh_read_over_real_http(setup, http_server: str) -> None:
         resp = answer.result(5)
     assert resp.status_code == 200
     assert ReadingObs.model_validate(resp.json()["reading"]).values == {"temperature": 23}
+
+
+def test_a_fresh_read_through_the_aggregator_becomes_state_once(setup, http_server: str,
+                                                                recorder) -> None:
+    """The MQTT ``get`` path: aggregator -> real HTTP -> handler -> pty and back. The handler
+    answers with the reading and does not push it, so the aggregator's change log has exactly
+    one state for it (and nothing counted stale)."""
+    _handler, _client, b = setup
+    agg = Aggregator(make_instance(serial_sensor("t1", b.path)), poll_interval=5,
+                     handlers={"serial": RestClient(http_server, name="serial-handler")},
+                     cache_ttl=10)
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(agg.refresh, "t1")
+        assert b.read_line() == b'{"id":"t1","read":true}\n'
+        b.send("id=t1 temperature=23")
+        view = answer.result(5)
+    assert (view["state"], view["cached"], view["device_seq"]) == ({"temperature": 23}, False, 1)
+    assert not recorder.of(ReadingObs, "t1")  # not pushed as well
+    states = [c for c in agg.changes.since(0)[2] if isinstance(c, StateChange)]
+    assert [c.values for c in states] == [{"temperature": 23}]
+    assert (agg.counters["readings"], agg.counters["stale"]) == (1, 0)
+    # A line nobody asked for still takes the push path.
+    b.send("id=t1 temperature=24")
+    recorder.wait(ReadingObs, "t1", lambda r: r.values == {"temperature": 24})

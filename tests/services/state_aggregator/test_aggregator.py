@@ -9,11 +9,20 @@ import pytest
 from flask.testing import FlaskClient
 
 from services.state_aggregator.app import create_app
-from services.state_aggregator.cache import TTLCache
 from services.state_aggregator.changes import ChangeLog
 from services.state_aggregator.core import Aggregator
+from shared.errors import ServiceError
 from shared.instance import parse_instance
-from shared.models import ErrorObs, EventObs, LinkObs, ReadingObs
+from shared.models import (
+    AvailabilityChange,
+    ChangesPage,
+    ErrorObs,
+    EventObs,
+    LinkObs,
+    ReadingObs,
+    Snapshot,
+    StateChange,
+)
 from shared.rest import RestClient
 
 INSTANCE = parse_instance({
@@ -52,7 +61,7 @@ def agg(clock: Clock) -> Aggregator:
 
 
 def kinds(agg: Aggregator, since: int = 0) -> list[tuple[str, str]]:
-    return [(c["kind"], c["device_id"]) for c in agg.changes.since(since)[2]]
+    return [(c.kind, c.device_id) for c in agg.changes.since(since)[2]]
 
 
 def test_readings_merge_into_state_and_go_online(agg: Aggregator, clock: Clock) -> None:
@@ -61,8 +70,25 @@ def test_readings_merge_into_state_and_go_online(agg: Aggregator, clock: Clock) 
     agg.ingest([ReadingObs(device_id="temp", ts=clock.now + 1, values={"temperature": 22.0})])
     assert kinds(agg) == [("state", "temp"), ("availability", "temp"), ("state", "temp")]
     last = agg.changes.since(2)[2][-1]
-    assert last["values"] == {"temperature": 22.0, "humidity": 40}
-    assert last["sampled"] == ["temperature"]
+    assert isinstance(last, StateChange)
+    assert last.values == {"temperature": 22.0, "humidity": 40}
+    assert last.sampled == ["temperature"]
+    assert (last.seq, last.device_seq) == (3, 2)  # the log's position; the device's 2nd state
+    assert agg.devices["temp"].state is last  # what the snapshot serves is what the log carried
+
+
+def test_device_seq_grows_by_one_per_state_of_each_device(agg: Aggregator, clock: Clock) -> None:
+    for i in range(3):
+        agg.ingest([ReadingObs(device_id="temp", ts=clock.now + i, values={"t": i}),
+                    ReadingObs(device_id="slow", ts=clock.now + i, values={"t": i})])
+    agg.ingest([ReadingObs(device_id="temp", ts=clock.now, values={"t": -1})])  # stale: no state
+    agg.ingest([ErrorObs(device_id="temp", ts=clock.now + 5, error_code="E", message="m")])
+    agg.ingest([ReadingObs(device_id="temp", ts=clock.now + 9, values={"t": 9})])
+    states = [c for c in agg.changes.since(0)[2] if isinstance(c, StateChange)]
+    assert [c.device_seq for c in states if c.device_id == "temp"] == [1, 2, 3, 4]
+    assert [c.device_seq for c in states if c.device_id == "slow"] == [1, 2, 3]
+    log_seqs = [c.seq for c in agg.changes.since(0)[2]]
+    assert log_seqs == list(range(1, len(log_seqs) + 1))  # the log's own numbering is global
 
 
 def test_an_older_reading_never_rolls_state_back(agg: Aggregator, clock: Clock) -> None:
@@ -89,8 +115,8 @@ def test_the_transport_takes_a_device_offline_at_once(agg: Aggregator, clock: Cl
     agg.ingest([ReadingObs(device_id="temp", ts=clock.now, values={"t": 1})])
     seq = agg.changes.seq
     agg.ingest([LinkObs(device_id="temp", ts=clock.now, up=False, reason="port gone")])
-    assert agg.changes.since(seq)[2][-1] | {"seq": 0} == {
-        "kind": "availability", "device_id": "temp", "ts": clock.now, "online": False, "seq": 0}
+    assert agg.changes.since(seq)[2] == [AvailabilityChange(
+        seq=seq + 1, device_id="temp", ts=clock.now, online=False)]
     agg.ingest([LinkObs(device_id="temp", ts=clock.now, up=True)])
     assert agg.devices["temp"].online(clock.now)
 
@@ -113,24 +139,33 @@ def test_unknown_devices_are_counted_not_applied(agg: Aggregator, clock: Clock) 
 def test_change_log_long_poll_and_resync() -> None:
     log = ChangeLog(capacity=3)
     for i in range(10):
-        log.append({"kind": "state", "i": i})
+        log.append(lambda seq, i=i: AvailabilityChange(seq=seq, device_id="d", ts=i,
+                                                       online=True))
     seq, resync, items = log.since(0)
     assert resync and items == []  # position 0 is gone: reload the snapshot
     seq, resync, items = log.since(8)
-    assert (seq, resync, [c["i"] for c in items]) == (10, False, [8, 9])
+    assert (seq, resync, [(c.seq, c.ts) for c in items]) == (10, False, [(9, 8), (10, 9)])
     assert log.since(10, wait=0.05) == (10, False, [])
     assert log.since(99)[1]
 
 
-def test_ttl_cache_counts_hits_misses_and_expiry() -> None:
-    now = [0.0]
-    cache: TTLCache[int] = TTLCache(10, clock=lambda: now[0])
-    cache.put("a", 1)
-    assert cache.get("a") is not None and cache.get("b") is None
-    now[0] = 10.0
-    assert cache.get("a") is None
-    assert cache.stats() | {"ttl": 10} == {"ttl": 10, "size": 0, "live": 0, "hits": 1,
-                                            "misses": 2, "expired": 1, "hit_ratio": 0.3333}
+def test_device_view_serves_the_stored_state_within_the_ttl(agg: Aggregator,
+                                                            clock: Clock) -> None:
+    agg.ingest([ReadingObs(device_id="temp", ts=clock.now, values={"t": 20})])
+    clock.now += 4
+    view = agg.cached_state("temp")
+    assert (view["cached"], view["cache_age"], view["state"], view["device_seq"]) == \
+        (True, 4.0, {"t": 20}, 1)
+    clock.now += 6  # 10 s old: past the TTL, so the (dead) handler is asked
+    with pytest.raises(ServiceError, match="serial-handler"):
+        agg.cached_state("temp")
+    agg.ingest([ReadingObs(device_id="temp", ts=clock.now, values={"t": 21})])
+    assert agg.cached_state("temp")["cached"] is True
+    assert agg.cache_clear() == 1
+    with pytest.raises(ServiceError):
+        agg.cached_state("temp")
+    assert agg.cache_stats() == {"ttl": 10, "size": 0, "live": 0, "hits": 2, "misses": 2,
+                                 "expired": 1, "hit_ratio": 0.5}
 
 
 def test_read_only_devices_reject_commands(agg: Aggregator) -> None:
@@ -182,14 +217,14 @@ def test_device_routes(client: FlaskClient, clock: Clock) -> None:
         {"kind": "reading", "device_id": "temp", "ts": clock.now, "values": {"t": 20}}]})
     view = body(client.get("/device/temp"))
     assert view["cached"] is True and view["state"] == {"t": 20} and view["online"] is True
-    assert "cache_age" in view
+    assert view["cache_age"] == 0.0 and view["timestamp"].endswith("Z")
     assert client.get("/device/ghost").status_code == 404
     assert body(client.get("/device/ghost"))["error"] == "unknown_device"
     # Past the TTL the aggregator asks the (dead) handler: a clear 502, not a 500.
     client.post("/cache/clear")
     resp = client.get("/device/temp")
     assert resp.status_code == 502 and "serial-handler" in body(resp)["message"]
-    assert body(client.get("/cache/stats"))["misses"] >= 1
+    assert body(client.get("/cache/stats"))["misses"] == 1
     devices = {d["device_id"] for d in body(client.get("/devices"))["devices"]}
     assert {"temp", "relay", "slow"} <= devices
     assert body(client.get("/groups"))["groups"] == {"all": ["temp", "relay"]}
@@ -199,6 +234,22 @@ def test_health_reports_dead_handlers(client: FlaskClient) -> None:
     health = body(client.get("/health"))
     assert health["status"] == "degraded"
     assert health["handlers"] == {"serial-handler": "down", "http-poller": "down"}
+
+
+def test_snapshot_and_changes_carry_the_shared_models(client: FlaskClient, agg: Aggregator,
+                                                      clock: Clock) -> None:
+    client.post("/ingest", json={"source": "t", "items": [
+        {"kind": "reading", "device_id": "temp", "ts": clock.now, "values": {"t": 20, "h": 1}},
+        {"kind": "reading", "device_id": "temp", "ts": clock.now + 1, "values": {"t": 21}},
+        {"kind": "event", "device_id": "relay", "ts": clock.now, "event": "clicked"}]})
+    page = ChangesPage.model_validate_json(client.get("/changes?since=0").data)
+    assert page.changes == agg.changes.since(0)[2]  # JSON round trip to the very same models
+    snap = Snapshot.model_validate_json(client.get("/snapshot").data)
+    states = {d.info.device_id: d.state for d in snap.devices}
+    assert states["temp"] == agg.devices["temp"].state
+    assert states["temp"] is not None and states["temp"].seq == 3  # its real log position
+    assert (states["temp"].device_seq, states["temp"].values) == (2, {"t": 21, "h": 1})
+    assert states["relay"] is None and snap.seq == agg.changes.seq
 
 
 def test_changes_with_another_epoch_asks_for_resync(client: FlaskClient) -> None:

@@ -26,7 +26,7 @@ def test_register_adds_a_device_once_and_logs_a_device_change() -> None:
     info = agg.device("probe_1").info(agg.clock())
     assert (info.source, info.name, info.units) == ("probe", "Kitchen probe", {"temperature_c": "°C"})
     _, _, changes = agg.changes.since(0)
-    assert [(c["kind"], c["device_id"], c["action"]) for c in changes] == [
+    assert [(c.kind, c.device_id, getattr(c, "action", None)) for c in changes] == [
         ("device", "probe_1", "added")]
 
 

@@ -39,10 +39,15 @@ def test_registered_devices_survive_a_restart(tmp_path: Path) -> None:
 def test_a_damaged_registry_file_is_set_aside_not_fatal(tmp_path: Path,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "registry.json"
-    path.write_text("{half a file")
+    make(RegistryStore(path)).register(RegisterDevice(device_id="probe_1", source="probe"),
+                                       handler="http")
+    assert "probe_1" in make(RegistryStore(path)).devices  # the whole file brings it back
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])  # a write cut short
     agg = make(RegistryStore(path))
-    assert "probe_1" not in agg.devices
-    assert (tmp_path / "registry.broken").exists()
+    assert "probe_1" not in agg.devices and "temp" in agg.devices  # started, without it
+    assert (tmp_path / "registry.broken").read_bytes() == whole[: len(whole) // 2]
+    assert not path.exists()
     assert "is damaged" in caplog.text
 
 

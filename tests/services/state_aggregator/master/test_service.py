@@ -21,6 +21,7 @@ from shared.master_models import (
     SensorRegister,
     TemplateIn,
 )
+from shared.models import AvailabilityChange, EventChange, StateChange
 from shared.timeutil import iso
 from tests.services.state_aggregator.test_aggregator import Clock
 
@@ -162,11 +163,11 @@ def test_data_is_mapped_into_device_state_and_replays_are_ignored(service: Maste
     assert "sensor.temperature (float)" in first["errors"][0]
     assert agg.devices["esp32_001"].values == {"temperature": 19.5, "rssi": -50,
                                               "relay_state": "on"}
-    states = [c for c in agg.changes.since(0)[2] if c["kind"] == "state"]
-    assert [s["values"]["temperature"] for s in states] == [19.0, 19.5, 19.5]  # oldest first
+    states = [c for c in agg.changes.since(0)[2] if isinstance(c, StateChange)]
+    assert [s.values["temperature"] for s in states] == [19.0, 19.5, 19.5]  # oldest first
     again = service.data(batch)
     assert (again["accepted"], again["duplicates"]) == (0, 3)
-    assert len([c for c in agg.changes.since(0)[2] if c["kind"] == "state"]) == 3
+    assert len([c for c in agg.changes.since(0)[2] if isinstance(c, StateChange)]) == 3
     with pytest.raises(Invalid, match=r"batch\.0\.timestamp: .* is in the future"):
         service.data(DataUpload.model_validate({"sensor_id": "esp32_001", "batch": [
             {"timestamp": clock.now + 3600, "readings": {"t": 1}}]}))
@@ -188,11 +189,12 @@ def test_status_transitions_become_availability_and_events(service: MasterServic
         # offline at once with master control's status, not the aggregator's later judgment
         assert agg.devices["esp32_001"].online(clock.now) == (expected != "offline")
     service.heartbeat(Heartbeat(sensor_id="esp32_001"))
-    events = [(c["event"], c["data"]["previous"], c["data"]["status"])
-              for c in agg.changes.since(0)[2] if c["kind"] == "event"]
+    events = [(c.event, (c.data or {})["previous"], (c.data or {})["status"])
+              for c in agg.changes.since(0)[2] if isinstance(c, EventChange)]
     assert events == [("status_changed", "pending", "online"), ("status_changed", "online", "stale"),
                       ("status_changed", "stale", "offline"), ("status_changed", "offline", "online")]
-    availability = [c["online"] for c in agg.changes.since(0)[2] if c["kind"] == "availability"]
+    availability = [c.online for c in agg.changes.since(0)[2]
+                    if isinstance(c, AvailabilityChange)]
     assert availability[0] is True and availability[-1] is True
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.models import ReadingObs, RegisterDevice
+from shared.models import DeviceChange, ReadingObs, RegisterDevice
 from tests.connector.conftest import SENSORS, Hub
 from tests.helpers import Broker, Subscriber, publish, retained, wait_for
 
@@ -76,8 +76,8 @@ def test_a_new_device_publishes_only_itself_and_a_removed_one_is_cleared(
         assert "probe_7" in bridge.ctx.mirror.devices
 
         # The aggregator drops probe_7 (a stale probe removed): nothing of it stays retained.
-        hub.agg.changes.append({"kind": "device", "device_id": "probe_7", "ts": time.time(),
-                                "action": "removed"})
+        hub.agg.changes.append(lambda seq: DeviceChange(seq=seq, device_id="probe_7",
+                                                        ts=time.time(), action="removed"))
         wait_for(lambda: "probe_7" not in bridge.ctx.mirror.devices, what="probe_7 removed")
         for suffix in ("availability", "state", "state/temperature_c"):
             sub.wait(f"{hub.root}/devices/probe_7/{suffix}", where=lambda m: m.payload == b"")

@@ -52,28 +52,32 @@ class DeviceTopics:
         self.policy: PropertyTopics = ctx.settings.mqtt_property_topics
 
     # --- whole mirror ---------------------------------------------------------------------------
-    def load(self, snap: Snapshot) -> None:
-        """Replace the mirror with ``snap``; clear the topics of devices that are gone. The
-        caller republishes everything afterwards."""
+    def load(self, snap: Snapshot) -> list[DeviceRecord]:
+        """Replace the mirror with ``snap`` and clear the topics of devices that are gone.
+        Returns the devices that are new or whose availability or state differ from what was
+        published (after the aggregator restarts, only those need publishing again)."""
         mirror = self.ctx.mirror
         old = mirror.devices
         devices: dict[str, DeviceRecord] = {}
+        changed: list[DeviceRecord] = []
         for entry in snap.devices:
             device_id = entry.info.device_id
             before = old.get(device_id)
-            seq = before.seq if before else 0
-            if entry.state is not None and (before is None or before.state is None
-                                            or before.state.ts != entry.state.ts):
-                seq += 1
-            devices[device_id] = DeviceRecord(info=entry.info, online=entry.info.online,
-                                              state=entry.state, seq=seq)
+            new_state = entry.state is not None and (
+                before is None or before.state is None or before.state.ts != entry.state.ts)
+            rec = DeviceRecord(info=entry.info, online=entry.info.online, state=entry.state,
+                               seq=(before.seq if before else 0) + (1 if new_state else 0))
+            devices[device_id] = rec
+            if before is None or new_state or before.online != rec.online:
+                changed.append(rec)
         for device_id in old.keys() - devices.keys():
             self._clear(old[device_id])
         mirror.devices = devices
         mirror.groups = snap.groups
         mirror.synced = True
-        log.info("snapshot: %d devices, %d with state", len(devices),
-                 sum(1 for r in devices.values() if r.state is not None))
+        log.info("snapshot: %d devices, %d with state, %d new or changed", len(devices),
+                 sum(1 for r in devices.values() if r.state is not None), len(changed))
+        return changed
 
     def publish_all(self) -> int:
         """Availability, state and every property of every device."""

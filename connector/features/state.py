@@ -179,8 +179,12 @@ class StateFeature(Feature):
 
     def _handle(self, item: _Item, generation: int) -> None:
         if isinstance(item, Snapshot):
-            self.devices.load(item)
-            self._publish_all(generation)
+            changed = self.devices.load(item)
+            if self._full_gen < generation:
+                self._publish_all(generation)
+            else:  # a resync within a session that has everything: only what differs
+                for rec in changed:
+                    self.devices.publish_device(rec)
         elif isinstance(item, ChangesPage):
             self._publish_page(item)
         elif isinstance(item, _Republish):

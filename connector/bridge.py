@@ -26,6 +26,7 @@ from .context import BridgeContext
 from .features.base import Feature, Inbound
 from .features.commands import CommandsFeature, guess_id, meta_error
 from .features.discovery import DiscoveryFeature
+from .features.master import MasterFeature
 from .features.meta import MetaFeature
 from .features.state import StateFeature
 from .features.status import StatusFeature
@@ -67,6 +68,7 @@ class Bridge:
             MetaFeature(self.ctx, state=self.state, status=self.status,
                         on_rebirth=self.discovery.republish),
             self.discovery,
+            MasterFeature(self.ctx),
         ]
         self.running: list[Feature] = []
         self.dispatch: dict[RouteKind, Inbound] = {}

@@ -20,7 +20,9 @@ META_KINDS = ("devices_list", "info", "health", "rebirth")
 # invalid id in an inbound topic); it is never a request kind.
 META_ERROR = "error"
 
-RouteKind = Literal["cmd", "get", "group_cmd", "meta_request", "ha_status"]
+RouteKind = Literal["cmd", "get", "group_cmd", "meta_request", "ha_status",
+                    # master control: sensors that phone home (B/sensors/{s}/...)
+                    "sensor_register", "sensor_heartbeat", "sensor_ack", "sensor_data"]
 # The kinds under the instance's own root. ``ha_status`` is Home Assistant's ``{prefix}/status``
 # (its birth message, which discovery answers), outside the root and served only when asked for.
 ROUTE_KINDS: tuple[RouteKind, ...] = tuple(k for k in get_args(RouteKind) if k != "ha_status")
@@ -70,6 +72,8 @@ class Route:
 _TARGET_NAME: dict[RouteKind, str] = {
     "cmd": "device_id", "get": "device_id", "group_cmd": "group_id", "meta_request": "meta kind",
     "ha_status": "discovery prefix",
+    "sensor_register": "sensor_id", "sensor_heartbeat": "sensor_id", "sensor_ack": "sensor_id",
+    "sensor_data": "sensor_id",
 }
 
 
@@ -94,7 +98,11 @@ class Topics:
             + r"/(?:devices/(?P<cmd>[^/]+)/cmd"
             + r"|devices/(?P<get>[^/]+)/get"
             + r"|groups/(?P<group_cmd>[^/]+)/cmd"
-            + r"|meta/request/(?P<meta_request>[^/]+))$"
+            + r"|meta/request/(?P<meta_request>[^/]+)"
+            + r"|sensors/(?P<sensor_register>[^/]+)/register"
+            + r"|sensors/(?P<sensor_heartbeat>[^/]+)/heartbeat"
+            + r"|sensors/(?P<sensor_ack>[^/]+)/commands/ack"
+            + r"|sensors/(?P<sensor_data>[^/]+)/data)$"
         )
         assert set(matcher.groupindex) == set(ROUTE_KINDS)
         object.__setattr__(self, "_matcher", matcher)
@@ -152,11 +160,36 @@ class Topics:
     def _ha_status_of(self, _prefix: str) -> str:
         return self.ha_status
 
+    # --- master control: sensors that phone home ------------------------------------------------
+    def sensor(self, sensor_id: str) -> str:
+        return f"{self.root}/sensors/{validate_id(sensor_id, 'sensor_id')}"
+
+    def sensor_config(self, sensor_id: str) -> str:
+        return f"{self.sensor(sensor_id)}/config"
+
+    def sensor_commands(self, sensor_id: str) -> str:
+        return f"{self.sensor(sensor_id)}/commands"
+
+    def sensor_register(self, sensor_id: str) -> str:
+        return f"{self.sensor(sensor_id)}/register"
+
+    def sensor_heartbeat(self, sensor_id: str) -> str:
+        return f"{self.sensor(sensor_id)}/heartbeat"
+
+    def sensor_ack(self, sensor_id: str) -> str:
+        return f"{self.sensor_commands(sensor_id)}/ack"
+
+    def sensor_data(self, sensor_id: str) -> str:
+        return f"{self.sensor(sensor_id)}/data"
+
     # --- subscriptions and parsing -----------------------------------------------------------
     def build(self, route: Route) -> str:
         """The inbound topic of ``route`` (the inverse of ``parse``)."""
         builders = {"cmd": self.cmd, "get": self.get, "group_cmd": self.group_cmd,
-                    "meta_request": self.meta_request, "ha_status": self._ha_status_of}
+                    "meta_request": self.meta_request, "ha_status": self._ha_status_of,
+                    "sensor_register": self.sensor_register,
+                    "sensor_heartbeat": self.sensor_heartbeat, "sensor_ack": self.sensor_ack,
+                    "sensor_data": self.sensor_data}
         return builders[route.kind](route.target)
 
     def filter(self, kind: RouteKind) -> str:
@@ -167,6 +200,10 @@ class Topics:
             "group_cmd": f"{self.root}/groups/+/cmd",
             "meta_request": f"{self.root}/meta/request/+",
             "ha_status": self.ha_status,
+            "sensor_register": f"{self.root}/sensors/+/register",
+            "sensor_heartbeat": f"{self.root}/sensors/+/heartbeat",
+            "sensor_ack": f"{self.root}/sensors/+/commands/ack",
+            "sensor_data": f"{self.root}/sensors/+/data",
         }
         return filters[kind]
 

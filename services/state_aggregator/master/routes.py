@@ -160,11 +160,16 @@ def changes() -> Response:
 
 @bp.get("/sensor-configs")
 def sensor_configs() -> Response:
-    """Every sensor's current ``sensors/{s}/config`` payload, and the feed position it is
-    valid at (read the position first: a change in between is then seen twice, never missed)."""
+    """Every sensor's current ``sensors/{s}/config`` payload (or those of ``?sensor_id=a,b``, at
+    most 500), and the feed position it is valid at (read the position first: a change in
+    between is then seen twice, never missed)."""
     service = _master().service
     epoch, seq = service.feed.epoch, service.feed.seq
-    return ok({"epoch": epoch, "seq": seq, "configs": service.current_configs()})
+    wanted = request.args.get("sensor_id")
+    ids = None if wanted is None else [_id(s) for s in wanted.split(",")]
+    if ids is not None and len(ids) > 500:
+        raise ApiError(400, "invalid_argument", "at most 500 sensor ids per request")
+    return ok({"epoch": epoch, "seq": seq, "configs": service.current_configs(ids)})
 
 
 @bp.post("/sensors/<sensor_id>/deliver")

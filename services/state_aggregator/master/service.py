@@ -283,10 +283,12 @@ class MasterService:
                 "config_endpoint": self.config_endpoint(body.sensor_id),
                 "check_in_interval": latest.document["check_in_interval"], "commands": commands}
 
-    def current_configs(self) -> list[dict[str, Any]]:
-        """Every sensor's current config as ``sensors/{s}/config`` carries it (a resync)."""
+    def current_configs(self, sensor_ids: list[str] | None = None) -> list[dict[str, Any]]:
+        """The current config of every sensor (a resync) or of ``sensor_ids`` (those the feed
+        named), as ``sensors/{s}/config`` carries it; unknown ids are left out."""
         with self.db.read() as conn:
-            ids = [r[0] for r in conn.execute("SELECT sensor_id FROM sensors ORDER BY sensor_id")]
+            known = [r[0] for r in conn.execute("SELECT sensor_id FROM sensors ORDER BY sensor_id")]
+            ids = known if sensor_ids is None else sorted(set(sensor_ids) & set(known))
             versions = [v for s in ids if (v := self.configs.latest(conn, s)) is not None]
         return [config_message(v) for v in versions]
 

@@ -219,6 +219,8 @@ def test_the_feed_tells_the_mqtt_side_what_to_publish(http: FlaskClient) -> None
     [only] = configs["configs"]
     assert (only["sensor_id"], only["config_version"], only["config_name"]) == (
         SID, 2, TEMPLATE["config_name"])
+    assert body(http.get(f"/master/sensor-configs?sensor_id={SID},ghost"))["configs"] == [only]
+    assert body(http.get("/master/sensor-configs?sensor_id=ghost"))["configs"] == []
     delivered = body(http.post(f"/master/sensors/{SID}/deliver"))["commands"]
     assert [c["command_id"] for c in delivered] == [cmd["command_id"]]
     assert body(http.get(f"/master/commands/{cmd['command_id']}"))["status"] == "sent"

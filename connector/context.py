@@ -22,11 +22,9 @@ class DeviceRecord:
 
     info: DeviceInfo
     online: bool
+    # The last state; its ``device_seq`` (the aggregator's count of this device's states) is
+    # the contract's ``seq``, so a republish of the same state carries the same seq.
     state: StateChange | None = None
-    # The contract's ``seq``: grows by one per state of this device. The aggregator's
-    # ``StateChange.seq`` is its change-log position (shared by every device), so the bridge
-    # counts here; a republish of the same state carries the same seq (a visible duplicate).
-    seq: int = 0
 
 
 @dataclass

@@ -65,8 +65,7 @@ class DeviceTopics:
             before = old.get(device_id)
             new_state = entry.state is not None and (
                 before is None or before.state is None or before.state.ts != entry.state.ts)
-            rec = DeviceRecord(info=entry.info, online=entry.info.online, state=entry.state,
-                               seq=(before.seq if before else 0) + (1 if new_state else 0))
+            rec = DeviceRecord(info=entry.info, online=entry.info.online, state=entry.state)
             devices[device_id] = rec
             if before is None or new_state or before.online != rec.online:
                 changed.append(rec)
@@ -89,7 +88,7 @@ class DeviceTopics:
     def publish_device(self, rec: DeviceRecord) -> None:
         self._availability(rec.info.device_id, rec.online)
         if rec.state is not None:
-            self._state(rec, rec.state, list(rec.state.values) if self.policy != "off" else [])
+            self._state(rec.state, list(rec.state.values) if self.policy != "off" else [])
 
     # --- one change -----------------------------------------------------------------------------
     def apply(self, change: Change) -> None:
@@ -119,7 +118,6 @@ class DeviceTopics:
             return
         before = rec.state.values if rec.state is not None else {}
         rec.state = change
-        rec.seq += 1
         if self.policy == "all":
             props = [p for p in change.sampled if p in change.values]
         elif self.policy == "changed":
@@ -127,7 +125,7 @@ class DeviceTopics:
                      and (p not in before or not same(before[p], change.values[p]))]
         else:
             props = []
-        self._state(rec, change, props)
+        self._state(change, props)
 
     def _on_device(self, change: DeviceChange) -> None:
         mirror = self.ctx.mirror
@@ -142,8 +140,7 @@ class DeviceTopics:
             return
         before = mirror.devices.get(change.device_id)
         rec = DeviceRecord(info=info, online=info.online,
-                           state=before.state if before else None,
-                           seq=before.seq if before else 0)
+                           state=before.state if before else None)
         mirror.devices[change.device_id] = rec
         self.publish_device(rec)  # only the new device, never every device again
 
@@ -157,10 +154,10 @@ class DeviceTopics:
         return None
 
     # --- publishing -----------------------------------------------------------------------------
-    def _state(self, rec: DeviceRecord, change: StateChange, props: list[str]) -> None:
+    def _state(self, change: StateChange, props: list[str]) -> None:
         topics, pub = self.ctx.topics, self.ctx.publisher
         device_id = change.device_id
-        pub.json(topics.state(device_id), state_payload(device_id, change.ts, rec.seq,
+        pub.json(topics.state(device_id), state_payload(device_id, change.ts, change.device_seq,
                                                         change.values),
                  retain=pub.state_retain)
         for prop in props:

@@ -5,7 +5,8 @@ publishes every config after each connect, the configs of a new device or proper
 the mirror has them, everything again (after a random delay, paced over a few seconds) when
 Home Assistant announces ``online`` on ``{prefix}/status``, and an empty retained payload for
 what disappeared. The ledger on disk remembers what earlier runs published, so a restart with a
-changed instance file, prefix or mode clears their leftovers too.
+changed instance file, prefix or mode clears their leftovers too, and the retained device topics
+of a device that was removed while the hub was down.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from shared import CONNECTOR_TYPE, __version__
 from shared.topics import DiscoveryTopics, Route, RouteKind
 
 from ..context import BridgeContext
-from ..ha.builder import Builder, DeviceView, Origin
+from ..ha.builder import ERROR_KEY, EVENT_KEY, Builder, DeviceView, Origin
 from ..ha.ledger import FILE_NAME, Ledger, plan
 from ..ha.props import infer
 from .base import Feature, Inbound
@@ -169,6 +170,9 @@ class DiscoveryFeature(Feature):
         for topic in todo.clear:
             pub.raw(topic, b"", qos=1, retain=True)
             self._published.pop(topic, None)
+        present = {v.info.device_id for v in views}
+        for topic in self._leftovers(todo.clear, present):
+            pub.raw(topic, b"", qos=1, retain=True)
         items = list(todo.publish.items())
         pause = spread / max(1, len(items) // CHUNK) if spread else 0.0
         for i, (topic, payload) in enumerate(items):
@@ -182,3 +186,27 @@ class DiscoveryFeature(Feature):
             log.info("discovery (%s): %d configs published, %d cleared", self.mode,
                      len(todo.publish), len(todo.clear))
         return len(todo.publish), len(todo.clear)
+
+    def _leftovers(self, cleared: list[str], present: set[str]) -> list[str]:
+        """The retained device topics of devices that are gone from the instance since an
+        earlier run published them (the state feature clears a device removed while it runs;
+        this covers one removed while the hub was down): its state, availability and the
+        per-property topics of the properties the ledger knew."""
+        assert self.ledger is not None
+        topics = self.ctx.topics
+        props: dict[str, set[str]] = {}
+        for topic in cleared:
+            entry = self.ledger.entries.get(topic)
+            if entry is None or not entry.device or entry.device in present:
+                continue
+            keys = props.setdefault(entry.device, set())
+            keys.update(e.partition(":")[2] for e in entry.entities)
+        out: list[str] = []
+        for device_id, keys in sorted(props.items()):
+            out += [topics.state(device_id), topics.availability(device_id)]
+            out += [topics.state_property(device_id, k) for k in sorted(keys)
+                    if k not in (ERROR_KEY, EVENT_KEY)]
+        if out:
+            log.info("clearing the retained topics of %d devices gone since the last run",
+                     len(props))
+        return out

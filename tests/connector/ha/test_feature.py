@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from werkzeug.serving import make_server
 
@@ -90,19 +91,23 @@ def stop(runs: list[Run], run: Run) -> None:
     run.stop()
 
 
-def retained_configs(mosquitto: Broker, prefix: str) -> dict[str, dict[str, Any]]:
-    """Every non-empty retained config under ``prefix``, as a new subscriber (Home Assistant
-    starting) receives them."""
-    sub = Subscriber(mosquitto.host, mosquitto.port).subscribe(f"{prefix}/#")
+def retained_under(mosquitto: Broker, topic_filter: str) -> dict[str, bytes]:
+    """Every non-empty retained message under ``topic_filter``, as a new subscriber (Home
+    Assistant starting) receives them."""
+    sub = Subscriber(mosquitto.host, mosquitto.port).subscribe(topic_filter)
     try:
         # Retained messages follow the SUBACK at once; wait until a poll adds nothing new.
         seen = -1
         while len(sub.messages) != seen:
             seen = len(sub.messages)
             time.sleep(0.2)
-        return {m.topic: m.json() for m in sub.messages if m.retain and m.payload}
+        return {m.topic: m.payload for m in sub.messages if m.retain and m.payload}
     finally:
         sub.close()
+
+
+def retained_configs(mosquitto: Broker, prefix: str) -> dict[str, dict[str, Any]]:
+    return {t: orjson.loads(p) for t, p in retained_under(mosquitto, f"{prefix}/#").items()}
 
 
 def wait_configs(mosquitto: Broker, prefix: str, expect: set[str]) -> dict[str, dict[str, Any]]:
@@ -151,12 +156,19 @@ def test_a_restart_with_a_changed_instance_file_leaves_no_ghosts(
     valid(found, prefix, root)
     assert found[f"{prefix}/sensor/ha_s1/temperature/config"]["state_topic"] == \
         f"{root}/devices/s1/state"
+    wait_for(lambda: set(retained_under(mosquitto, f"{root}/devices/s2/#")) >= {
+        f"{root}/devices/s2/state", f"{root}/devices/s2/availability",
+        f"{root}/devices/s2/state/temperature"}, what="s2's retained device topics")
     stop(runs, first)
 
-    # s2 is gone from the file and s1 no longer reports humidity: both vanish from the broker.
+    # s2 is gone from the file and s1 no longer reports humidity: both vanish from the broker,
+    # s2's own state, availability and property topics too.
     second = start(runs, mosquitto, ids, tmp_path, instance("s1"))
     second.agg.ingest([reading("s1", temperature=21.0)])
     valid(wait_configs(mosquitto, prefix, entity_topics(prefix, "s1")), prefix, root)
+    wait_for(lambda: not retained_under(mosquitto, f"{root}/devices/s2/#"), timeout=10,
+             what="s2's retained device topics cleared")
+    assert f"{root}/devices/s1/state" in retained_under(mosquitto, f"{root}/devices/s1/#")
     ledger = (tmp_path / "ha_discovery.json").read_text()
     assert "ha_s2" not in ledger and "ha_s1/temperature" in ledger
     stop(runs, second)

@@ -5,6 +5,7 @@ availability that follows its check-ins, status events; a restart of the aggrega
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import Instance, demo
-from tests.helpers import Broker, Subscriber, wait_for
+from tests.helpers import Broker, Subscriber, publish, retained, wait_for
 
 pytestmark = pytest.mark.e2e
 __all__ = ["demo"]  # the module-scoped instance fixture, shared with tests/e2e
@@ -94,3 +95,47 @@ def test_a_master_controlled_sensor_on_the_real_wire(demo: Instance, sensor: Vir
     assert [v["config_version"] for v in history] == [1]
     listed = sensor.call("GET", "/sensors").json()["sensors"]
     assert [s["sensor_id"] for s in listed] == [SID]
+
+
+def test_a_virtual_mqtt_sensor_in_the_real_instance(mosquitto: Broker, demo: Instance,
+                                                    sensor: VirtualSensor) -> None:
+    """The same over MQTT, through the real bridge process: retained config on registration and
+    again after a template edit, a queued command out, its ack in, data into device state."""
+    sid = "esp32_e2e_mqtt"
+    s = f"{demo.root_topic}/sensors/{sid}"
+    watch = Subscriber(mosquitto.host, mosquitto.port).subscribe(f"{s}/#")
+    state_sub = Subscriber(mosquitto.host, mosquitto.port).subscribe(
+        f"{demo.root_topic}/devices/{sid}/state")
+    try:
+        made = sensor.call("POST", "/configs", json={"config_name": "mqtt", "sensor_id": sid,
+                                                     "config_data": {"polling_interval": 60}})
+        assert made.status_code == 201, made.text
+        publish(mosquitto.host, mosquitto.port, f"{s}/register",
+                json.dumps({"sensor_type": "esp32_e2e", "firmware_version": "1.0.0"}))
+        first = retained(mosquitto.host, mosquitto.port, f"{s}/config", timeout=20).json()
+        assert (first["config_version"], first["config"]) == (1, {"polling_interval": 60})
+
+        sensor.call("PATCH", f"/configs/{made.json()['id']}",
+                    json={"config_data": {"polling_interval": 15}})
+        edited = watch.wait(f"{s}/config", timeout=20,
+                            where=lambda m: m.json()["config_version"] == 2)
+        assert edited.json()["config"] == {"polling_interval": 15}
+        assert retained(mosquitto.host, mosquitto.port, f"{s}/config", timeout=20,
+                        where=lambda m: m.json()["config_version"] == 2).json()["config"] == {
+            "polling_interval": 15}
+
+        cmd = sensor.call("POST", "/command", json={"sensor_id": sid, "command_type": "restart"})
+        sent = watch.wait(f"{s}/commands", timeout=20).json()
+        assert sent["command_id"] == cmd.json()["command_id"]
+        publish(mosquitto.host, mosquitto.port, f"{s}/commands/ack",
+                json.dumps({"command_id": sent["command_id"], "status": "completed"}))
+        wait_for(lambda: sensor.call("GET", f"/commands/{sent['command_id']}").json()["status"]
+                 == "completed", timeout=20, what="the ack over MQTT recorded")
+
+        publish(mosquitto.host, mosquitto.port, f"{s}/data",
+                json.dumps({"readings": {"temperature": 17.25}}))
+        state = state_sub.wait(f"{demo.root_topic}/devices/{sid}/state", timeout=20).json()
+        assert state["temperature"] == 17.25
+    finally:
+        watch.close()
+        state_sub.close()

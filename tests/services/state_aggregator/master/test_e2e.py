@@ -88,6 +88,7 @@ def test_a_master_controlled_sensor_on_the_real_wire(demo: Instance, sensor: Vir
             return None
 
     again = wait_for(answered, timeout=30, what="the restarted aggregator")
+    assert again is not None
     assert again.status_code == 304
     beat = sensor.call("POST", "/heartbeat", json={"sensor_id": SID}).json()
     assert [c["command_id"] for c in beat["commands"]] == [cmd["command_id"]]

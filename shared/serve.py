@@ -1,47 +1,90 @@
-"""Serve a Flask service under gunicorn with one worker and a few threads (the services keep
-their state in memory, so there is exactly one worker process). The configuration is checked
-before (``shared.config``), so a broken instance file stops the process before any worker forks."""
+"""Serve a service under gunicorn with a master that holds little more than gunicorn itself.
+
+``python -m services.<name>`` checks the settings and the instance file first (a broken one stops
+the process before anything forks), then *replaces itself* with a fresh interpreter running
+gunicorn (``os.execv``: the same pid, so supervisord keeps tracking and signalling it). That
+master never imports the application: gunicorn loads ``<package>.app:create_app()`` in its one
+worker only (no ``preload_app``), so Flask, pydantic and the service's state live in the worker,
+and nothing the start-up check imported stays behind in the master.
+
+This module is also the master's gunicorn config file (``-c python:shared.serve``): gunicorn
+reads the hooks below from it. It imports only the standard library and ``shared.processes``.
+
+One worker per service, because the services keep their state in memory.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from typing import Any, NoReturn
 
-from flask import Flask
-from gunicorn.app.base import BaseApplication
+from shared.processes import Process
 
+log = logging.getLogger(__name__)
 
-class _Gunicorn(BaseApplication):  # type: ignore[misc]
-    def __init__(self, factory: Callable[[], Flask], options: dict[str, Any]) -> None:
-        self._factory = factory
-        self._options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self._options.items():
-            self.cfg.set(key, value)
-
-    def load(self) -> Flask:
-        return self._factory()  # runs in the worker, after fork: threads start there
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def serve(factory: Callable[[], Flask], *, bind: str, name: str, threads: int = 8) -> None:
-    _Gunicorn(
-        factory,
-        {
-            "bind": bind,
-            "workers": 1,
-            "worker_class": "gthread",
-            "threads": threads,
-            "proc_name": name,
-            "timeout": 60,
-            "graceful_timeout": 3,  # all four stop well within docker stop's 10 s
-            "keepalive": 75,
-            "accesslog": None,
-            "errorlog": "-",
-            "loglevel": "warning",
-            # gunicorn 27's control socket lives in $HOME, which is read-only in the container
-            # and shared by all three services on a host; supervisorctl is our control plane.
-            "control_socket_disable": True,
-        },
-    ).run()
+def gunicorn_argv(process: Process, *, bind: str, threads: int = 8,
+                  worker_class: str = "gthread",
+                  options: Mapping[str, str | int] | None = None) -> list[str]:
+    """The command line of the gunicorn master for ``process`` (``options``: more gunicorn flags
+    without their ``--``, e.g. ``{"worker-connections": 200}``)."""
+    flags: dict[str, str | int] = {
+        "config": "python:shared.serve",
+        "bind": bind,
+        "workers": 1,
+        "worker-class": worker_class,
+        "threads": threads,
+        "name": process.name,
+        "timeout": 60,
+        "graceful-timeout": 3,  # every program stops well within docker stop's 10 s
+        "keep-alive": 75,
+        "error-logfile": "-",
+        "log-level": "warning",
+        **(options or {}),
+    }
+    argv = [sys.executable, "-m", "gunicorn"]
+    for name, value in flags.items():
+        argv += [f"--{name}", str(value)]
+    # gunicorn 27's control socket lives in $HOME, read-only in the container and shared by
+    # every service on a host; supervisorctl is our control plane.
+    argv += ["--no-control-socket", f"{process.module}.app:create_app()"]
+    return argv
+
+
+def serve(process: Process, *, bind: str, threads: int = 8, worker_class: str = "gthread",
+          options: Mapping[str, str | int] | None = None) -> NoReturn:
+    """Become the gunicorn master of ``process`` (never returns)."""
+    argv = gunicorn_argv(process, bind=bind, threads=threads, worker_class=worker_class,
+                         options=options)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)  # noqa: S606 (our own interpreter, a fixed argv)
+
+
+# --- gunicorn hooks (this module is the master's config file) -------------------------------------
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have Linux SIGKILL this process when its parent dies, even by ``kill -9``: an orphaned
+    worker would keep the listening socket, and the restarted service could not bind it.
+    gunicorn's own check of ``getppid()`` only runs between requests and then waits for them;
+    this does not wait. The check after ``prctl`` closes the race of a parent that died first."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """gunicorn hook, in the worker right after the fork."""
+    die_with_parent(server.pid)

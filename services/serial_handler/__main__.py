@@ -1,16 +1,15 @@
-"""``python -m services.serial_handler``: serve the serial handler under gunicorn."""
+"""``python -m services.serial_handler``: check the configuration, wait for the aggregator, then
+become the gunicorn master (see ``shared.serve``: the app is loaded in the worker only)."""
 
 from shared.config import load_config, wait_for_health
+from shared.processes import SERIAL_HANDLER
 from shared.serve import serve
-
-from .app import create_app
 
 
 def main() -> None:
-    settings, _ = load_config("serial-handler")
+    settings, _ = load_config(SERIAL_HANDLER.name)
     wait_for_health([settings.state_aggregator])
-    serve(create_app, bind=f"{settings.service_host}:{settings.serial_handler_port}",
-          name="serial-handler")
+    serve(SERIAL_HANDLER, bind=f"{settings.service_host}:{settings.serial_handler_port}")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,15 @@
-"""``python -m services.state_aggregator``: serve the aggregator under gunicorn."""
+"""``python -m services.state_aggregator``: check the configuration, then become the gunicorn
+master (see ``shared.serve``: the app is loaded in the worker only)."""
 
 from shared.config import load_config
+from shared.processes import STATE_AGGREGATOR
 from shared.serve import serve
-
-from .app import create_app
 
 
 def main() -> None:
-    settings, _ = load_config("state-aggregator")
-    serve(create_app, bind=f"{settings.service_host}:{settings.state_aggregator_port}",
-          name="state-aggregator", threads=16)
+    settings, _ = load_config(STATE_AGGREGATOR.name)
+    serve(STATE_AGGREGATOR, bind=f"{settings.service_host}:{settings.state_aggregator_port}",
+          threads=16)
 
 
 if __name__ == "__main__":

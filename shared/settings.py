@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     probe_interval_ms: int = Field(default=10_000, ge=500, le=86_400_000)  # given to probes
     probe_discovery: bool = True  # browse mDNS for probes; off where multicast cannot pass
     mdns_interfaces: str | None = None  # "all" (default) or comma-separated addresses
+    # --- the web program (the LAN face on HOST:PORT) and run-time registration ------------------
+    web_threads: int = Field(default=8, ge=1, le=256)  # requests served at once
+    web_connections: int = Field(default=256, ge=1, le=100_000)  # open LAN connections at most
+    web_request_timeout: float = Field(default=10.0, gt=0, le=600)  # a request must arrive within
+    max_devices: int = Field(default=1000, ge=1, le=1_000_000)  # devices registered at run time
 
     # --- Home Assistant MQTT discovery ----------------------------------------------------------
     ha_discovery_prefix: str = "homeassistant"

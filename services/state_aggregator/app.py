@@ -29,6 +29,7 @@ def build_aggregator(settings: Settings, instance: Instance) -> Aggregator:
         poll_interval=settings.poll_interval,
         update_interval=settings.update_interval,
         store=RegistryStore(settings.data_dir / "registry.json"),
+        max_devices=settings.max_devices,
     )
 
 

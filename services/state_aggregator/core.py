@@ -43,7 +43,7 @@ from shared.timeutil import iso
 
 from .changes import ChangeLog
 from .persist import Registration, RegistryStore
-from .registry import Device, build_registry
+from .registry import Device, RegistryRefusal, build_registry, refusal
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class Aggregator:
         clock: Callable[[], float] = time.time,
         changelog_capacity: int = 200_000,
         store: RegistryStore | None = None,
+        max_devices: int = 1000,
     ) -> None:
         self.instance = instance
         self.handlers = dict(handlers)
@@ -82,6 +83,7 @@ class Aggregator:
         self.warmed = threading.Event()
         self.warmed.set()  # until start() begins a warm-up there is nothing to wait for
         self._registered: dict[str, Registration] = {}
+        self.max_devices = max_devices  # MAX_DEVICES: run-time registrations from outside
         # Reload what was saved without writing it back once per device; save from now on.
         self._store: RegistryStore | None = None
         for saved in store.load() if store else []:
@@ -107,11 +109,12 @@ class Aggregator:
         with self._lock:
             for item in items:
                 device = self.devices.get(item.device_id)
-                if device is None:
+                refused = refusal(device, item.device_id, source)
+                if refused is not None or device is None:  # refusal() refuses an unknown one
                     rejected += 1
-                    self._record_error(item.device_id, "UNKNOWN_DEVICE",
-                                       f"{source} sent data for unknown device {item.device_id!r}",
-                                       "warning", now, publish=False)
+                    code, message = refused or ("UNKNOWN_DEVICE", item.device_id)
+                    self._record_error(item.device_id, code, message, "warning", now,
+                                       publish=False)
                     continue
                 accepted += 1
                 if isinstance(item, ReadingObs):
@@ -175,14 +178,27 @@ class Aggregator:
                     self._announce(device, now)
 
     # --- registration at run time ---------------------------------------------------------------
-    def register(self, request: RegisterDevice, *, handler: str | None = None) -> bool:
+    def register(self, request: RegisterDevice, *, handler: str | None = None,
+                 capped: bool = False) -> bool:
         """Add a device found at run time (a probe, ``hub_system``); ``False`` when it is known.
+        ``RegistryRefusal`` when the id belongs to a device of another source, or, when
+        ``capped`` (a registration from outside this process), past ``max_devices``.
 
         The ``device`` change carries the device, so the bridge publishes it (availability, and
         discovery later) without a restart and without republishing every other device."""
         with self._lock:
-            if request.device_id in self.devices:
+            known = self.devices.get(request.device_id)
+            if known is not None:
+                if known.source != request.source:
+                    raise RegistryRefusal("device_conflict", (
+                        f"{request.device_id!r} is a {known.source} device of this hub; a "
+                        f"{request.source} device may not take its id"))
                 return False
+            if capped and len(self._registered) >= self.max_devices:
+                raise RegistryRefusal("device_limit", (
+                    f"this hub already has {len(self._registered)} devices registered at run time "
+                    f"(MAX_DEVICES={self.max_devices}); remove stale probes "
+                    f"(DELETE /api/probes/{{id}}) or raise MAX_DEVICES"))
             self.devices[request.device_id] = Device(
                 device_id=request.device_id, name=request.name or request.device_id,
                 model=request.model or request.source, sensor_type=request.sensor_type,
@@ -208,6 +224,24 @@ class Aggregator:
                 return
             device.last_seen = ts if device.last_seen is None else max(device.last_seen, ts)
             self._announce(device, self.clock())
+
+    def unregister(self, device_id: str) -> None:
+        """Remove a probe registered at run time (a stale auto-registered one); devices of the
+        instance file and the hub's own stay. ``UnknownDevice``, or ``RegistryRefusal``."""
+        with self._lock:
+            device = self.device(device_id)
+            if device_id not in self._registered or device.source != "probe":
+                where = "the instance file" if device_id not in self._registered else "the hub"
+                raise RegistryRefusal("not_removable", (
+                    f"{device_id!r} is a {device.source} device from {where}; only probes "
+                    "registered at run time can be removed"))
+            del self.devices[device_id]
+            del self._registered[device_id]
+            self.changes.append({"kind": "device", "device_id": device_id,
+                                 "ts": self.clock(), "action": "removed"})
+            if self._store is not None:
+                self._store.save(list(self._registered.values()))
+        log.info("removed probe device %s", device_id)
 
     def warm_up(self, *, deadline_s: float = 20.0) -> None:
         """Take the handlers' last readings, so that a restarted aggregator does not announce

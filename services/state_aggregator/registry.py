@@ -11,10 +11,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.errors import HubError
 from shared.instance import HttpSource, Instance, SensorConfig, SerialSource
 from shared.models import DeviceInfo, Source, StateChange
+from shared.processes import WEB
 
 MIN_OFFLINE_AFTER = 30.0
+# Pushers (by their source name) that speak for clients on the LAN: they may write probes only,
+# so a probe_id equal to a serial sensor's or hub_system's id cannot overwrite that device.
+LAN_WRITERS = frozenset({WEB.name})
+
+
+class RegistryRefusal(HubError):
+    """Raised when a run-time registration or removal is refused: ``status`` 409 with ``error``
+    ``device_conflict`` (the id belongs to a device of another source), ``device_limit``
+    (``MAX_DEVICES`` run-time devices exist) or ``not_removable`` (not a run-time probe)."""
+
+    def __init__(self, error: str, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
 
 
 @dataclass(slots=True)
@@ -95,3 +112,14 @@ def build_registry(instance: Instance, *, poll_interval: float,
         default = poll_interval if sensor.source.type == "http" else update_interval
         devices[sensor.sensor_id] = _from_sensor(sensor, instance.interval_of(sensor, default))
     return devices
+
+
+def refusal(device: Device | None, device_id: str, source: str) -> tuple[str, str] | None:
+    """Why an observation from ``source`` may not touch ``device_id`` (error code, message), or
+    ``None`` when it may."""
+    if device is None:
+        return "UNKNOWN_DEVICE", f"{source} sent data for unknown device {device_id!r}"
+    if source in LAN_WRITERS and device.source != "probe":
+        return "NOT_OWNER", (f"{source} may write probes only; {device_id!r} is a "
+                             f"{device.source} device")
+    return None

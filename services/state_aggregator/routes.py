@@ -19,6 +19,7 @@ from shared.timeutil import iso
 from shared.web import ApiError, json_response, parse_body
 
 from .core import Aggregator
+from .registry import RegistryRefusal
 
 bp = Blueprint("state_aggregator", __name__)
 
@@ -73,9 +74,31 @@ def ingest() -> Response:
 
 @bp.post("/devices/register")
 def register() -> Response:
-    """Add a device found at run time; ``added`` is false when the registry already has it."""
+    """Add a device found at run time; ``added`` is false when the registry already has it.
+    409 when the id is another source's device, or past ``MAX_DEVICES``."""
     body = parse_body(RegisterDevice)
-    return json_response({"device_id": body.device_id, "added": _agg().register(body)})
+    try:
+        added = _agg().register(body, capped=True)
+    except RegistryRefusal as exc:
+        raise ApiError(exc.status, exc.error, exc.message) from exc
+    return json_response({"device_id": body.device_id, "added": added})
+
+
+@bp.get("/devices/<device_id>")
+def device_info(device_id: str) -> Response:
+    """The registry's entry of one device (no state, no read)."""
+    agg = _agg()
+    return json_response(agg.device(device_id).info(agg.clock()).model_dump())
+
+
+@bp.delete("/devices/<device_id>")
+def unregister(device_id: str) -> Response:
+    """Remove a probe registered at run time; 409 for any other device."""
+    try:
+        _agg().unregister(device_id)
+    except RegistryRefusal as exc:
+        raise ApiError(exc.status, exc.error, exc.message) from exc
+    return json_response({"device_id": device_id, "removed": True})
 
 
 @bp.get("/devices")

@@ -1,5 +1,6 @@
-"""``python -m shared.healthcheck``: exit 0 only when the four programs are RUNNING under
-supervisord and the MQTT bridge is connected to the broker (the container's HEALTHCHECK)."""
+"""``python -m shared.healthcheck``: exit 0 only when every program of ``shared.processes`` is
+RUNNING under supervisord and the MQTT bridge is connected to the broker (the container's
+HEALTHCHECK)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 from supervisor.xmlrpc import SupervisorTransport
 
 from shared.jsonutil import JSONDecodeError, loads
+from shared.processes import MQTT_BRIDGE, PROCESS_NAMES
 
-PROGRAMS = ("state-aggregator", "serial-handler", "http-poller", "mqtt-bridge")
 STALE_AFTER_S = 30.0
 
 
@@ -26,17 +27,17 @@ def problems(run_dir: Path) -> list[str]:
     except (OSError, xmlrpc.client.Error) as exc:
         return [f"supervisord is not answering on {run_dir / 'supervisor.sock'}: {exc}"]
     states: dict[str, str] = {str(i["name"]): str(i["statename"]) for i in infos}  # type: ignore[index,union-attr,call-overload]
-    found += [f"{name} is {states.get(name, 'missing')}" for name in PROGRAMS
+    found += [f"{name} is {states.get(name, 'missing')}" for name in PROCESS_NAMES
               if states.get(name) != "RUNNING"]
-    status_file = run_dir / "mqtt-bridge.json"
+    status_file = run_dir / f"{MQTT_BRIDGE.name}.json"
     try:
         status = loads(status_file.read_bytes())
     except (OSError, JSONDecodeError) as exc:
         return [*found, f"no bridge status in {status_file}: {exc}"]
     if not status.get("connected"):
-        found.append("mqtt-bridge is not connected to the broker")
+        found.append(f"{MQTT_BRIDGE.name} is not connected to the broker")
     if time.time() - float(status.get("updated", 0)) > STALE_AFTER_S:
-        found.append(f"mqtt-bridge status is older than {STALE_AFTER_S:.0f} s (bridge stuck?)")
+        found.append(f"{MQTT_BRIDGE.name} status is older than {STALE_AFTER_S:.0f} s (bridge stuck?)")
     return found
 
 
@@ -46,7 +47,7 @@ def main() -> int:
     if found:
         print("unhealthy: " + "; ".join(found))
         return 1
-    print("healthy: 4 programs RUNNING, bridge connected")
+    print(f"healthy: {len(PROCESS_NAMES)} programs RUNNING, bridge connected")
     return 0
 
 

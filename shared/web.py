@@ -93,5 +93,8 @@ def install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _crash(exc: Exception) -> Response:
+        # The traceback goes to the log; the answer carries no exception text, which can hold
+        # paths, addresses or data that a client (on the LAN, for the web program) must not see.
         log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-        return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
+        return error_response(500, "internal_error",
+                              "internal error; the hub's log has the details")

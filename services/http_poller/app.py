@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from shared.config import load_config
+from shared.processes import HTTP_POLLER, STATE_AGGREGATOR
 from shared.pusher import Pusher
 from shared.rest import RestClient
 from shared.web import install_error_handlers
@@ -19,17 +20,16 @@ def create_app(poller: HttpPoller | None = None, probes: ProbeSide | None = None
     and starts them."""
     app = Flask(__name__)
     if poller is None:
-        settings, instance = load_config("http-poller")
-        pusher = Pusher(RestClient(settings.state_aggregator, name="state-aggregator"),
-                        source="http-poller")
+        settings, instance = load_config(HTTP_POLLER.name)
+        pusher = Pusher(RestClient(settings.state_aggregator, name=STATE_AGGREGATOR.name),
+                        source=HTTP_POLLER.name)
         poller = HttpPoller(instance, pusher.emit, poll_interval=settings.poll_interval,
                             workers=settings.poll_workers)
         pusher.start()
         poller.start()
         app.extensions["pusher"] = pusher
-        # The LAN-facing probe API runs on its own socket in this same worker (see lan.py).
         probes = build_probe_side(settings, instance, pusher.emit)
-        probes.start(host=settings.host, port=settings.port)
+        probes.start()
     if probes is not None:
         app.extensions["probes"] = probes
     app.extensions["http_poller"] = poller

@@ -1,6 +1,8 @@
 """The probes the hub knows, keyed by the probe's own id (the mDNS TXT ``id``), never by IP:
-a probe whose DHCP lease changes stays the same probe. Discovery, the static list in the
-instance file and ingest all write here; the provisioner and ``GET /api/probes`` read it."""
+a probe whose DHCP lease changes stays the same probe. Discovery and the static list in the
+instance file write here; the provisioner and the internal ``/probes`` routes (asked by the
+``web`` program for ``GET /api/probes`` and for the probe at a sender's IP) read it. A probe's
+readings go through the ``web`` program to the aggregator, never through here."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any, Literal
 
 from shared.timeutil import iso
 
-Via = Literal["mdns", "static", "ingest"]
+Via = Literal["mdns", "static"]
 
 
 @dataclass
@@ -66,20 +68,13 @@ class ProbeDirectory:
                 probe.ip, probe.port = ip, port
                 probe.host = host or probe.host
                 probe.name = name or probe.name
-                if via != "ingest":
-                    probe.via = via
+                probe.via = via
                 if moved:
                     probe.next_check, probe.attempts = 0.0, 0
             if via != "static":
                 probe.last_seen = self._clock()
         self.changed.set()
         return probe
-
-    def seen(self, probe_id: str) -> None:
-        with self._lock:
-            probe = self._probes.get(probe_id)
-            if probe is not None:
-                probe.last_seen = self._clock()
 
     def get(self, probe_id: str) -> Probe | None:
         with self._lock:

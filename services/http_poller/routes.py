@@ -1,16 +1,18 @@
-"""The HTTP poller's internal REST endpoints: thin routes over ``HttpPoller``."""
+"""The HTTP poller's internal REST endpoints: thin routes over ``HttpPoller``, and the probe
+directory and provisioning (``/probes...``), which the ``web`` program asks on behalf of the LAN."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, request
 
 from shared.models import CommandRequest
 from shared.pusher import Pusher
 from shared.timeutil import iso
-from shared.web import json_response, parse_body
+from shared.web import ApiError, json_response, parse_body
 
 from .core import HttpPoller
 from .lan import ProbeSide
+from .provisioner import ProvisionError
 
 bp = Blueprint("http_poller", __name__)
 
@@ -55,3 +57,42 @@ def command(sensor_id: str) -> Response:
 @bp.get("/errors")
 def errors() -> Response:
     return json_response({"errors": list(_poller().errors), "timestamp": iso()})
+
+
+# --- probes (for the web program) ----------------------------------------------------------------
+def _probes() -> ProbeSide:
+    probes: ProbeSide | None = current_app.extensions.get("probes")
+    if probes is None:
+        raise ApiError(409, "disabled", "this hub's probe side is not running")
+    return probes
+
+
+@bp.get("/probes")
+def probes() -> Response:
+    """Every known probe; ``?ip=`` only the one(s) at that address."""
+    ip = request.args.get("ip")
+    found = [p.view() for p in _probes().directory.all() if ip is None or p.ip == ip]
+    return json_response({"probes": found, "timestamp": iso()})
+
+
+@bp.get("/probes/<probe_id>")
+def probe(probe_id: str) -> Response:
+    found = _probes().directory.get(probe_id)
+    if found is None:
+        raise ApiError(404, "unknown_probe", f"no probe {probe_id!r} is known (GET /api/probes)")
+    return json_response({"probe": found.view()})
+
+
+@bp.post("/probes/<probe_id>/provision")
+def provision(probe_id: str) -> Response:
+    """Push our settings to that probe now."""
+    side = _probes()
+    if side.provisioner is None:
+        raise ApiError(409, "disabled", "provisioning is disabled on this hub")
+    if side.directory.get(probe_id) is None:
+        raise ApiError(404, "unknown_probe", f"no probe {probe_id!r} is known (GET /api/probes)")
+    try:
+        found = side.provisioner.provision(probe_id)
+    except ProvisionError as exc:
+        raise ApiError(502, "provision_failed", str(exc)) from exc
+    return json_response({"probe": found.view(), "server_url": side.provisioner.server_url})

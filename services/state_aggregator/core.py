@@ -237,8 +237,9 @@ class Aggregator:
                     "registered at run time can be removed"))
             del self.devices[device_id]
             del self._registered[device_id]
-            self.changes.append({"kind": "device", "device_id": device_id,
-                                 "ts": self.clock(), "action": "removed"})
+            now = self.clock()
+            self.changes.append(lambda seq: DeviceChange(
+                seq=seq, device_id=device_id, ts=now, action="removed"))
             if self._store is not None:
                 self._store.save(list(self._registered.values()))
         log.info("removed probe device %s", device_id)

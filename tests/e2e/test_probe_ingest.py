@@ -1,5 +1,6 @@
-"""A probe's reading end to end: POSTed to the LAN ingest API of the real instance, it becomes a
-registered device whose state and availability a real subscriber receives, and a CSV row."""
+"""A probe's reading end to end: POSTed to the LAN ingest API of the real instance (the ``web``
+program under supervisord), it becomes a registered device whose state and availability a real
+subscriber receives, and a CSV row; a probe_id that names another device is refused."""
 
 from __future__ import annotations
 
@@ -55,3 +56,18 @@ def test_bad_ingest_bodies_are_refused_and_cost_nothing(demo: Instance) -> None:
     resp = requests.post(f"{api}/ingest", json={"probe_id": "probe_e2e"}, timeout=5)
     assert resp.status_code == 422 and "temperature_c is required" in resp.json()["message"]
     assert requests.get(f"{api}/health", timeout=5).json()["ok"] is True
+
+
+def test_a_probe_id_of_another_device_is_refused_and_that_device_untouched(demo: Instance) -> None:
+    api = f"http://127.0.0.1:{demo.env['PORT']}/api"
+    wait_for(lambda: api_up(api), timeout=20, what="the LAN ingest API")
+    aggregator = f"http://127.0.0.1:{demo.env['STATE_AGGREGATOR_PORT']}"
+    for taken in ("temp_living_room", "hub_system"):
+        resp = requests.post(f"{api}/ingest", json={"probe_id": taken, "temperature_c": 99.5},
+                             timeout=5)
+        assert resp.status_code == 409, resp.text
+        assert resp.json()["error"] == "device_conflict" and taken in resp.json()["message"]
+        info = requests.get(f"{aggregator}/devices/{taken}", timeout=5).json()
+        assert info["source"] != "probe"
+        state = requests.get(f"{aggregator}/device/{taken}", timeout=5).json()["state"]
+        assert "temperature_c" not in state

@@ -1,6 +1,7 @@
 """Readings that probes push to the hub (``/api/ingest``), free of Flask: the token check, the
-payload's readings, registering a new probe in the aggregator, the device state (through the
-pusher) and the CSV row.
+payload's readings, registering a new probe in the aggregator, the reading (through the pusher)
+and the CSV row. Nothing here keeps device state: the aggregator owns the registry and decides
+who may write a device (a probe may only write devices of source ``probe``).
 
 A payload is ``{temperature_c, probe_id?, token?, <other numeric readings>...}``. Without a
 ``probe_id`` the reading belongs to the known probe at the sender's IP, else to
@@ -14,32 +15,25 @@ import hmac
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from shared.errors import HubError, ServiceError
 from shared.models import ReadingObs, RegisterDevice
 from shared.topics import ID_RE
 
 from .csvlog import CsvLog
-from .probes import ProbeDirectory
+from .errors import LanError
+from .upstream import Upstream
 
 log = logging.getLogger(__name__)
 
 NOT_READINGS = frozenset({"probe_id", "token", "name", "id"})
 UNITS = {"temperature_c": "°C", "humidity": "%", "rssi": "dBm", "uptime_s": "s"}
-Register = Callable[[RegisterDevice], None]
-
-
-class IngestError(HubError):
-    """Raised for a request the ingest API refuses: ``status`` 401 (token), 422 (payload),
-    503 (the aggregator cannot register the probe yet; the probe should retry)."""
-
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.message = message
+# How long a registration the aggregator accepted is taken as still good before it is asked again
+# (it is asked at once after a removal through this program). Saves a call per reading without
+# making this program the keeper of the registry.
+REGISTERED_MEMO_S = 60.0
 
 
 def _number(value: Any, *, text_ok: bool) -> float | int | None:
@@ -56,10 +50,10 @@ def _number(value: Any, *, text_ok: bool) -> float | int | None:
 
 
 def parse_readings(payload: Mapping[str, Any], *, text_ok: bool) -> tuple[dict[str, Any], list[str]]:
-    """``(readings, ignored field names)``; ``IngestError(422)`` without a usable temperature.
+    """``(readings, ignored field names)``; ``LanError(422)`` without a usable temperature.
     ``text_ok``: values are query-string text to be read as numbers."""
     if "temperature_c" not in payload:
-        raise IngestError(422, "invalid_body", "temperature_c is required (a number in °C)")
+        raise LanError(422, "invalid_body", "temperature_c is required (a number in °C)")
     readings: dict[str, Any] = {}
     ignored: list[str] = []
     for key, raw in payload.items():
@@ -68,8 +62,8 @@ def parse_readings(payload: Mapping[str, Any], *, text_ok: bool) -> tuple[dict[s
         value = _number(raw, text_ok=text_ok)
         if value is None or not ID_RE.fullmatch(key):
             if key == "temperature_c":
-                raise IngestError(422, "invalid_body",
-                                  f"temperature_c must be a finite number, got {raw!r}")
+                raise LanError(422, "invalid_body",
+                               f"temperature_c must be a finite number, got {raw!r}")
             ignored.append(key)
             continue
         readings[key] = value
@@ -77,17 +71,15 @@ def parse_readings(payload: Mapping[str, Any], *, text_ok: bool) -> tuple[dict[s
 
 
 class Ingest:
-    def __init__(self, *, emit: Callable[[ReadingObs], None], register: Register | None,
-                 csv: CsvLog, directory: ProbeDirectory, token: str | None,
-                 interval_s: float, clock: Callable[[], float]) -> None:
+    def __init__(self, *, emit: Callable[[ReadingObs], None], upstream: Upstream, csv: CsvLog,
+                 token: str | None, interval_s: float, clock: Callable[[], float]) -> None:
         self._emit = emit
-        self._register = register
+        self._upstream = upstream
         self.csv = csv
-        self._directory = directory
         self._token = token.encode() if token else None
         self._interval = interval_s
         self._clock = clock
-        self._registered: set[str] = set()
+        self._registered: dict[str, float] = {}  # probe id -> monotonic time the aggregator said yes
         self._lock = threading.Lock()
         self.accepted = 0
 
@@ -95,31 +87,26 @@ class Ingest:
     def token_required(self) -> bool:
         return self._token is not None
 
-    def knows(self, probe_id: str) -> bool:
-        """Whether this probe has been registered in the aggregator during this run."""
-        with self._lock:
-            return probe_id in self._registered
-
     def check_token(self, given: str | None) -> None:
-        """``IngestError(401)`` unless ``given`` is the token (compared in constant time)."""
+        """``LanError(401)`` unless ``given`` is the token (compared in constant time)."""
         if self._token is None:
             return
         if not given:
-            raise IngestError(401, "unauthorized", "this hub requires a token: send it as the "
-                              "X-Token header, the ?token= parameter or a JSON 'token' field")
+            raise LanError(401, "unauthorized", "this hub requires a token: send it as the "
+                           "X-Token header, the ?token= parameter or a JSON 'token' field")
         if not hmac.compare_digest(given.encode(), self._token):
-            raise IngestError(401, "unauthorized", "the token is wrong")
+            raise LanError(401, "unauthorized", "the token is wrong")
 
     def probe_id_for(self, payload: Mapping[str, Any], remote_ip: str | None) -> str:
         given = payload.get("probe_id")
         if given is not None:
             if not isinstance(given, str) or not ID_RE.fullmatch(given):
-                raise IngestError(422, "invalid_body",
-                                  f"probe_id must match [A-Za-z0-9_-]{{1,64}}, got {given!r}")
+                raise LanError(422, "invalid_body",
+                               f"probe_id must match [A-Za-z0-9_-]{{1,64}}, got {given!r}")
             return given
-        known = self._directory.by_ip(remote_ip) if remote_ip else None
+        known = self._upstream.probe_at(remote_ip) if remote_ip else None
         if known is not None:
-            return known.probe_id
+            return known
         return "probe_" + "".join(c if c.isalnum() else "_" for c in (remote_ip or "unknown"))
 
     def accept(self, payload: Mapping[str, Any], *, remote_ip: str | None,
@@ -131,24 +118,32 @@ class Ingest:
         ts = self._clock()
         self._emit(ReadingObs(device_id=probe_id, ts=ts, values=readings))
         self.csv.append(ts, probe_id, readings)
-        self._directory.seen(probe_id)
-        self.accepted += 1
+        with self._lock:
+            self.accepted += 1
         return {"ok": True, "probe_id": probe_id, "stored": sorted(readings), "ignored": ignored}
 
-    def _ensure_registered(self, probe_id: str) -> None:
-        """A probe the aggregator has not seen becomes a device before its first reading
-        arrives there (the pusher sends after this returns, so the order holds)."""
-        if self._register is None or probe_id in self._registered:
-            return
-        probe = self._directory.get(probe_id)
-        request = RegisterDevice(
-            device_id=probe_id, name=probe.name if probe else probe_id, model="ESP32 probe",
-            sensor_type="temperature", source="probe", interval=self._interval, units=UNITS)
-        try:
-            self._register(request)
-        except ServiceError as exc:
-            log.warning("cannot register probe %s yet: %s", probe_id, exc)
-            raise IngestError(503, "not_ready", "the hub cannot register this probe right now; "
-                              "send the reading again") from exc
+    def forget(self, probe_id: str) -> None:
+        """The probe's device was removed: its next reading registers it again."""
         with self._lock:
-            self._registered.add(probe_id)
+            self._registered.pop(probe_id, None)
+
+    def _ensure_registered(self, probe_id: str) -> None:
+        """A probe becomes a device before its first reading reaches the aggregator (the pusher
+        sends after this returns, so the order holds). The aggregator refuses an id that is not
+        a probe's (409) and new devices past ``MAX_DEVICES``; the refusal reaches the client."""
+        now = time.monotonic()
+        with self._lock:
+            said_yes = self._registered.get(probe_id)
+        if said_yes is not None and now - said_yes < REGISTERED_MEMO_S:
+            return
+        try:  # a discovered probe brings its mDNS name; without the poller, its id will do
+            known = self._upstream.probe(probe_id)
+        except LanError:
+            known = None
+        name = str(known.get("name") or probe_id) if known else probe_id
+        if self._upstream.register(RegisterDevice(
+                device_id=probe_id, name=name, model="ESP32 probe", sensor_type="temperature",
+                source="probe", interval=self._interval, units=UNITS)):
+            log.info("registered probe %s", probe_id)
+        with self._lock:
+            self._registered[probe_id] = now

@@ -1,0 +1,86 @@
+"""The web program's Flask app factory. gunicorn calls ``create_app()`` in its worker only."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from shared.config import load_config
+from shared.errors import ServiceError
+from shared.processes import HTTP_POLLER, STATE_AGGREGATOR, WEB
+from shared.pusher import Pusher
+from shared.rest import RestClient
+from shared.settings import Settings
+from shared.web import ApiError, error_response, install_error_handlers
+
+from .csvlog import CsvLog, resolve
+from .errors import LanError
+from .ingest import Ingest
+from .routes import WebContext, bp
+from .upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024  # a probe's reading is a few hundred bytes
+
+
+def build_context(settings: Settings) -> tuple[WebContext, Pusher]:
+    """The routes' context from the environment, and the pusher that carries the readings (the
+    same batching pusher the handlers use; its source name is what the aggregator checks)."""
+    aggregator = RestClient(settings.state_aggregator, name=STATE_AGGREGATOR.name)
+    pusher = Pusher(aggregator, source=WEB.name)
+    upstream = Upstream(aggregator=aggregator,
+                        poller=RestClient(settings.http_poller, name=HTTP_POLLER.name))
+    token = settings.server_token.get_secret_value() if settings.server_token else None
+    ingest = Ingest(emit=pusher.emit, upstream=upstream,
+                    csv=CsvLog(resolve(settings.csv_file, settings.data_dir)), token=token,
+                    interval_s=settings.probe_interval_ms / 1000, clock=time.time)
+    return WebContext(ingest, upstream), pusher
+
+
+def create_app(ctx: WebContext | None = None) -> Flask:
+    """The app; without a ``ctx`` it builds one from the environment and starts its pusher."""
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    if ctx is None:
+        settings, _ = load_config(WEB.name)
+        ctx, pusher = build_context(settings)
+        pusher.start()
+        app.extensions["pusher"] = pusher
+    app.extensions["web"] = ctx
+    app.register_blueprint(bp)
+    install_error_handlers(app)
+    install_lan_error_handlers(app)
+    return app
+
+
+def install_lan_error_handlers(app: Flask) -> None:
+    """Registered after the shared handlers so these win: the LAN API answers with
+    ``ok: false``, and an internal failure never shows internal addresses to the LAN."""
+
+    @app.errorhandler(ApiError)
+    def _api(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.error, exc.message, ok=False)
+
+    @app.errorhandler(LanError)
+    def _lan(exc: LanError) -> Response:
+        return error_response(exc.status, exc.error, exc.message, ok=False)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge) -> Response:
+        return error_response(413, "body_too_large",
+                              f"the request body is larger than {MAX_BODY // 1024} KiB", ok=False)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        name = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(exc.code or 500, name, exc.description or name, ok=False)
+
+    @app.errorhandler(ServiceError)
+    def _service(exc: ServiceError) -> Response:
+        log.warning("LAN request not served: %s", exc)
+        return error_response(503, "not_ready", "the hub is not ready; send the request again",
+                              ok=False)

@@ -1,0 +1,98 @@
+"""The probe API on the LAN port: thin routes over ``Ingest`` and ``Upstream``.
+
+With ``SERVER_TOKEN`` set every route but ``/api/health`` needs the token. Answers are
+``{ok: true, ...}`` or ``{ok: false, error, message, timestamp}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+
+from shared.timeutil import iso
+from shared.topics import ID_RE
+from shared.web import json_object_body, json_response
+
+from .errors import LanError
+from .ingest import Ingest
+from .upstream import Upstream
+
+bp = Blueprint("probe_api", __name__, url_prefix="/api")
+
+
+@dataclass
+class WebContext:
+    ingest: Ingest
+    upstream: Upstream
+
+
+def _ctx() -> WebContext:
+    ctx: WebContext = current_app.extensions["web"]
+    return ctx
+
+
+def _body() -> dict[str, Any]:
+    """The JSON object body (empty for a GET or DELETE); 400/422 when it is not one."""
+    return {} if request.method in ("GET", "DELETE") else json_object_body()
+
+
+def _probe_id(raw: object) -> str:
+    if not isinstance(raw, str) or not ID_RE.fullmatch(raw):
+        raise LanError(422, "invalid_body",
+                       "probe_id is required: [A-Za-z0-9_-]{1,64} (see GET /api/probes)")
+    return raw
+
+
+@bp.before_request
+def _authorize() -> None:
+    if request.endpoint == "probe_api.health":
+        return
+    token = request.headers.get("X-Token") or request.args.get("token")
+    if token is None:
+        given = _body().get("token")
+        token = given if isinstance(given, str) else None
+    _ctx().ingest.check_token(token)
+
+
+@bp.get("/health")
+def health() -> Response:
+    return json_response({"ok": True, "time": iso()})
+
+
+@bp.route("/ingest", methods=["GET", "POST"])
+def ingest() -> Response:
+    if request.method == "GET":
+        payload: dict[str, Any] = request.args.to_dict()
+        result = _ctx().ingest.accept(payload, remote_ip=request.remote_addr, text_ok=True)
+    else:
+        result = _ctx().ingest.accept(_body(), remote_ip=request.remote_addr)
+    return json_response(result)
+
+
+@bp.get("/probes")
+def probes() -> Response:
+    """The probes the poller discovered or was given, and the probe devices in the registry
+    (a stale auto-registered one is removed with ``DELETE /api/probes/{id}``)."""
+    up = _ctx().upstream
+    devices = [{k: d.get(k) for k in ("device_id", "name", "online", "last_seen")}
+               for d in up.probe_devices()]
+    return json_response({"ok": True, "probes": up.probes(), "devices": devices})
+
+
+@bp.delete("/probes/<probe_id>")
+def remove(probe_id: str) -> Response:
+    """Remove a probe's device from the registry (it comes back with its next reading)."""
+    ctx = _ctx()
+    ctx.upstream.remove(_probe_id(probe_id))
+    ctx.ingest.forget(probe_id)
+    return json_response({"ok": True, "removed": probe_id})
+
+
+@bp.post("/provision")
+def provision() -> Response:
+    """``{probe_id}`` (or ``{id}``): push our settings to that probe now."""
+    body = _body()
+    probe_id = _probe_id(body.get("probe_id", body.get("id", request.args.get("probe_id"))))
+    return json_response({"ok": True, **_ctx().upstream.provision(probe_id)})

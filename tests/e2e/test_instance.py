@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from shared.processes import PROCESS_NAMES
 from tests.conftest import ROOT
 from tests.e2e.conftest import Instance
 from tests.helpers import Broker, Subscriber, publish, retained, wait_for
@@ -181,10 +182,10 @@ def test_get_forces_a_fresh_read(mosquitto: Broker, demo: Instance, sub: Subscri
     assert fresh["seq"] == polled["seq"] + 1
 
 
-def test_supervisorctl_shows_four_running(demo: Instance) -> None:
-    result = wait_for(lambda: (r := demo.supervisorctl("status")).stdout.count("RUNNING") == 4
-                      and r, timeout=20, what="four RUNNING programs")
-    for name in ("serial-handler", "http-poller", "state-aggregator", "mqtt-bridge"):
+def test_supervisorctl_shows_every_program_running(demo: Instance) -> None:
+    result = wait_for(lambda: (r := demo.supervisorctl("status")).stdout.count("RUNNING")
+                      == len(PROCESS_NAMES) and r, timeout=20, what="every program RUNNING")
+    for name in PROCESS_NAMES:
         assert name in result.stdout
 
 

@@ -128,7 +128,8 @@ def config(sensor_id: str) -> Response:
 
 @bp.post("/heartbeat")
 def heartbeat() -> Response:
-    return ok(_master().service.heartbeat(parse_body(Heartbeat)))
+    include = request.args.get("include_config") in ("1", "true")
+    return ok(_master().service.heartbeat(parse_body(Heartbeat), include_config=include))
 
 
 @bp.post("/commands/<command_id>/ack")

@@ -264,7 +264,9 @@ class MasterService:
         self._after_check_in(sensor_id, now)
         return answer
 
-    def heartbeat(self, body: Heartbeat) -> dict[str, Any]:
+    def heartbeat(self, body: Heartbeat, *, include_config: bool = False) -> dict[str, Any]:
+        """``include_config``: an out-of-sync answer carries the config message too (the MQTT
+        side republishes it without a second request)."""
         now = self.clock()
         with self.db.tx() as conn:
             row = self.sensor_row(conn, body.sensor_id)
@@ -277,11 +279,14 @@ class MasterService:
             commands = self.queue.deliver(conn, body.sensor_id, now)
         self._after_check_in(body.sensor_id, now)
         in_sync = applied == latest.config_hash
-        return {"status": "ok", "sensor_id": body.sensor_id, "sensor_status": "online",
-                "in_sync": in_sync, "config_changed": not in_sync,
-                "config_hash": latest.config_hash, "config_version": latest.version,
-                "config_endpoint": self.config_endpoint(body.sensor_id),
-                "check_in_interval": latest.document["check_in_interval"], "commands": commands}
+        answer = {"status": "ok", "sensor_id": body.sensor_id, "sensor_status": "online",
+                  "in_sync": in_sync, "config_changed": not in_sync,
+                  "config_hash": latest.config_hash, "config_version": latest.version,
+                  "config_endpoint": self.config_endpoint(body.sensor_id),
+                  "check_in_interval": latest.document["check_in_interval"], "commands": commands}
+        if include_config and not in_sync:
+            answer["config_message"] = config_message(latest)
+        return answer
 
     def current_configs(self, sensor_ids: list[str] | None = None) -> list[dict[str, Any]]:
         """The current config of every sensor (a resync) or of ``sensor_ids`` (those the feed

@@ -74,6 +74,9 @@ def test_the_seed_walkthrough(http: FlaskClient) -> None:
                                                     "config_hash": body(cfg)["config_hash"],
                                                     "metrics": {"uptime": 3600}}))
     assert (beat["in_sync"], beat["config_version"]) == (False, 2)
+    assert "config_message" not in beat
+    with_config = body(http.post("/master/heartbeat?include_config=1", json={"sensor_id": SID}))
+    assert with_config["config_message"]["config_version"] == 2
     fresh = http.get(f"/master/config/{SID}", headers={"If-None-Match": cfg.headers["ETag"]})
     assert fresh.status_code == 200 and body(fresh)["config"] == {"polling_interval": 30}
     # command round trip

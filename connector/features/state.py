@@ -185,6 +185,7 @@ class StateFeature(Feature):
             else:  # a resync within a session that has everything: only what differs
                 for rec in changed:
                     self.devices.publish_device(rec)
+                self.devices.flush()
         elif isinstance(item, ChangesPage):
             self._publish_page(item)
         elif isinstance(item, _Republish):
@@ -198,14 +199,12 @@ class StateFeature(Feature):
         return self.devices.publish_all()
 
     def _publish_page(self, page: ChangesPage) -> None:
-        for i, change in enumerate(page.changes):
-            try:
-                self.devices.apply(change)
-            except Exception:
-                log.exception("publishing change %s of %s failed", change.kind, change.device_id)
+        def done(i: int) -> None:
             with self._backlog_lock:
                 self._position = i + 1
                 self._pending -= 1
+
+        self.devices.apply_batch(page.changes, done)
         with self._backlog_lock:
             self._pages.popleft()
             self._position = 0

@@ -153,3 +153,18 @@ def test_a_resync_publishes_only_what_changed_meanwhile(broker: Broker, hub: Hub
         assert sub.last(f"{hub.root}/devices/s2/state").json()["temperature"] == 19.5
     finally:
         sub.close()
+
+
+def test_state_topics_of_a_batch_go_before_its_property_topics(broker: Broker, hub: Hub,
+                                                               tmp_path: Path) -> None:
+    hub.agg.ingest([reading(s, temperature=20.0 + i, humidity=50.0) for i, s in enumerate(SENSORS)])
+    sub = Subscriber(broker.host, broker.port).subscribe(f"{hub.root}/devices/#")
+    try:
+        hub.bridge(broker, tmp_path)  # the first snapshot: one batch of every device
+        wait_for(lambda: len([m for m in sub.messages if "/state/" in m.topic]) == 6,
+                 what="every property topic")
+        kinds = ["prop" if "/state/" in m.topic else "state" for m in sub.messages
+                 if m.topic.endswith("/state") or "/state/" in m.topic]
+        assert kinds == ["state"] * 3 + ["prop"] * 6
+    finally:
+        sub.close()

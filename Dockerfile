@@ -1,6 +1,6 @@
-# sensor-hub: one container per instance. supervisord runs the four programs (serial-handler,
-# http-poller, state-aggregator, mqtt-bridge); the instance is chosen by INSTANCE_NAME from the
-# JSON files in /app/instances. See docs/docker.md.
+# sensor-hub: one container per instance. supervisord runs the five programs (serial-handler,
+# http-poller, state-aggregator, web, mqtt-bridge; see shared/processes.py); the instance is chosen
+# by INSTANCE_NAME from the JSON files in /app/instances. See docs/docker.md.
 FROM python:3.11-slim
 
 LABEL org.opencontainers.image.title="sensor-hub" \
@@ -48,14 +48,14 @@ ENV INSTANCES_DIR=/app/instances \
 # container replacement.
 VOLUME ["/app/data"]
 
-# The LAN-facing ingest API for ESP32 probes; the internal REST ports stay on 127.0.0.1.
+# The web program: the LAN-facing API for ESP32 probes; the internal REST ports stay on 127.0.0.1.
 EXPOSE 8088
 
 # By name, not number: only a named user gets its supplementary groups (dialout) from runc.
 # hadolint ignore=DL3066
 USER hub
 
-# Healthy only when all four programs are RUNNING in supervisord and the MQTT bridge is
+# Healthy only when all five programs are RUNNING in supervisord and the MQTT bridge is
 # connected to the broker.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
     CMD ["python", "-m", "shared.healthcheck"]

@@ -3,7 +3,7 @@ broker: what an operator of `docker run` sees on the wire, in supervisorctl and 
 check.
 
 The container runs with host networking against the test broker on 127.0.0.1, with a unique base
-topic and unique ports for the four programs, and mounts instances/demo.json read-only as a user
+topic and unique ports for the programs, and mounts instances/demo.json read-only as a user
 would. The demo's HTTP motion sensor polls ``${DEMO_SENSORS_HOST}:${DEMO_SENSORS_PORT}``; the test
 runs that demo server from the same image, in a second container, on a free port, so every
 configured device is checked, the polled one included.
@@ -19,13 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import requests
 from container_support import SCRIPTS, Message, Subscriber, wait_until
 
+from shared.processes import PROCESS_NAMES
 from tests.helpers import Broker, free_port
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
 
-PROGRAMS = {"serial-handler", "http-poller", "state-aggregator", "mqtt-bridge"}
+PROGRAMS = set(PROCESS_NAMES)
 INSTANCE = "demo"
 IMAGE = "localhost/sensor-hub:test"
 # Generous: the first reading of every device, on a 2-core machine that may be busy.
@@ -64,6 +66,7 @@ class Hub:
     broker: Broker
     devices: list[str]
     containers: list[str] = field(default_factory=list)
+    lan_port: int = 0  # PORT: the web program's LAN API
 
     @property
     def topic(self) -> str:
@@ -100,7 +103,8 @@ def hub(
     demo_port = free_port()
     instance_file = repo / "instances" / f"{INSTANCE}.json"
     devices = configured_devices(instance_file)
-    hub = Hub(podman_env, f"sensor-hub-test-{suffix}", f"sensor-hub-test-{suffix}", mosquitto, devices)
+    hub = Hub(podman_env, f"sensor-hub-test-{suffix}", f"sensor-hub-test-{suffix}", mosquitto, devices,
+              lan_port=free_port())
     try:
         run_container(
             hub,
@@ -119,7 +123,7 @@ def hub(
             "SERIAL_HANDLER_PORT": free_port(),
             "HTTP_POLLER_PORT": free_port(),
             "STATE_AGGREGATOR_PORT": free_port(),
-            "PORT": free_port(),
+            "PORT": hub.lan_port,
         }
         environment = {
             "INSTANCE_NAME": INSTANCE,
@@ -222,14 +226,37 @@ def supervisor_status(hub: Hub) -> dict[str, str]:
     return states
 
 
-def test_supervisorctl_shows_four_programs_running(hub: Hub) -> None:
+def test_supervisorctl_shows_five_programs_running(hub: Hub) -> None:
     states = wait_until(
         lambda: (s := supervisor_status(hub)) and set(s.values()) == {"RUNNING"} and s,
         timeout=STARTUP_S,
-        what="four RUNNING programs in `supervisorctl status`",
+        what="five RUNNING programs in `supervisorctl status`",
         context=lambda: f"last: {supervisor_status(hub)}\n{hub.logs()}",
     )
     assert set(states) == PROGRAMS
+
+
+def test_a_probe_reading_on_the_lan_port_becomes_a_retained_state(hub: Hub) -> None:
+    """The web program serves the LAN port inside the image; its reading reaches MQTT."""
+    sub = hub.subscribe(f"{hub.topic}/devices/probe_container/state")
+    url = f"http://127.0.0.1:{hub.lan_port}/api/ingest"
+
+    def posted() -> bool:
+        try:
+            answer = requests.post(url, json={"probe_id": "probe_container", "temperature_c": 20.5},
+                                   timeout=5)
+        except requests.RequestException:
+            return False
+        return answer.status_code == 200
+
+    try:
+        wait_until(posted, timeout=STARTUP_S, what="the web program to take a probe reading",
+                   context=hub.logs)
+        message = sub.wait_for(lambda m: m.retain and m.json().get("temperature_c") == 20.5,
+                               timeout=30, what="the probe's retained state", context=hub.logs)
+    finally:
+        sub.close()
+    assert message.json()["device_id"] == "probe_container"
 
 
 def test_healthcheck_passes(hub: Hub) -> None:

@@ -9,7 +9,9 @@ until the head and a body of announced length (``Content-Length``, up to ``MAX_B
 in, and only then gives the connection to a thread with the bytes pushed back into gunicorn's
 parser. A request that does not arrive within ``WEB_REQUEST_TIMEOUT`` seconds of its first
 chance is closed. So a slow or stalled client costs a socket and a buffer, never a thread;
-``worker_connections`` bounds the sockets; the threads bound the work.
+``worker_connections`` bounds the sockets; the threads bound the work. When every connection is
+taken, the oldest one still sending its request is closed to make room, instead of leaving new
+clients in the kernel's backlog behind stalled ones until they time out.
 
 Sockets handed to a thread also get kernel send/receive timeouts (``SO_SNDTIMEO``/``SO_RCVTIMEO``)
 for what the main loop cannot read ahead: a chunked body, a client that does not read its answer.
@@ -95,6 +97,15 @@ class LanWorker(ThreadWorker):  # type: ignore[misc]
         self.arriving: dict[int, tuple[TConn, bytearray]] = {}
         # Half-closed sockets being drained before the close, with their deadlines, oldest first.
         self.lingering: dict[int, tuple[socket.socket, float]] = {}
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        """gunicorn stops accepting at ``worker_connections``; make room first by closing the
+        oldest connections whose request is still arriving (those that have waited longest)."""
+        while not enabled and self.arriving and self.nr_conns >= self.worker_connections:
+            oldest, _ = next(iter(self.arriving.values()))
+            self._drop(oldest)
+            enabled = self.nr_conns < self.worker_connections
+        super().set_accept_enabled(enabled)
 
     def accept(self, listener: socket.socket) -> None:
         try:

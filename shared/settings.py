@@ -146,6 +146,19 @@ class Settings(BaseSettings):
     def master_db_path(self) -> Path:
         return self.data_dir / self.master_db
 
+    # --- readings history (issue 11) --------------------------------------------------------------
+    history_enabled: bool = True
+    history_db: Path = Path("history.db")  # under DATA_DIR unless absolute
+    history_max_mb: float = Field(default=0, ge=0)  # 0: no limit of its own, only the disk's
+    # Percent of DATA_DIR's filesystem; past it the history is thinned evenly across time.
+    disk_usage_threshold: float = Field(default=80.0, gt=0, le=100)
+    history_check_interval: float = Field(default=300.0, gt=0, le=86400)  # seconds
+    history_queue: int = Field(default=100_000, ge=100)  # readings waiting for the disk, at most
+
+    @property
+    def history_db_path(self) -> Path:
+        return self.data_dir / self.history_db
+
 
 def load_settings() -> Settings:
     """Settings from the environment; a bad variable raises ``ConfigError`` naming it."""

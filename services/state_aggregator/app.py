@@ -11,6 +11,8 @@ from shared.settings import Settings
 from shared.web import install_error_handlers
 
 from .core import Aggregator
+from .history.routes import bp as history_bp
+from .history.service import History
 from .master.routes import MasterControl, build_master
 from .master.routes import bp as master_bp
 from .persist import RegistryStore
@@ -34,9 +36,9 @@ def build_aggregator(settings: Settings, instance: Instance) -> Aggregator:
 
 
 def create_app(aggregator: Aggregator | None = None,
-               master: MasterControl | None = None) -> Flask:
-    """The app; without an ``aggregator`` it builds one (and master control) from the
-    environment and starts it."""
+               master: MasterControl | None = None, history: History | None = None) -> Flask:
+    """The app; without an ``aggregator`` it builds one (and master control and the readings
+    history) from the environment and starts it."""
     system: SystemSampler | None = None
     if aggregator is None:
         settings, instance = load_config("state-aggregator")
@@ -47,13 +49,21 @@ def create_app(aggregator: Aggregator | None = None,
         system.start()
         master = build_master(settings, aggregator)
         master.service.start()
+        if settings.history_enabled:
+            history = History.from_settings(settings)
+            history.start()
+    if history is not None:
+        aggregator.history_sink = history.append
     app = Flask(__name__)
     app.extensions["aggregator"] = aggregator
     if system is not None:
         app.extensions["hub_system"] = system
     if master is not None:
         app.extensions["master"] = master
+    if history is not None:
+        app.extensions["history"] = history
     app.register_blueprint(bp)
     app.register_blueprint(master_bp)
+    app.register_blueprint(history_bp)
     install_error_handlers(app)
     return app

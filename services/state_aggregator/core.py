@@ -84,6 +84,9 @@ class Aggregator:
         self.warmed.set()  # until start() begins a warm-up there is nothing to wait for
         self._registered: dict[str, Registration] = {}
         self.max_devices = max_devices  # MAX_DEVICES: run-time registrations from outside
+        # The readings history's hook: every batch's accepted readings, older ones too (a
+        # backfill after an offline period is history, not state); it never blocks.
+        self.history_sink: Callable[[list[ReadingObs]], None] | None = None
         # Reload what was saved without writing it back once per device; save from now on.
         self._store: RegistryStore | None = None
         for saved in store.load() if store else []:
@@ -105,6 +108,7 @@ class Aggregator:
     def ingest(self, items: Iterable[Observation], *, source: str = "?") -> dict[str, int]:
         """Apply a batch of observations in order; unknown devices are counted and reported."""
         accepted = rejected = 0
+        stored: list[ReadingObs] = []
         now = self.clock()
         with self._lock:
             for item in items:
@@ -119,6 +123,7 @@ class Aggregator:
                 accepted += 1
                 if isinstance(item, ReadingObs):
                     self._apply_reading(device, item, now)
+                    stored.append(item)
                 elif isinstance(item, ErrorObs):
                     self._record_error(device.device_id, item.error_code, item.message,
                                        item.severity, item.ts)
@@ -128,6 +133,8 @@ class Aggregator:
                     device.link_down = None if item.up else (item.reason or "transport down")
                 self._announce(device, now)
             self.counters["rejected"] += rejected
+        if stored and self.history_sink is not None:
+            self.history_sink(stored)
         return {"accepted": accepted, "rejected": rejected}
 
     def _apply_reading(self, device: Device, reading: ReadingObs, now: float) -> None:

@@ -49,8 +49,12 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
 def health() -> Response:
     agg = _agg()
     handlers = agg.handler_health()
+    history = current_app.extensions.get("history")
+    stored = history.health() if history is not None else None
     return json_response({
-        "status": "ok" if all(v == "running" for v in handlers.values()) else "degraded",
+        "status": "ok" if all(v == "running" for v in handlers.values())
+        and (stored is None or stored["state"] == "ok") else "degraded",
+        "history": stored,
         "service": "state-aggregator",
         "instance": agg.instance.instance_id,
         "uptime": round(agg.clock() - agg.started, 1),

@@ -1,0 +1,181 @@
+"""The history's internal REST on the aggregator (127.0.0.1), under ``/history``: thin routes
+over ``History``. The web program serves the same as ``/api/readings...`` on the LAN.
+
+- ``GET /history/readings?start_date&end_date&device_id&limit&cursor``: ISO 8601 bounds (start
+  inclusive, end exclusive), time order, keyset pagination (``next_cursor``).
+- ``GET /history/readings/latest?device_id``: the newest reading of one device or of each.
+- ``POST /history/readings`` (one reading) and ``/history/readings/bulk`` (``{readings: [...]}``
+  or a bare list, up to 1,000): idempotent on (device_id, reading_id or timestamp).
+- ``GET /history/readings/export.csv?...``: the same selection as CSV, streamed page by page.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request, stream_with_context
+from pydantic import ValidationError
+
+from shared.history_models import BULK_MAX, PAGE_MAX, ReadingIn, ReadingsBulkIn
+from shared.jsonutil import JSONDecodeError, dumps, loads
+from shared.timeutil import parse_iso
+from shared.topics import ID_RE
+from shared.web import ApiError, json_object_body, json_response, validation_message
+
+from .service import History, HistoryUnavailable
+from .store import CursorError, Page
+
+bp = Blueprint("history", __name__, url_prefix="/history")
+EXPORT_PAGE = 5000
+CSV_COLUMNS = ("id", "device_id", "ts_utc", "ts_local", "reading_id", "payload")
+
+
+def _history() -> History:
+    found: History | None = current_app.extensions.get("history")
+    if found is None:
+        raise ApiError(503, "history_disabled", "the readings history is not running "
+                       "(HISTORY_ENABLED=false)")
+    return found
+
+
+@bp.errorhandler(HistoryUnavailable)
+def _unavailable(exc: HistoryUnavailable) -> Response:
+    return json_response({"error": "history_unavailable", "message": str(exc)}, 503)
+
+
+@bp.errorhandler(CursorError)
+def _cursor(exc: CursorError) -> Response:
+    return json_response({"error": "invalid_argument", "message": str(exc)}, 400)
+
+
+def _time_arg(name: str) -> float | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return parse_iso(raw)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_argument", f"{name} must be an ISO 8601 date or time "
+                       f"(2026-11-23 or 2026-11-23T12:00:00Z), got {raw!r}") from exc
+
+
+def _device_arg() -> str | None:
+    raw = request.args.get("device_id")
+    if raw is None or raw == "":
+        return None
+    if not ID_RE.fullmatch(raw):
+        raise ApiError(400, "invalid_argument", f"device_id must match [A-Za-z0-9_-]{{1,64}}, "
+                       f"got {raw!r}")
+    return raw
+
+
+def _limit_arg(default: int) -> int:
+    raw = request.args.get("limit")
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_argument", f"limit must be an integer, got {raw!r}") from exc
+    if not 1 <= value <= PAGE_MAX:
+        raise ApiError(400, "invalid_argument", f"limit must be 1..{PAGE_MAX}, got {value}")
+    return value
+
+
+def selection() -> dict[str, Any]:
+    start, end = _time_arg("start_date"), _time_arg("end_date")
+    if start is not None and end is not None and end <= start:
+        raise ApiError(400, "invalid_argument", "end_date must be after start_date")
+    return {"start": start, "end": end, "device_id": _device_arg()}
+
+
+@bp.get("/readings")
+def readings() -> Response:
+    page: Page = _history().query(**selection(), limit=_limit_arg(1000),
+                                  cursor=request.args.get("cursor") or None)
+    return json_response({"readings": page.readings, "count": len(page.readings),
+                          "next_cursor": page.next_cursor})
+
+
+@bp.get("/readings/latest")
+def latest() -> Response:
+    found = _history().latest(_device_arg())
+    return json_response({"readings": found, "count": len(found)})
+
+
+def _store(items: list[ReadingIn]) -> Response:
+    try:
+        result = _history().post(items)
+    except sqlite3.Error as exc:
+        raise ApiError(507, "not_stored", f"the history could not store these readings "
+                       f"({exc}); nothing of this request was stored, send it again later") from exc
+    return json_response(result)
+
+
+@bp.post("/readings")
+def post_one() -> Response:
+    try:
+        item = ReadingIn.from_body(json_object_body(required="a reading"))
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_body", validation_message(exc)) from exc
+    return _store([item])
+
+
+def bulk_items(raw: bytes) -> list[ReadingIn]:
+    """``{readings: [...]}`` or a bare list; ``ApiError`` naming the first bad reading."""
+    try:
+        data = loads(raw) if raw.strip() else None
+    except JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from exc
+    if isinstance(data, list):
+        data = {"readings": data}
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid_body", f"a JSON object {{readings: [...]}} of 1..{BULK_MAX} "
+                       "readings is required")
+    try:
+        return ReadingsBulkIn.model_validate(data).parsed()
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_body", validation_message(exc)) from exc
+    except ValueError as exc:
+        raise ApiError(422, "invalid_body", str(exc)) from exc
+
+
+@bp.post("/readings/bulk")
+def post_bulk() -> Response:
+    return _store(bulk_items(request.get_data()))
+
+
+def csv_lines(pages: Iterator[list[dict[str, Any]]]) -> Iterator[str]:
+    """The CSV header, then one chunk of rows per page."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(CSV_COLUMNS)
+    yield buf.getvalue()
+    for page in pages:
+        buf.seek(0)
+        buf.truncate()
+        for r in page:
+            writer.writerow((r["id"], r["device_id"], r["ts_utc"], r["ts_local"],
+                             r["reading_id"] or "", dumps(r["payload"]).decode()))
+        yield buf.getvalue()
+
+
+@bp.get("/readings/export.csv")
+def export_csv() -> Response:
+    history, chosen = _history(), selection()
+
+    def pages() -> Iterator[list[dict[str, Any]]]:
+        cursor: str | None = None
+        while True:
+            page: Page = history.query(**chosen, limit=EXPORT_PAGE, cursor=cursor)
+            yield page.readings
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    return Response(stream_with_context(csv_lines(pages())), mimetype="text/csv",
+                    headers={"Content-Disposition": "attachment; filename=readings.csv"})

@@ -1,0 +1,143 @@
+"""Readings reach the history off the ingest's hot path: ``offer`` queues the batch the
+aggregator just accepted and returns; one thread writes what has piled up in one transaction.
+
+Nothing here may stop live data: a queue full past ``max_pending`` readings drops the batch
+(counted), and a write that fails (``database or disk is full``, an I/O error) drops that batch
+too, counted, with one log line when the condition starts and one when it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from shared.models import ReadingObs
+
+from .store import HistoryStore, Row, Rows
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS_PER_TX = 20_000  # one transaction per wake-up, but not one that holds the lock for long
+
+
+class Conditions:
+    """Named degraded conditions with their reasons; each is logged when it starts and ends,
+    never once per failing write."""
+
+    def __init__(self) -> None:
+        self._active: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def set(self, key: str, reason: str) -> None:
+        with self._lock:
+            new = key not in self._active
+            self._active[key] = reason
+        if new:
+            log.warning("history degraded (%s): %s", key, reason)
+
+    def clear(self, key: str) -> None:
+        with self._lock:
+            reason = self._active.pop(key, None)
+        if reason is not None:
+            log.info("history recovered (%s)", key)
+
+    def active(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._active)
+
+
+def failure_key(exc: sqlite3.Error) -> str:
+    text = str(exc).lower()
+    return "disk_full" if "full" in text else "write_failed"
+
+
+class HistoryWriter:
+    def __init__(self, store: HistoryStore, rows: Rows, conditions: Conditions, *,
+                 max_pending: int = 100_000,
+                 on_full: Callable[[], None] | None = None) -> None:
+        self._store = store
+        self._rows = rows
+        self._conditions = conditions
+        self._max_pending = max_pending
+        self._on_full = on_full  # wake retention at once: waiting 5 minutes on a full disk
+        self._queue: deque[Sequence[ReadingObs]] = deque()
+        self._pending = 0
+        self._cv = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.counters = {"stored": 0, "duplicates": 0, "dropped": 0, "failed": 0}
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Write what is queued (within ``timeout``), then stop."""
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def offer(self, readings: Sequence[ReadingObs]) -> None:
+        """Queue a batch for the history; never blocks, never raises."""
+        with self._cv:
+            if self._pending + len(readings) > self._max_pending:
+                self.counters["dropped"] += len(readings)
+                full = True
+            else:
+                self._queue.append(readings)
+                self._pending += len(readings)
+                self._cv.notify()
+                full = False
+        if full:
+            self._conditions.set("queue_full", f"more than {self._max_pending} readings wait "
+                                 "for the history's disk; newer ones are not stored")
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything offered so far is written (tests, shutdown)."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._pending == 0, timeout)
+
+    def _take(self) -> list[ReadingObs] | None:
+        with self._cv:
+            self._cv.wait_for(lambda: self._queue or self._stop)
+            if not self._queue:
+                return None
+            batch: list[ReadingObs] = []
+            while self._queue and len(batch) < MAX_ROWS_PER_TX:
+                batch.extend(self._queue.popleft())
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            self.write(batch)
+            with self._cv:
+                self._pending -= len(batch)
+                self._cv.notify_all()
+            if self._pending < self._max_pending // 2:
+                self._conditions.clear("queue_full")
+
+    def write(self, readings: Sequence[ReadingObs]) -> None:
+        rows: list[Row] = [self._rows.row(r.device_id, r.ts, r.values) for r in readings]
+        try:
+            added = self._store.add(rows)
+        except sqlite3.Error as exc:
+            key = failure_key(exc)
+            self.counters["failed"] += len(rows)
+            self._conditions.set(key, f"{self._store.path}: {exc}; live data still flows, "
+                                 "these readings are not in the history")
+            if key == "disk_full" and self._on_full is not None:
+                self._on_full()
+            return
+        for key in ("disk_full", "write_failed"):
+            self._conditions.clear(key)
+        self.counters["stored"] += added
+        self.counters["duplicates"] += len(rows) - added

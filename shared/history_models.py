@@ -5,10 +5,14 @@ stores them), the web program (which validates LAN bodies before forwarding them
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.jsonutil import dumps
 from shared.models import DeviceId
 from shared.timeutil import parse_iso
 
@@ -16,6 +20,7 @@ BULK_MAX = 1000  # readings per POST /api/readings/bulk (the seed syncs 360 per 
 PAGE_MAX = 10_000  # readings per page of GET /api/readings
 MQTT_LIMIT_MAX = 500  # readings per meta/history answer: one MQTT message stays small
 MQTT_WINDOW_MAX_S = 7 * 86400.0  # a meta/request/history window spans at most a week
+CSV_COLUMNS = ("id", "device_id", "ts_utc", "ts_local", "reading_id", "payload")
 # A reading id chosen by the sensor; never starts with "@", which marks the hub's own keys.
 ReadingId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 
@@ -93,3 +98,19 @@ class HistoryRequestIn(_Model):
         if self.end - self.start > MQTT_WINDOW_MAX_S:
             raise ValueError(f"the window may span at most {MQTT_WINDOW_MAX_S / 86400:g} days")
         return self
+
+
+def csv_chunks(pages: Iterable[list[dict[str, Any]]]) -> Iterator[str]:
+    """Stored readings (as ``GET .../readings`` answers them) as CSV: the header, then one chunk
+    per page, so an export of any size streams in constant memory."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(CSV_COLUMNS)
+    yield buf.getvalue()
+    for page in pages:
+        buf.seek(0)
+        buf.truncate()
+        for r in page:
+            writer.writerow((r["id"], r["device_id"], r["ts_utc"], r["ts_local"],
+                             r["reading_id"] or "", dumps(r["payload"]).decode()))
+        yield buf.getvalue()

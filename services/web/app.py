@@ -19,6 +19,7 @@ from shared.web import ApiError, error_response, install_error_handlers
 from .csvlog import CsvLog, resolve
 from .errors import LanError
 from .ingest import Ingest
+from .readings import bp as readings_bp
 from .routes import WebContext, bp
 from .upstream import Upstream
 
@@ -52,6 +53,7 @@ def create_app(ctx: WebContext | None = None) -> Flask:
         app.extensions["pusher"] = pusher
     app.extensions["web"] = ctx
     app.register_blueprint(bp)
+    app.register_blueprint(readings_bp)
     install_error_handlers(app)
     install_lan_error_handlers(app)
     return app

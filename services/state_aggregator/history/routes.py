@@ -11,8 +11,6 @@ over ``History``. The web program serves the same as ``/api/readings...`` on the
 
 from __future__ import annotations
 
-import csv
-import io
 import sqlite3
 from collections.abc import Iterator
 from typing import Any
@@ -20,8 +18,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request, stream_with_context
 from pydantic import ValidationError
 
-from shared.history_models import BULK_MAX, PAGE_MAX, ReadingIn, ReadingsBulkIn
-from shared.jsonutil import JSONDecodeError, dumps, loads
+from shared.history_models import BULK_MAX, PAGE_MAX, ReadingIn, ReadingsBulkIn, csv_chunks
+from shared.jsonutil import JSONDecodeError, loads
 from shared.timeutil import parse_iso
 from shared.topics import ID_RE
 from shared.web import ApiError, json_object_body, json_response, validation_message
@@ -31,7 +29,6 @@ from .store import CursorError, Page
 
 bp = Blueprint("history", __name__, url_prefix="/history")
 EXPORT_PAGE = 5000
-CSV_COLUMNS = ("id", "device_id", "ts_utc", "ts_local", "reading_id", "payload")
 
 
 def _history() -> History:
@@ -149,21 +146,6 @@ def post_bulk() -> Response:
     return _store(bulk_items(request.get_data()))
 
 
-def csv_lines(pages: Iterator[list[dict[str, Any]]]) -> Iterator[str]:
-    """The CSV header, then one chunk of rows per page."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(CSV_COLUMNS)
-    yield buf.getvalue()
-    for page in pages:
-        buf.seek(0)
-        buf.truncate()
-        for r in page:
-            writer.writerow((r["id"], r["device_id"], r["ts_utc"], r["ts_local"],
-                             r["reading_id"] or "", dumps(r["payload"]).decode()))
-        yield buf.getvalue()
-
-
 @bp.get("/readings/export.csv")
 def export_csv() -> Response:
     history, chosen = _history(), selection()
@@ -177,5 +159,5 @@ def export_csv() -> Response:
                 return
             cursor = page.next_cursor
 
-    return Response(stream_with_context(csv_lines(pages())), mimetype="text/csv",
+    return Response(stream_with_context(csv_chunks(pages())), mimetype="text/csv",
                     headers={"Content-Disposition": "attachment; filename=readings.csv"})

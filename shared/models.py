@@ -10,10 +10,11 @@ and snapshot hold them, and ``to_json`` writes them at the REST edge in one orjs
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticUndefined
 
 from shared.topics import ID_RE, validate_id
 
@@ -38,6 +39,37 @@ def _check_property_names(values: dict[str, Any]) -> dict[str, Any]:
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+M = TypeVar("M", bound=_Model)
+_TRUSTED: dict[type[_Model], tuple[dict[str, Any], frozenset[str]]] = {}
+_new = object.__new__
+_set = object.__setattr__
+
+
+def trusted(cls: type[M], /, **fields: Any) -> M:
+    """``cls`` built from the hub's own, already validated data, without validating it again.
+
+    What pydantic's ``model_construct`` does, for models of plain fields, at a third of its cost
+    (and 40 % of a validated build: 1.7 vs 4.3 us for a ``StateChange`` here; the aggregator
+    builds one per reading). Every field without a plain default must be given; a test checks
+    that the result equals the validated model, should pydantic's internals change."""
+    known = _TRUSTED.get(cls)
+    if known is None:
+        defaults = {name: f.default for name, f in cls.model_fields.items()
+                    if f.default is not PydanticUndefined and f.default_factory is None}
+        known = _TRUSTED[cls] = (defaults, frozenset(cls.model_fields))
+    defaults, names = known
+    data = {**defaults, **fields}
+    if data.keys() != names:
+        raise TypeError(f"{cls.__name__}: trusted() needs every field; "
+                        f"missing {sorted(names - data.keys())}, unknown {sorted(data.keys() - names)}")
+    obj = _new(cls)
+    _set(obj, "__dict__", data)
+    _set(obj, "__pydantic_fields_set__", names)
+    _set(obj, "__pydantic_extra__", None)
+    _set(obj, "__pydantic_private__", None)
+    return obj
 
 
 # --- MQTT payloads (contract) ----------------------------------------------------------------

@@ -36,6 +36,7 @@ from shared.models import (
     Severity,
     Snapshot,
     StateChange,
+    trusted,
 )
 from shared.processes import FRESH_READ_TIMEOUT_S, handler_wait_s
 from shared.rest import RestClient
@@ -148,9 +149,10 @@ class Aggregator:
         values = reading.values if last is None else {**last.values, **reading.values}
         device.device_seq += 1
         device_seq = device.device_seq
-        device.state = self.changes.append(lambda seq: StateChange(
-            seq=seq, device_seq=device_seq, device_id=device.device_id, ts=reading.ts,
-            values=values, sampled=list(reading.values)))
+        # trusted: every part comes from a validated reading (one state per reading: measured)
+        device.state = self.changes.append(lambda seq: trusted(
+            StateChange, seq=seq, device_seq=device_seq, device_id=device.device_id,
+            ts=reading.ts, values=values, sampled=list(reading.values)))
         device.cached_at = now
         device.last_seen = reading.ts if device.last_seen is None else max(device.last_seen, reading.ts)
 

@@ -70,9 +70,31 @@ class RestClient:
     def post(self, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
         return self.request("POST", path, body=body, timeout=timeout)
 
+    def get_bytes(self, path: str, *, params: dict[str, Any] | None = None,
+                  timeout: float | None = None) -> bytes:
+        """The answer's body undecoded, for a caller that validates JSON into a model in one
+        pass (``Model.model_validate_json``: a quarter cheaper than decoding, then validating,
+        a page of changes). Error answers raise ``ServiceError`` as ``request`` does."""
+        return self._call("GET", path, None, params, timeout)[1]
+
     def request(self, method: str, path: str, *, body: Any = None,
                 params: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
         """The decoded JSON answer; ``ServiceError`` when there is none or it is an error."""
+        status, content = self._call(method, path, body, params, timeout)
+        return self._decode(status, content, path)
+
+    def _decode(self, status: int, content: bytes, path: str) -> Any:
+        try:
+            return loads(content) if content else None
+        except JSONDecodeError as exc:
+            raise ServiceError(
+                f"{self.name} at {self.base_url}{path} answered {status} with a body that is "
+                f"not JSON", status=status,
+            ) from exc
+
+    def _call(self, method: str, path: str, body: Any, params: dict[str, Any] | None,
+              timeout: float | None) -> tuple[int, bytes]:
+        """``(status, body)`` of a successful answer; ``ServiceError`` for an error answer."""
         target = f"{self._prefix}{path}"
         if params:
             query = urlencode({k: v for k, v in params.items() if v is not None})
@@ -82,20 +104,14 @@ class RestClient:
         limit = self.timeout if timeout is None else timeout
         payload = body if isinstance(body, bytes) or body is None else dumps(body)
         status, reason, content = self._exchange(method, target, payload, limit, url)
-        try:
-            data = loads(content) if content else None
-        except JSONDecodeError as exc:
-            raise ServiceError(
-                f"{self.name} at {url} answered {status} with a body that is not JSON",
-                status=status,
-            ) from exc
         if status >= 400:
+            data = self._decode(status, content, path)
             message = data.get("message") if isinstance(data, dict) else None
             raise ServiceError(
                 f"{self.name} {method} {path} failed with {status}: {message or reason}",
                 status=status, body=data,
             )
-        return data
+        return status, content
 
     def _exchange(self, method: str, target: str, payload: bytes | None, limit: float,
                   url: str) -> tuple[int, str, bytes]:

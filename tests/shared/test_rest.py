@@ -125,3 +125,11 @@ def test_a_silent_server_times_out_and_the_next_call_starts_afresh(server: _Serv
 def test_a_base_url_that_is_not_http_is_refused_at_once() -> None:
     with pytest.raises(ValueError, match="is not an http:// URL"):
         RestClient("127.0.0.1:5003", name="svc")
+
+
+def test_get_bytes_leaves_the_body_to_the_caller(server: _Server) -> None:
+    client = RestClient(_url(server), name="svc")
+    assert loads(client.get_bytes("/raw", params={"a": 1})) == {"path": "/raw?a=1"}
+    with pytest.raises(ServiceError, match="failed with 404: unknown device") as err:
+        client.get_bytes("/missing")
+    assert err.value.body == {"error": "unknown_device", "message": "unknown device 'x'"}

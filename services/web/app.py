@@ -6,6 +6,7 @@ import logging
 import time
 
 from flask import Flask, Response
+from pydantic import SecretStr
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from shared.config import load_config
@@ -19,6 +20,7 @@ from shared.web import ApiError, error_response, install_error_handlers
 from .csvlog import CsvLog, resolve
 from .errors import LanError
 from .ingest import Ingest
+from .master import make_blueprint as master_blueprint
 from .readings import bp as readings_bp
 from .routes import WebContext, bp
 from .upstream import Upstream
@@ -42,8 +44,9 @@ def build_context(settings: Settings) -> tuple[WebContext, Pusher]:
     return WebContext(ingest, upstream), pusher
 
 
-def create_app(ctx: WebContext | None = None) -> Flask:
-    """The app; without a ``ctx`` it builds one from the environment and starts its pusher."""
+def create_app(ctx: WebContext | None = None, *, master_api_key: SecretStr | None = None) -> Flask:
+    """The app; without a ``ctx`` it builds one from the environment and starts its pusher.
+    ``master_api_key`` opens master control's management routes (from MASTER_API_KEY)."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     if ctx is None:
@@ -51,9 +54,11 @@ def create_app(ctx: WebContext | None = None) -> Flask:
         ctx, pusher = build_context(settings)
         pusher.start()
         app.extensions["pusher"] = pusher
+        master_api_key = settings.master_api_key
     app.extensions["web"] = ctx
     app.register_blueprint(bp)
     app.register_blueprint(readings_bp)
+    app.register_blueprint(master_blueprint(ctx.upstream.aggregator, master_api_key))
     install_error_handlers(app)
     install_lan_error_handlers(app)
     return app

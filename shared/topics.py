@@ -15,7 +15,7 @@ from typing import Literal, get_args
 from shared.errors import TopicError
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-META_KINDS = ("devices_list", "info", "health", "rebirth")
+META_KINDS = ("devices_list", "info", "health", "rebirth", "history")
 # ``meta/error`` carries the error answers that have no device to go to (an unknown group, an
 # invalid id in an inbound topic); it is never a request kind.
 META_ERROR = "error"

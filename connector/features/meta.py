@@ -1,4 +1,5 @@
-"""``meta/request/{kind}`` -> ``meta/{kind}``: devices_list, info, health, rebirth. Unknown kinds
+"""``meta/request/{kind}`` -> ``meta/{kind}``: devices_list, info, health, rebirth, history (a
+bounded window of one device's stored readings, from the aggregator's history). Unknown kinds
 and malformed requests get an error answer (never retained, so the last good answer stays).
 
 Meta requests have a worker of their own, so no command, however slow its device, delays
@@ -14,6 +15,7 @@ from typing import Any
 
 from shared import CONNECTOR_TYPE, __version__
 from shared.errors import ServiceError
+from shared.history_models import HistoryRequestIn
 from shared.models import DeviceInfo, MetaRequestIn
 from shared.processes import PROCESS_NAMES
 from shared.timeutil import iso
@@ -45,7 +47,7 @@ class MetaFeature(Feature):
         self._answers: dict[str, Callable[[], dict[str, Any]]] = {
             "devices_list": self.devices_list, "info": self.info, "health": self._status.health,
         }
-        assert {*self._answers, "rebirth"} == set(META_KINDS)
+        assert {*self._answers, "rebirth", "history"} == set(META_KINDS)
 
     def handlers(self) -> dict[RouteKind, Inbound]:
         return {"meta_request": self._on_request}
@@ -66,6 +68,9 @@ class MetaFeature(Feature):
 
     def _answer(self, kind: str, payload: bytes) -> None:
         topic = self.ctx.topics.meta(kind)
+        if kind == "history":
+            self._history(topic, payload)
+            return
         try:
             req = decode(payload, MetaRequestIn, allow_empty=True)
         except BadRequest as exc:
@@ -103,6 +108,26 @@ class MetaFeature(Feature):
         self.ctx.publisher.json(topic, self._error_body(req_id, message), qos=1)
 
     # --- answers -------------------------------------------------------------------------------
+    def _history(self, topic: str, payload: bytes) -> None:
+        """One page of a device's stored readings in the window; ``truncated`` when the window
+        holds more than ``limit`` (the LAN's ``/api/readings`` pages through the rest)."""
+        try:
+            req = decode(payload, HistoryRequestIn)
+        except BadRequest as exc:
+            self._error(topic, guess_id(payload), f"invalid history request: {exc}")
+            return
+        window = {"device_id": req.device_id, "start": iso(req.start), "end": iso(req.end)}
+        try:
+            page = self.ctx.aggregator.get("/history/readings", params={
+                "device_id": req.device_id, "start_date": window["start"],
+                "end_date": window["end"], "limit": req.limit})
+        except ServiceError as exc:
+            self._error(topic, req.id, f"history not available: {exc}")
+            return
+        self._publish(topic, "history", req.id, {
+            **window, "readings": page["readings"], "count": page["count"],
+            "truncated": page["next_cursor"] is not None})
+
     def devices_list(self) -> dict[str, Any]:
         instance = self.ctx.instance.instance_id
         body = self.ctx.aggregator.get("/devices")

@@ -8,6 +8,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -34,10 +35,10 @@ class Lan:
     history: History
     url: str
 
-    def get(self, path: str, **kw: object) -> requests.Response:
+    def get(self, path: str, **kw: Any) -> requests.Response:
         return requests.get(self.url + path, headers={"X-Token": TOKEN}, timeout=10, **kw)
 
-    def post(self, path: str, **kw: object) -> requests.Response:
+    def post(self, path: str, **kw: Any) -> requests.Response:
         return requests.post(self.url + path, headers={"X-Token": TOKEN}, timeout=10, **kw)
 
 

@@ -64,7 +64,8 @@ def test_accepted_readings_are_stored_rejected_ones_not(
     assert body["count"] == 31 and body["next_cursor"] is None
     assert {r["device_id"] for r in body["readings"]} == {"s0", "s1", "s2"}
     assert body["readings"][0]["payload"] == {"t": -1}
-    assert agg.device("s0").state is not None and agg.device("s0").state.values["t"] == 27
+    state = agg.device("s0").state
+    assert state is not None and state.values["t"] == 27
 
 
 def test_range_device_and_pages(agg: Aggregator, history: History, client: FlaskClient) -> None:

@@ -36,6 +36,10 @@ class Mirror:
     devices: dict[str, DeviceRecord] = field(default_factory=dict)
     groups: dict[str, list[str]] = field(default_factory=dict)
     synced: bool = False
+    # Grows whenever a device is added, removed or replaced or one gains a property: a feature
+    # that derives something from the shape of the mirror (HA discovery) compares one number
+    # instead of walking every device (150 ms a round at 10,000 devices on a busy machine).
+    shape: int = 0
 
     def counts(self) -> dict[str, int]:
         online = sum(1 for rec in list(self.devices.values()) if rec.online)

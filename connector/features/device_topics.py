@@ -79,6 +79,7 @@ class DeviceTopics:
         mirror.devices = devices
         mirror.groups = snap.groups
         mirror.synced = True
+        mirror.shape += 1
         log.info("snapshot: %d devices, %d with state, %d new or changed", len(devices),
                  sum(1 for r in devices.values() if r.state is not None), len(changed))
         return changed
@@ -142,6 +143,8 @@ class DeviceTopics:
             return
         before = rec.state.values if rec.state is not None else {}
         rec.state = change
+        if len(change.values) != len(before):  # a state only ever gains properties
+            self.ctx.mirror.shape += 1
         if self.policy == "all":
             props = [p for p in change.sampled if p in change.values]
         elif self.policy == "changed":
@@ -156,6 +159,7 @@ class DeviceTopics:
         if change.action == "removed":
             self.flush()  # none of its held-back values may land after the clearing
             rec = mirror.devices.pop(change.device_id, None)
+            mirror.shape += 1
             if rec is not None:
                 self._clear(rec)
             log.info("device %s removed: its retained topics are cleared", change.device_id)
@@ -167,6 +171,7 @@ class DeviceTopics:
         rec = DeviceRecord(info=info, online=info.online,
                            state=before.state if before else None)
         mirror.devices[change.device_id] = rec
+        mirror.shape += 1
         self.publish_device(rec)  # only the new device, never every device again
 
     def _fetch_info(self, device_id: str) -> DeviceInfo | None:

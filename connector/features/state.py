@@ -199,10 +199,15 @@ class StateFeature(Feature):
         return self.devices.publish_all()
 
     def _publish_page(self, page: ChangesPage) -> None:
+        n = len(page.changes)
+
         def done(i: int) -> None:
+            # The backlog figure every 64 changes: a lock per change costs more than it tells.
+            if (i + 1) % 64 and i + 1 != n:
+                return
             with self._backlog_lock:
+                self._pending -= i + 1 - self._position
                 self._position = i + 1
-                self._pending -= 1
 
         self.devices.apply_batch(page.changes, done)
         with self._backlog_lock:

@@ -64,6 +64,9 @@ def test_a_new_device_publishes_only_itself_and_a_removed_one_is_cleared(
         bridge = hub.bridge(broker, tmp_path)
         marker(hub, sub, 30.0)
         sub.clear()
+        shape = bridge.ctx.mirror.shape
+        marker(hub, sub, 30.5)  # a state with the same properties: the same shape
+        assert bridge.ctx.mirror.shape == shape
         for i in range(20):
             hub.agg.register(RegisterDevice(device_id=f"probe_{i}", source="probe", interval=10))
         hub.agg.ingest([reading("probe_7", temperature_c=21.5)])
@@ -74,6 +77,7 @@ def test_a_new_device_publishes_only_itself_and_a_removed_one_is_cleared(
         assert json.loads(sub.last(f"{hub.root}/devices/probe_7/state/temperature_c").payload) \
             == 21.5
         assert "probe_7" in bridge.ctx.mirror.devices
+        assert bridge.ctx.mirror.shape >= shape + 21  # 20 devices, and probe_7's properties
 
         # The aggregator drops probe_7 (a stale probe removed): nothing of it stays retained.
         hub.agg.changes.append(lambda seq: DeviceChange(seq=seq, device_id="probe_7",

@@ -1,11 +1,13 @@
 """Serve a service under gunicorn with a master that holds little more than gunicorn itself.
 
 ``python -m services.<name>`` checks the settings and the instance file first (a broken one stops
-the process before anything forks), then *replaces itself* with a fresh interpreter running
-gunicorn (``os.execv``: the same pid, so supervisord keeps tracking and signalling it). That
-master never imports the application: gunicorn loads ``<package>.app:create_app()`` in its one
-worker only (no ``preload_app``), so Flask, pydantic and the service's state live in the worker,
-and nothing the start-up check imported stays behind in the master.
+the process before anything forks), then *replaces itself* with a fresh interpreter
+(``os.execv``: the same pid, so supervisord keeps tracking and signalling it) running
+``python -m services.<name> --gunicorn-master <gunicorn options>``, which starts gunicorn and
+nothing else. That master never imports the application: gunicorn loads
+``<package>.app:create_app()`` in its one worker only (no ``preload_app``), so Flask, pydantic and
+the service's state live in the worker, and nothing the start-up check imported stays behind in
+the master. The command line still names the service, for ``ps`` and the benchmark harness.
 
 This module is also the master's gunicorn config file (``-c python:shared.serve``): gunicorn
 reads the hooks below from it. It imports only the standard library and ``shared.processes``.
@@ -19,7 +21,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from shared.processes import Process
@@ -29,39 +32,55 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
-def gunicorn_argv(process: Process, *, bind: str, threads: int = 8,
-                  worker_class: str = "gthread",
-                  options: Mapping[str, str | int] | None = None) -> list[str]:
-    """The command line of the gunicorn master for ``process`` (``options``: more gunicorn flags
-    without their ``--``, e.g. ``{"worker-connections": 200}``)."""
+MASTER_FLAG = "--gunicorn-master"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How to serve a process, found by its start-up check: the bind address, the worker's
+    threads and class, and more gunicorn flags without their ``--``."""
+
+    bind: str
+    threads: int = 8
+    worker_class: str = "gthread"
+    options: Mapping[str, str | int] = field(default_factory=dict)
+
+
+def gunicorn_args(process: Process, spec: Spec) -> list[str]:
+    """The gunicorn options and app of ``process`` (what follows ``MASTER_FLAG``)."""
     flags: dict[str, str | int] = {
         "config": "python:shared.serve",
-        "bind": bind,
+        "bind": spec.bind,
         "workers": 1,
-        "worker-class": worker_class,
-        "threads": threads,
+        "worker-class": spec.worker_class,
+        "threads": spec.threads,
         "name": process.name,
         "timeout": 60,
         "graceful-timeout": 3,  # every program stops well within docker stop's 10 s
         "keep-alive": 75,
         "error-logfile": "-",
         "log-level": "warning",
-        **(options or {}),
+        **spec.options,
     }
-    argv = [sys.executable, "-m", "gunicorn"]
+    args: list[str] = []
     for name, value in flags.items():
-        argv += [f"--{name}", str(value)]
+        args += [f"--{name}", str(value)]
     # gunicorn 27's control socket lives in $HOME, read-only in the container and shared by
     # every service on a host; supervisorctl is our control plane.
-    argv += ["--no-control-socket", f"{process.module}.app:create_app()"]
-    return argv
+    return [*args, "--no-control-socket", f"{process.module}.app:create_app()"]
 
 
-def serve(process: Process, *, bind: str, threads: int = 8, worker_class: str = "gthread",
-          options: Mapping[str, str | int] | None = None) -> NoReturn:
-    """Become the gunicorn master of ``process`` (never returns)."""
-    argv = gunicorn_argv(process, bind=bind, threads=threads, worker_class=worker_class,
-                         options=options)
+def run(process: Process, prepare: Callable[[], Spec]) -> NoReturn:
+    """The ``__main__`` of a service: as the master (``MASTER_FLAG``), run gunicorn; else check
+    the configuration with ``prepare`` and exec the master."""
+    if sys.argv[1:2] == [MASTER_FLAG]:
+        from gunicorn.app.wsgiapp import WSGIApplication
+
+        sys.argv = [f"{process.name} (gunicorn)", *sys.argv[2:]]
+        WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]").run()
+        raise SystemExit(0)
+    argv = [sys.executable, "-m", process.module, MASTER_FLAG,
+            *gunicorn_args(process, prepare())]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)  # noqa: S606 (our own interpreter, a fixed argv)

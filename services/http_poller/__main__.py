@@ -1,16 +1,18 @@
 """``python -m services.http_poller``: check the configuration, wait for the aggregator, then
 become the gunicorn master (see ``shared.serve``: the app is loaded in the worker only)."""
 
-from shared.config import load_config, wait_for_health
 from shared.processes import HTTP_POLLER
-from shared.serve import serve
+from shared.serve import Spec, run
 
 
-def main() -> None:
+def prepare() -> Spec:
+    # Imported here: the gunicorn master runs this module too and must not hold them.
+    from shared.config import load_config, wait_for_health
+
     settings, _ = load_config(HTTP_POLLER.name)
     wait_for_health([settings.state_aggregator])
-    serve(HTTP_POLLER, bind=f"{settings.service_host}:{settings.http_poller_port}")
+    return Spec(bind=f"{settings.service_host}:{settings.http_poller_port}")
 
 
 if __name__ == "__main__":
-    main()
+    run(HTTP_POLLER, prepare)

@@ -1,16 +1,18 @@
 """``python -m services.serial_handler``: check the configuration, wait for the aggregator, then
 become the gunicorn master (see ``shared.serve``: the app is loaded in the worker only)."""
 
-from shared.config import load_config, wait_for_health
 from shared.processes import SERIAL_HANDLER
-from shared.serve import serve
+from shared.serve import Spec, run
 
 
-def main() -> None:
+def prepare() -> Spec:
+    # Imported here: the gunicorn master runs this module too and must not hold them.
+    from shared.config import load_config, wait_for_health
+
     settings, _ = load_config(SERIAL_HANDLER.name)
     wait_for_health([settings.state_aggregator])
-    serve(SERIAL_HANDLER, bind=f"{settings.service_host}:{settings.serial_handler_port}")
+    return Spec(bind=f"{settings.service_host}:{settings.serial_handler_port}")
 
 
 if __name__ == "__main__":
-    main()
+    run(SERIAL_HANDLER, prepare)

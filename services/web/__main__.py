@@ -4,22 +4,24 @@ reads each request whole before a thread serves it)."""
 
 import os
 
-from shared.config import load_config
 from shared.processes import WEB
-from shared.serve import serve
+from shared.serve import Spec, run
 
 from .worker import TIMEOUT_ENV
 
 
-def main() -> None:
+def prepare() -> Spec:
+    # Imported here: the gunicorn master runs this module too and must not hold it.
+    from shared.config import load_config
+
     settings, _ = load_config(WEB.name)
     os.environ[TIMEOUT_ENV] = str(settings.web_request_timeout)
-    serve(WEB, bind=f"{settings.host}:{settings.port}", threads=settings.web_threads,
-          worker_class="services.web.worker.LanWorker",
-          # keep-alive: a probe posts every few seconds at most; an idle LAN socket is not kept
-          # for long. worker-connections: the open LAN sockets at most (more wait in the backlog).
-          options={"worker-connections": settings.web_connections, "keep-alive": 5})
+    # keep-alive: a probe posts every few seconds at most; an idle LAN socket is not kept for
+    # long. worker-connections: the open LAN sockets at most (see worker.py when they are full).
+    return Spec(bind=f"{settings.host}:{settings.port}", threads=settings.web_threads,
+                worker_class="services.web.worker.LanWorker",
+                options={"worker-connections": settings.web_connections, "keep-alive": 5})
 
 
 if __name__ == "__main__":
-    main()
+    run(WEB, prepare)

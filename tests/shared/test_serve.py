@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from shared.processes import STATE_AGGREGATOR, WEB
-from shared.serve import gunicorn_argv
+from shared.serve import Spec, gunicorn_args
 from tests.helpers import wait_for
 
 # A parent that forks a child; the child asks to die with its parent, then waits for ever. The
@@ -54,14 +54,14 @@ def test_a_worker_dies_with_its_master_even_on_kill_9() -> None:
 
 
 def test_the_master_loads_the_app_in_the_worker_only() -> None:
-    argv = gunicorn_argv(STATE_AGGREGATOR, bind="127.0.0.1:5003", threads=16)
-    assert argv[1:3] == ["-m", "gunicorn"]
-    assert argv[-1] == "services.state_aggregator.app:create_app()"
-    assert "--preload" not in argv and "--no-control-socket" in argv
-    assert argv[argv.index("--config") + 1] == "python:shared.serve"  # the hooks: stdlib only
-    assert argv[argv.index("--workers") + 1] == "1"
-    web = gunicorn_argv(WEB, bind="0.0.0.0:8088", worker_class="services.web.worker.LanWorker",
-                        options={"worker-connections": 256, "keep-alive": 5})
+    args = gunicorn_args(STATE_AGGREGATOR, Spec(bind="127.0.0.1:5003", threads=16))
+    assert args[-1] == "services.state_aggregator.app:create_app()"
+    assert "--preload" not in args and "--no-control-socket" in args
+    assert args[args.index("--config") + 1] == "python:shared.serve"  # the hooks: stdlib only
+    assert args[args.index("--workers") + 1] == "1"
+    web = gunicorn_args(WEB, Spec(bind="0.0.0.0:8088", worker_class="services.web.worker.LanWorker",
+                                  options={"worker-connections": 256, "keep-alive": 5}))
     assert web[web.index("--keep-alive") + 1] == "5"  # an option overrides the default
     assert web.count("--keep-alive") == 1
     assert web[web.index("--worker-class") + 1] == "services.web.worker.LanWorker"
+

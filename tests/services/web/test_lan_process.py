@@ -142,6 +142,9 @@ def test_an_oversized_body_gets_413_with_a_json_message(web: Web) -> None:
 
 def test_the_master_holds_no_application(web: Web) -> None:
     """gunicorn's master must not have imported Flask or the app (only the worker does)."""
+    # ps (and the benchmark harness) still tell the programs apart by ``-m services.<name>``.
+    cmdline = Path(f"/proc/{web.proc.pid}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[1:4] == [b"-m", b"services.web", b"--gunicorn-master"]
     maps = Path(f"/proc/{web.proc.pid}/maps").read_text()
     assert "_pydantic_core" not in maps and "orjson" not in maps
     worker_maps = Path(f"/proc/{web.worker()}/maps").read_text()

@@ -159,6 +159,12 @@ class Settings(BaseSettings):
     def history_db_path(self) -> Path:
         return self.data_dir / self.history_db
 
+    # --- the dashboard on the LAN port (issue 13) ---------------------------------------------------
+    dashboard_auth: bool = False  # true: reading the dashboard needs the management key too
+    # Live (SSE) streams at once; each holds one of the WEB_THREADS while open, so this stays
+    # below them and the LAN API keeps its threads (past it: 503 and the page retries later).
+    dashboard_streams: int = Field(default=4, ge=1, le=1000)
+
 
 def load_settings() -> Settings:
     """Settings from the environment; a bad variable raises ``ConfigError`` naming it."""

@@ -18,6 +18,8 @@ from shared.settings import Settings
 from shared.web import ApiError, error_response, install_error_handlers
 
 from .csvlog import CsvLog, resolve
+from .dashboard import build_dashboard
+from .dashboard import install as install_dashboard
 from .errors import LanError
 from .ingest import Ingest
 from .master import make_blueprint as master_blueprint
@@ -45,20 +47,26 @@ def build_context(settings: Settings) -> tuple[WebContext, Pusher]:
 
 
 def create_app(ctx: WebContext | None = None, *, master_api_key: SecretStr | None = None) -> Flask:
-    """The app; without a ``ctx`` it builds one from the environment and starts its pusher.
+    """The app; without a ``ctx`` it builds one from the environment and starts its pusher
+    (and the dashboard's feed, which follows the change log only while someone looks).
     ``master_api_key`` opens master control's management routes (from MASTER_API_KEY)."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    dashboard = None
     if ctx is None:
         settings, _ = load_config(WEB.name)
         ctx, pusher = build_context(settings)
         pusher.start()
         app.extensions["pusher"] = pusher
         master_api_key = settings.master_api_key
+        dashboard = build_dashboard(settings, RestClient(settings.state_aggregator,
+                                                         name=STATE_AGGREGATOR.name))
+        dashboard.feed.start()
     app.extensions["web"] = ctx
     app.register_blueprint(bp)
     app.register_blueprint(readings_bp)
     app.register_blueprint(master_blueprint(ctx.upstream.aggregator, master_api_key))
+    install_dashboard(app, dashboard)
     install_error_handlers(app)
     install_lan_error_handlers(app)
     return app

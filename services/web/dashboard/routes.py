@@ -1,0 +1,275 @@
+"""The dashboard's pages on the LAN port: thin routes over the feed (live device rows), the
+aggregator's internal REST (commands, master control) and the hub's run directory.
+
+Paths live at ``/`` and under ``/ui/`` only: the LAN port must not answer any path of the
+internal services (``/devices``, ``/master/...``; the web program's e2e test checks every one).
+
+Every SSE stream holds one gunicorn thread while it is open, so streams are capped
+(``DASHBOARD_STREAMS``, below ``WEB_THREADS``: past the cap, 503 and the page retries later) and
+each lasts at most ``STREAM_S`` before the browser reconnects with ``Last-Event-ID``. The threads
+the cap leaves free serve the probe and master API.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from pydantic import ValidationError
+
+from shared.errors import ServiceError
+from shared.jsonutil import JSONDecodeError, dumps, loads
+from shared.models import CommandIn, CommandRequest
+from shared.rest import RestClient
+from shared.topics import ID_RE
+from shared.web import ApiError, json_response, validation_message
+
+from . import hub
+from .auth import Keys
+from .feed import RESET, Feed
+
+bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
+               static_url_path="/ui/static")
+
+STREAM_S = 300.0  # a stream ends after this; the browser reconnects with Last-Event-ID
+KEEPALIVE_S = 10.0  # a comment line this often: proxies stay open, a closed tab is noticed
+
+
+@dataclass
+class Dashboard:
+    feed: Feed
+    keys: Keys
+    aggregator: RestClient
+    run_dir: Path
+    streams: int = 4
+    command_timeout_max: float = 60.0
+    _slots: threading.BoundedSemaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._slots = threading.BoundedSemaphore(self.streams)
+
+    def take_slot(self) -> bool:
+        return self._slots.acquire(blocking=False)
+
+    def free_slot(self) -> None:
+        self._slots.release()
+
+
+def _dash() -> Dashboard:
+    found: Dashboard | None = current_app.extensions.get("dashboard")
+    if found is None:
+        raise ApiError(503, "dashboard_disabled", "the dashboard is not running in this program")
+    return found
+
+
+def _device_id(raw: str) -> str:
+    if not ID_RE.fullmatch(raw):
+        raise ApiError(404, "not_found", "no such device")
+    return raw
+
+
+@bp.before_request
+def _gate() -> Response | None:
+    """``DASHBOARD_AUTH=true``: every page but the login (and its assets) needs the key."""
+    dash = _dash()
+    if not dash.keys.auth_required or dash.keys.logged_in():
+        return None
+    if request.endpoint in ("dashboard.login", "dashboard.static"):
+        return None
+    if request.endpoint == "dashboard.page_devices" or request.accept_mimetypes.accept_html:
+        return redirect(url_for("dashboard.login", next=request.full_path))  # type: ignore[return-value]
+    raise ApiError(401, "key_required", "this dashboard needs the management key")
+
+
+@bp.app_context_processor
+def _common() -> dict[str, Any]:
+    dash: Dashboard | None = current_app.extensions.get("dashboard")
+    if dash is None:
+        return {}
+    return {"logged_in": dash.keys.logged_in(), "csrf_token": dash.keys.csrf_token,
+            "management_enabled": dash.keys.management_enabled}
+
+
+def _synced(dash: Dashboard) -> None:
+    if not dash.feed.watch():
+        raise ApiError(503, "not_ready", "the hub's aggregator is not answering yet; reload soon")
+
+
+# --- pages ---------------------------------------------------------------------------------------
+
+
+@bp.get("/")
+def page_devices() -> str:
+    dash = _dash()
+    _synced(dash)
+    rows = sorted(dash.feed.all_rows(), key=lambda r: r["device_id"])
+    return render_template("dashboard/devices.html", rows=rows, since=dash.feed.position(),
+                           sources=sorted({str(r["source"]) for r in rows}))
+
+
+@bp.get("/ui/device/<device_id>")
+def page_device(device_id: str) -> str:
+    dash = _dash()
+    _synced(dash)
+    since = dash.feed.position()
+    row = dash.feed.device(_device_id(device_id))
+    if row is None:
+        raise ApiError(404, "not_found", f"no device {device_id!r}")
+    errors = [e for e in _aggregator(dash, "/errors").get("errors", [])
+              if e.get("device_id") == device_id][-20:]
+    return render_template("dashboard/device.html", row=row, since=since, errors=errors,
+                           series=dumps(row.pop("series")).decode(),
+                           timeout_max=dash.command_timeout_max)
+
+
+@bp.get("/ui/hub")
+def page_hub() -> str:
+    dash = _dash()
+    procs, problem = hub.processes(dash.run_dir)
+    return render_template("dashboard/hub.html", processes=procs, supervisor_problem=problem,
+                           mqtt=hub.mqtt(dash.run_dir), agg=hub.aggregator(dash.aggregator),
+                           feed={"subscribers": len(dash.feed.subscribers),
+                                 "streams_max": dash.streams, "applied": dash.feed.applied})
+
+
+@bp.get("/ui/master")
+def page_master() -> str:
+    dash = _dash()
+    sensors = _aggregator(dash, "/master/sensors").get("sensors", [])
+    templates = _aggregator(dash, "/master/configs").get("configs", [])
+    commands = _aggregator(dash, "/master/commands", params={"limit": 100}).get("commands", [])
+    groups = _aggregator(dash, "/master/groups").get("groups", [])
+    return render_template("dashboard/master.html", sensors=sensors, templates=templates,
+                           commands=commands, groups=groups)
+
+
+def _aggregator(dash: Dashboard, path: str, params: dict[str, Any] | None = None) -> Any:
+    """A read of the aggregator for a page; a missing part shows as empty, not as a 500."""
+    try:
+        answer = dash.aggregator.get(path, params=params, timeout=5.0)
+    except ServiceError as exc:
+        if exc.status == 503:  # master control disabled in this aggregator
+            return {}
+        raise ApiError(503, "not_ready", "the hub's aggregator is not answering; reload soon") \
+            from exc
+    return answer if isinstance(answer, dict) else {}
+
+
+# --- changes -------------------------------------------------------------------------------------
+
+
+@bp.post("/ui/device/<device_id>/command")
+def command(device_id: str) -> Response:
+    """``{values, timeout?: ms}`` → the command's final result, through the aggregator's
+    command route (the path an MQTT ``cmd`` takes from the bridge)."""
+    dash = _dash()
+    dash.keys.require_management()
+    device_id = _device_id(device_id)
+    try:
+        body = loads(request.get_data()) if request.is_json else {
+            "values": loads(request.form.get("values") or "{}"),
+            "timeout": int(request.form["timeout"]) if request.form.get("timeout") else None}
+        cmd = CommandIn.model_validate(body)
+    except (JSONDecodeError, ValueError) as exc:
+        raise ApiError(422, "invalid_body", f"values must be a JSON object: {exc}") from exc
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_body", validation_message(exc)) from exc
+    timeout_s = (cmd.timeout or 5000) / 1000
+    if timeout_s > dash.command_timeout_max:
+        return json_response({"cmd_id": None, "status": "rejected",
+                              "error": f"timeout above COMMAND_TIMEOUT_MAX "
+                                       f"({dash.command_timeout_max:g} s)"})
+    cmd_id = cmd.id or f"ui-{uuid.uuid4().hex[:12]}"
+    request_ = CommandRequest(cmd_id=cmd_id, values=cmd.values, timeout_s=timeout_s)
+    try:
+        result = dash.aggregator.post(f"/device/{device_id}/command", request_.model_dump(),
+                                      timeout=timeout_s + 6.0)
+    except ServiceError as exc:
+        if exc.status == 404:
+            raise ApiError(404, "not_found", f"no device {device_id!r}") from exc
+        result = {"status": "error", "error": "the hub did not answer the command in time"}
+    return json_response({"cmd_id": cmd_id, **result})
+
+
+@bp.route("/ui/login", methods=["GET", "POST"])
+def login() -> Response | str:
+    dash = _dash()
+    target = request.values.get("next") or "/"
+    if not target.startswith("/") or target.startswith("//"):
+        target = "/"  # only our own pages: no open redirect
+    problem = None
+    if request.method == "POST":
+        dash.keys.check_csrf()
+        if dash.keys.check(request.form.get("key", "")):
+            dash.keys.log_in()
+            return redirect(target)  # type: ignore[return-value]
+        problem = ("management is disabled: MASTER_API_KEY is not set on this hub"
+                   if not dash.keys.management_enabled else "that is not the management key")
+    return render_template("dashboard/login.html", next=target, problem=problem), \
+        401 if problem else 200  # type: ignore[return-value]
+
+
+@bp.post("/ui/logout")
+def logout() -> Response:
+    dash = _dash()
+    dash.keys.check_csrf()
+    dash.keys.log_out()
+    return redirect("/")  # type: ignore[return-value]
+
+
+# --- the live stream -----------------------------------------------------------------------------
+
+
+@bp.get("/ui/events")
+def events() -> Response:
+    """Server-Sent Events: ``devices`` messages with the changed rows (each device at most once a
+    second), ``reset`` when the page must reload. ``?since=`` is the position the page was
+    rendered at; a reconnect's ``Last-Event-ID`` wins over it."""
+    dash = _dash()
+    device = request.args.get("device")
+    if device is not None:
+        _device_id(device)
+    if not dash.take_slot():
+        return Response("too many live views at once; retrying\n", status=503,
+                        headers={"Retry-After": "10"}, mimetype="text/plain")
+    sub = dash.feed.subscribe(request.headers.get("Last-Event-ID") or request.args.get("since"),
+                              device=device)
+
+    def close() -> None:
+        dash.feed.unsubscribe(sub)
+        dash.free_slot()
+
+    response = Response(_stream(dash, sub), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    response.call_on_close(close)
+    return response
+
+
+def _stream(dash: Dashboard, sub: Any) -> Iterator[bytes]:
+    yield b"retry: 2000\n\n"
+    clock = sub.clock
+    end = clock() + STREAM_S
+    while clock() < end:
+        due = sub.take(min(KEEPALIVE_S, max(0.0, end - clock())))
+        if due == RESET:
+            yield b"event: reset\ndata: {}\n\n"
+            return
+        if not due:
+            yield b": keep-alive\n\n"
+            continue
+        position, rows = dash.feed.rows_for(list(due))
+        yield (b"id: " + position.encode() + b"\nevent: devices\ndata: "
+               + dumps({"devices": rows}) + b"\n\n")

@@ -1,0 +1,72 @@
+"""Browser tests of the dashboard: the real instance under the real supervisord (the demo
+instance, a real mosquitto, the web program under gunicorn on its LAN port) and a real headless
+Chromium from Debian's ``chromium`` package, driven by Playwright. Playwright never downloads a
+browser of its own here: it is pointed at /usr/bin/chromium; without it the tests skip and say
+how to install it (``./hub test`` installs it)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.demo_sensors.__main__ import make_server
+from tests.conftest import ROOT
+from tests.e2e.conftest import Instance, instance_env, start_supervisord, stop_supervisord
+from tests.helpers import Broker, free_port, retained
+
+CHROMIUM = Path("/usr/bin/chromium")
+KEY = "ui-test-management-key"
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+# Flags for a browser that stays on the LAN: no GPU, no QUIC, no background calls home.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="module")
+def hub(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
+    """The demo instance with a management key and room for 3 live views."""
+    tmp = tmp_path_factory.mktemp("ui")
+    sensors = make_server("127.0.0.1", free_port())
+    threading.Thread(target=sensors.serve_forever, daemon=True).start()
+    instances = tmp / "instances"
+    instances.mkdir()
+    shutil.copy(ROOT / "instances" / "demo.json", instances)
+    env = instance_env(mosquitto, tmp, instances, "demo")
+    env.update(DEMO_SENSORS_PORT=str(sensors.server_address[1]), MASTER_API_KEY=KEY,
+               DASHBOARD_STREAMS="3")
+    proc, output = start_supervisord(env)
+    inst = Instance(env, f"{env['MQTT_BASE_TOPIC']}/v1/instances/demo", proc, output)
+    try:
+        retained(mosquitto.host, mosquitto.port, f"{inst.root_topic}/status", timeout=60,
+                 where=lambda m: m.text == "online")
+    except AssertionError:
+        stop_supervisord(proc)
+        raise AssertionError("the instance never came online:\n" + inst.log()) from None
+    yield inst
+    stop_supervisord(proc)
+    sensors.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip("no /usr/bin/chromium: apt-get install chromium (./hub test does)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_api.sync_playwright() as pw:
+        # A persistent context is the way to give Chromium a fresh user-data-dir of our own.
+        context = pw.chromium.launch_persistent_context(
+            str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 860})
+        yield context
+        context.close()
+
+
+def lan(hub: Instance) -> str:
+    return f"http://127.0.0.1:{hub.env['PORT']}"

@@ -1,0 +1,163 @@
+"""The dashboard in a real browser against the real instance: the pages load, a reading that
+arrives changes the value on screen without a reload, a command sent from the page gets its
+answer shown, changes need the management key (and a CSRF token), live streams are capped
+without starving the LAN API, and the first page stays under 200 KB. Each main page is saved as
+a screenshot (docs/screenshots/, shown in the README)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import requests
+
+from tests.e2e.conftest import Instance
+from tests.helpers import wait_for
+
+from .conftest import KEY, SCREENSHOTS, lan
+
+pytestmark = pytest.mark.e2e
+
+PROBE = "probe_ui"
+
+
+def ingest(hub: Instance, temperature: float) -> None:
+    answer = requests.post(f"{lan(hub)}/api/ingest", json={"probe_id": PROBE,
+                                                           "temperature_c": temperature},
+                           timeout=5)
+    assert answer.ok, answer.text
+
+
+def log_in(page: Any, hub: Instance, key: str = KEY) -> None:
+    page.goto(f"{lan(hub)}/ui/login")
+    page.fill("input[name=key]", key)
+    page.click("form button[type=submit] >> text=Enter")
+
+
+def shot(page: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def test_devices_page_shows_every_device_and_a_new_reading_without_reload(
+        hub: Instance, browser: Any) -> None:
+    ingest(hub, 20.0)  # the probe exists before the page is rendered
+    page = browser.new_page()
+    page.goto(lan(hub) + "/")
+    for device in ("temp_living_room", "heater_relay", "motion_hallway", PROBE):
+        page.wait_for_selector(f"tr[data-id={device}]")
+    page.wait_for_selector("#live.on")  # the SSE stream is open
+    page.evaluate("window.__same_page = true")
+    ingest(hub, 21.75)
+    page.wait_for_selector(f"tr[data-id={PROBE}] .values >> text=temperature_c 21.75 °C",
+                           timeout=10_000)
+    assert page.evaluate("window.__same_page") is True  # updated in place, not reloaded
+    # search filters the rows on the page
+    page.fill("#search", "heater")
+    wait_for(lambda: page.locator("tbody tr[data-id]:visible").count() == 1, what="one row")
+    page.fill("#search", "")
+    shot(page, "devices")
+    page.close()
+
+
+def test_a_command_from_the_device_page_gets_its_response_shown(hub: Instance,
+                                                               browser: Any) -> None:
+    browser.clear_cookies()
+    page = browser.new_page()
+    log_in(page, hub)
+    page.goto(f"{lan(hub)}/ui/device/heater_relay")
+    page.fill("textarea[name=values]", '{"state": "on"}')
+    page.click("#command button")
+    page.wait_for_selector("#response[data-status=success]", timeout=15_000)
+    assert '"status": "success"' in page.inner_text("#response")
+    shot(page, "device-command")
+    # the relay's new state reaches the page by the live feed
+    page.wait_for_selector("tr[data-id=heater_relay] .values >> text=/state \"?on/",
+                           timeout=15_000)
+    page.close()
+
+
+def test_live_charts_draw_each_numeric_property(hub: Instance, browser: Any) -> None:
+    page = browser.new_page()
+    page.goto(f"{lan(hub)}/ui/device/{PROBE}")
+    page.wait_for_selector("#live.on")
+    for t in (22.0, 22.5):
+        ingest(hub, t)
+        page.wait_for_selector(f".values >> text=temperature_c {t:.2f} °C", timeout=10_000)
+    page.wait_for_selector(".chart[data-prop=temperature_c] canvas")
+    shot(page, "device-chart")
+    page.close()
+
+
+def test_changes_need_the_management_key(hub: Instance, browser: Any) -> None:
+    browser.clear_cookies()
+    page = browser.new_page()
+    page.goto(f"{lan(hub)}/ui/device/heater_relay")  # reading needs nothing
+    page.click("#command button")
+    page.wait_for_selector("#response[data-status=key_required]")
+    assert "management key" in page.inner_text("#response")
+    log_in(page, hub, key="not-the-key")
+    assert "not the management key" in page.inner_text("#problem")
+    # and no form without this session's CSRF token, even with the key's session
+    log_in(page, hub)
+    cookies = {c["name"]: c["value"] for c in browser.cookies()}
+    forged = requests.post(f"{lan(hub)}/ui/device/heater_relay/command",
+                           json={"values": {"state": "off"}}, cookies=cookies, timeout=5)
+    assert forged.status_code == 403 and forged.json()["error"] == "csrf"
+    cookie = next(c for c in browser.cookies() if c["name"] == "hub_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    page.close()
+
+
+def test_hub_and_master_pages(hub: Instance, browser: Any) -> None:
+    page = browser.new_page()
+    page.goto(f"{lan(hub)}/ui/hub")
+    page.wait_for_selector("#processes >> text=mqtt-bridge")
+    wait_for(lambda: page.reload() and page.inner_text("#mqtt").strip() == "connected",
+             timeout=20, what="the bridge's MQTT connection on the hub page")
+    assert page.locator("#processes td:text-is('RUNNING')").count() == 5
+    shot(page, "hub")
+    # a sensor that phones home shows on the master page with its status
+    answer = requests.post(f"http://127.0.0.1:{hub.env['STATE_AGGREGATOR_PORT']}/master/register",
+                           json={"sensor_id": "esp_ui", "sensor_name": "UI test sensor",
+                                 "sensor_type": "climate"}, timeout=5)
+    assert answer.ok, answer.text
+    page.goto(f"{lan(hub)}/ui/master")
+    page.wait_for_selector("#sensors tr[data-id=esp_ui]")
+    shot(page, "master")
+    page.close()
+
+
+def live_views(hub: Instance) -> str:
+    found = re.search(r"live views</th><td>(\d+ of \d+)", requests.get(f"{lan(hub)}/ui/hub",
+                                                                     timeout=5).text)
+    return found.group(1) if found else "?"
+
+
+def test_live_streams_are_capped_and_the_lan_api_still_answers(hub: Instance) -> None:
+    # A closed tab's stream is noticed at its next write (a keep-alive at the latest).
+    wait_for(lambda: live_views(hub) == "0 of 3", timeout=40, what="the pages' streams to end")
+    streams = []
+    try:
+        for _ in range(3):  # DASHBOARD_STREAMS=3 in this instance
+            r = requests.get(f"{lan(hub)}/ui/events", stream=True, timeout=10)
+            assert r.status_code == 200
+            streams.append(r)
+        over = requests.get(f"{lan(hub)}/ui/events", timeout=5)
+        assert over.status_code == 503 and over.headers["Retry-After"]
+        assert requests.get(f"{lan(hub)}/api/health", timeout=5).ok
+    finally:
+        for r in streams:
+            r.close()
+    # closed streams give their slots back
+    wait_for(lambda: live_views(hub) == "0 of 3", timeout=40, what="closed streams to end")
+
+
+def test_first_page_is_under_200_kb(hub: Instance) -> None:
+    html = requests.get(lan(hub) + "/", timeout=5)
+    assets = re.findall(r'(?:href|src)="(/ui/static/[^"]+)"', html.text)
+    total = len(html.content) + sum(len(requests.get(lan(hub) + a, timeout=5).content)
+                                    for a in assets)
+    print(f"first page: {len(html.content)} B HTML + {len(assets)} assets = {total / 1024:.1f} KB")
+    assert assets and total < 200 * 1024

@@ -1,0 +1,93 @@
+"""The dashboard feed's fan-out, without HTTP: changes coalesce per device, a device is sent at
+most once per second per client (an injected clock), a client's backlog is bounded by the number
+of devices, and a reconnect's Last-Event-ID is replayed from the ring or answered with a reset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from services.web.dashboard.feed import RESET, Feed, Subscriber, numeric
+from shared.rest import RestClient
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_changes_coalesce_and_each_device_is_sent_at_most_once_a_second() -> None:
+    clock = Clock()
+    sub = Subscriber(clock=clock)
+    for _ in range(50):  # a burst of readings of two devices
+        sub.mark("a")
+        sub.mark("b")
+    assert sub.take(0) == ["a", "b"]
+    sub.mark("a")
+    assert sub.take(0) == []  # "a" was sent this second
+    clock.now += 0.999
+    assert sub.take(0) == []
+    clock.now += 0.001
+    assert sub.take(0) == ["a"]
+    assert len(sub.dirty) == 0
+
+
+def test_a_device_page_subscriber_sees_only_its_device() -> None:
+    sub = Subscriber(device="a", clock=Clock())
+    sub.mark("b")
+    sub.mark("a")
+    assert sub.take(0) == ["a"]
+
+
+def test_the_backlog_is_bounded_and_overflow_asks_for_a_reload() -> None:
+    sub = Subscriber(max_dirty=3, clock=Clock())
+    for d in ("a", "b", "c", "d"):
+        sub.mark(d)
+    assert len(sub.dirty) == 3
+    assert sub.take(0) == RESET
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ({"t": 21.5, "on": True, "name": "x", "n": None}, {"t": 21.5, "on": 1.0}),
+    ({"bad": float("nan"), "i": 3}, {"i": 3.0}),
+])
+def test_numeric_values_are_what_a_chart_draws(values: dict[str, Any],
+                                                expected: dict[str, float]) -> None:
+    assert numeric(values) == expected
+
+
+def fed(ring: int = 100) -> Feed:
+    """A feed loaded with two devices and five changes, as if it had followed the log (the
+    aggregator address is never called: nothing here waits for the network)."""
+    feed = Feed(RestClient("http://127.0.0.1:9", name="unused"), ring=ring)
+    info = {"source": "serial", "online": True, "last_seen": 1.0, "units": {"t": "°C"}}
+    feed._load({"epoch": "e1", "seq": 10, "devices": [
+        {"info": {"device_id": "a", **info}, "state": None},
+        {"info": {"device_id": "b", **info}, "state": None}]})
+    for seq, device in enumerate(["a", "b", "a", "a", "b"], start=11):
+        feed._apply({"kind": "state", "seq": seq, "device_id": device, "ts": float(seq),
+                     "values": {"t": float(seq)}, "sampled": ["t"]})
+    feed._synced.set()
+    return feed
+
+
+def test_last_event_id_replays_the_devices_changed_after_it() -> None:
+    feed = fed()
+    assert feed.position() == "e1:15"
+    assert feed.subscribe("e1:13").take(0) == ["a", "b"]  # 14: a, 15: b
+    assert feed.subscribe("e1:14").take(0) == ["b"]
+    assert feed.subscribe("e1:15").take(0) == []
+    row = feed.device("a")
+    assert row is not None
+    assert row["series"] == [[11.0, {"t": 11.0}], [13.0, {"t": 13.0}],
+                                          [14.0, {"t": 14.0}]]
+
+
+@pytest.mark.parametrize("last_id", ["e0:13", "e1:99", "e1:2"])
+def test_an_id_from_another_epoch_or_out_of_the_ring_resets(last_id: str) -> None:
+    feed = fed(ring=3)  # keeps seq 13..15; e1:2 is long gone
+    assert feed.subscribe(last_id).take(0) == RESET

@@ -50,6 +50,7 @@ def hub(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         raise AssertionError("the instance never came online:\n" + inst.log()) from None
     yield inst
     stop_supervisord(proc)
+    (tmp / "instance.log").write_text("\n".join(output))  # kept by pytest for a post-mortem
     sensors.shutdown()
 
 

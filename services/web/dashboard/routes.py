@@ -13,6 +13,7 @@ the cap leaves free serve the probe and master API.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from shared.rest import RestClient
 from shared.topics import ID_RE
 from shared.web import ApiError, json_response, validation_message
 
-from . import hub
+from . import hub, series
 from .auth import Keys
 from .feed import RESET, Feed
 
@@ -130,8 +131,18 @@ def page_device(device_id: str) -> str:
         raise ApiError(404, "not_found", f"no device {device_id!r}")
     errors = [e for e in _aggregator(dash, "/errors").get("errors", [])
               if e.get("device_id") == device_id][-20:]
+    span = request.args.get("range", "1h")
+    range_s = series.RANGES_S.get(span, 3600)
+    now = time.time()
+    stored = series.from_history(_aggregator(
+        dash, "/history/readings", params=series.history_query(device_id, range_s, now))
+        .get("readings", []))
+    live = [(float(ts), vals) for ts, vals in row.pop("series")]
+    points = series.merge(stored, live, since=now - range_s)
+    chart = dumps(points).decode().replace("</", "<\\/")  # it sits in a <script> element
     return render_template("dashboard/device.html", row=row, since=since, errors=errors,
-                           series=dumps(row.pop("series")).decode(),
+                           series=chart, stats=series.stats(points),
+                           span=span, ranges=list(series.RANGES_S), stored=len(stored),
                            timeout_max=dash.command_timeout_max)
 
 
@@ -161,7 +172,7 @@ def _aggregator(dash: Dashboard, path: str, params: dict[str, Any] | None = None
     try:
         answer = dash.aggregator.get(path, params=params, timeout=5.0)
     except ServiceError as exc:
-        if exc.status == 503:  # master control disabled in this aggregator
+        if exc.status in (404, 503):  # master control or history not running in this aggregator
             return {}
         raise ApiError(503, "not_ready", "the hub's aggregator is not answering; reload soon") \
             from exc

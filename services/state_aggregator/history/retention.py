@@ -102,6 +102,8 @@ class Retention:
         share, reason = self.share_to_delete()
         deleted = self._store.thin(share) if reason is not None else 0
         self.deleted += deleted
+        if deleted:
+            self._store.give_back()
         self.last = {"at": time.time(), "reason": reason, "deleted": deleted,
                      "took_s": round(time.monotonic() - started, 3)}
         if reason is not None:

@@ -215,8 +215,8 @@ class HistoryStore:
         """Delete about ``fraction`` of the readings older than the newest day, evenly across
         time: each device's readings of each stratum (a day) lose the same share, every
         n-th of them (or all but every n-th past one half), so the time distribution is kept.
-        The newest day stays whole. One transaction per stratum keeps the writer's waits short;
-        freed pages go back to the filesystem. Returns the number deleted."""
+        The newest day stays whole. One transaction per stratum keeps the writer's waits short.
+        Returns the number deleted; ``give_back`` returns the freed pages to the filesystem."""
         span = self.span()
         if span is None or fraction <= 0:
             return 0
@@ -237,8 +237,21 @@ class HistoryStore:
                     f"WHERE ts_us >= ? AND ts_us < ?) WHERE {condition})",  # the condition holds only ints
                     (lo, hi))
                 deleted += cur.rowcount
-        with self._lock:
-            self._conn.execute("PRAGMA incremental_vacuum")
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # Deleting touches nearly every page; without a checkpoint per stratum the WAL
+            # would grow by the size of the history, on the disk that is already too full.
+            self._checkpoint("PASSIVE")
         return deleted
+
+    def give_back(self, step_pages: int = 256) -> None:
+        """Hand free pages back to the filesystem, a few at a time with a checkpoint between,
+        so the WAL never needs much room; then shrink the WAL file itself."""
+        with self._lock:
+            while int(self._conn.execute("PRAGMA freelist_count").fetchone()[0]) > 0:
+                self._conn.execute(f"PRAGMA incremental_vacuum({int(step_pages)})").fetchall()
+                self._checkpoint("PASSIVE")
+            self._checkpoint("TRUNCATE")
+
+    def _checkpoint(self, mode: str) -> None:
+        with self._lock:
+            self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
 

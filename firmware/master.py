@@ -15,7 +15,7 @@ from .masters import Masters
 from .ota import Ota, OtaError
 from .store import CommandRing
 from .timefmt import iso_utc
-from .transport import Refused, Unreachable
+from .transport import MqttTransport, Refused, Unreachable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -37,6 +37,9 @@ class MasterClient:
         self.hal = probe.hal
         self.store = probe.store
         self.transport = transport
+        self.http = transport  # what the probe falls back to when a broker does not answer
+        self.mqtt_failures = 0
+        self.mqtt_off_for: str | None = None  # the config hash whose broker did not answer
         self.sensor_type = sensor_type
         self.retry_ms = retry_ms
         self.ring = CommandRing(self.store)
@@ -74,7 +77,8 @@ class MasterClient:
                 "config_name": self.doc.get("config_name"), "config": self.doc.get("config"),
                 "check_in_s": self.check_in_s, "last_error": self.last_error,
                 "ota": self.ota.state.get("state"), "switches": self.masters.switches,
-                "target_temp": self.overrides.get("target_temp"), "acked": self.acked}
+                "target_temp": self.overrides.get("target_temp"), "acked": self.acked,
+                "transport": self.transport.kind}
 
     def fw(self) -> str:
         return self.ota.version(VERSION)
@@ -128,11 +132,17 @@ class MasterClient:
             return
         except Unreachable as exc:
             self.last_error = "%s: %s" % (master["name"], exc)
-            if self.masters.failed():
+            if self.transport is not self.http:
+                self.mqtt_failures += 1
+                if self.mqtt_failures >= self.masters.tries:  # the broker is away: HTTP it is
+                    self.mqtt_off_for = self.config_hash
+                    self.use_transport(self.http)
+            elif self.masters.failed():
                 self.registered = False
             self.next_ms = self.hal.ticks_add(now, self.retry_ms)
             return
         self.masters.succeeded()
+        self.mqtt_failures = 0
         self.last_ok_ms = now
         self.ota.checked_in()
         self.try_failback()
@@ -197,6 +207,29 @@ class MasterClient:
         if isinstance(ms, int) and 100 <= ms <= 86400000:
             self.probe.interval_ms = ms
         self.probe.extra_status["target_temp"] = self.overrides.get("target_temp")
+        self.choose_transport(cfg.get("mqtt"))
+
+    def choose_transport(self, mq: "Any") -> None:
+        """MQTT when the config names a broker (``mqtt: {host, port?, base}``), else HTTP."""
+        usable = isinstance(mq, dict) and isinstance(mq.get("host"), str) and \
+            isinstance(mq.get("base"), str) and self.mqtt_off_for != self.config_hash
+        if not usable:
+            if self.transport is not self.http:
+                self.use_transport(self.http)
+            return
+        port = mq.get("port", 1883)
+        port = port if isinstance(port, int) else 1883
+        if self.transport is not self.http and self.transport.same_broker(mq["host"], port, mq["base"]):
+            return
+        self.use_transport(MqttTransport(self.hal, self.probe.id, host=mq["host"], port=port,
+                                         base=mq["base"]))
+
+    def use_transport(self, transport: "Any") -> None:
+        if self.transport is not self.http:
+            self.transport.close()
+        self.transport = transport
+        self.registered = False  # register on the new path: the hub answers there
+        self.next_ms = self.hal.ticks_ms()
 
     # -- bodies
     def register_body(self) -> "dict[str, Any]":

@@ -5,6 +5,8 @@ speaks ``B/sensors/{s}/...``. Both offer the same calls, so one state machine dr
 Errors: ``Unreachable`` when the master did not answer usefully (network, 5xx, garbage; counts
 toward fail-over), ``Refused`` for a 4xx (the master answered: the request was wrong)."""
 
+import json
+
 from .hal import Hal
 from .web import HttpError, request
 
@@ -90,3 +92,119 @@ class HttpTransport:
     def incoming(self) -> "list[Any]":
         """Commands that arrived on their own (MQTT); HTTP has them on the answers instead."""
         return []
+
+
+class MqttTransport:
+    """Master control over ``{base}/sensors/{id}/...`` on the broker the config names.
+
+    The answers that HTTP gives in the response arrive here as messages: the retained
+    ``config`` and the ``commands``. ``register`` and ``heartbeat`` publish and then read what
+    the broker has for a moment, and answer with the config hash and the commands seen, so the
+    state machine behind it is the same one."""
+
+    kind = "mqtt"
+
+    def __init__(self, hal: Hal, sensor_id: str, *, host: str, port: int, base: str,
+                 settle_ms: int = 300) -> None:
+        from .mqtt import MqttClient  # only probes whose config names a broker load it
+        self.hal = hal
+        self.sensor_id = sensor_id
+        self.host = host
+        self.port = port
+        self.base = base.rstrip("/") + "/sensors/" + sensor_id
+        self.settle_ms = settle_ms
+        self.client = MqttClient(hal, "probe-%s-%s" % (sensor_id, hal.random_hex(4)), host, port)
+        self.client.callback = self._message
+        self.doc: dict[str, Any] | None = None
+        self.queue: list[Any] = []
+
+    def same_broker(self, host: str, port: int, base: str) -> bool:
+        return (self.host, self.port, self.base) == (
+            host, port, base.rstrip("/") + "/sensors/" + self.sensor_id)
+
+    def _message(self, topic: str, payload: bytes) -> None:
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            return  # not ours to fix; the hub logs what it sent
+        if not isinstance(doc, dict):
+            return
+        if topic == self.base + "/config":
+            self.doc = doc
+        elif topic == self.base + "/commands" and len(self.queue) < 20:
+            self.queue.append(doc)
+
+    def _ensure(self) -> None:
+        if self.client.connected():
+            return
+        try:
+            self.client.connect()
+            self.client.subscribe(self.base + "/config", 1)
+            self.client.subscribe(self.base + "/commands", 1)
+        except OSError as exc:
+            self.client.close()
+            raise Unreachable("mqtt %s:%d: %s" % (self.host, self.port, exc)) from exc
+
+    def _publish(self, leaf: str, body: "dict[str, Any]") -> None:
+        self._ensure()
+        try:
+            self.client.publish(self.base + "/" + leaf, json.dumps(body).encode(), qos=1)
+        except OSError as exc:
+            self.client.close()
+            raise Unreachable("mqtt publish %s: %s" % (leaf, exc)) from exc
+
+    def _settle(self) -> None:
+        """Read what the broker has for us for up to ``settle_ms``."""
+        start = self.hal.ticks_ms()
+        try:
+            while self.hal.ticks_diff(self.hal.ticks_ms(), start) < self.settle_ms:
+                self.client.check_msg(50)
+        except OSError as exc:
+            self.client.close()
+            raise Unreachable("mqtt: %s" % exc) from exc
+
+    def _answer(self) -> "dict[str, Any]":
+        doc = self.doc or {}
+        out, self.queue = self.queue, []
+        return {"config_hash": doc.get("config_hash"), "masters": doc.get("masters"),
+                "check_in_interval": doc.get("check_in_interval"), "commands": out}
+
+    def register(self, master: "dict[str, Any]", body: "dict[str, Any]") -> "dict[str, Any]":
+        self._publish("register", body)
+        self._settle()
+        return self._answer()
+
+    def heartbeat(self, master: "dict[str, Any]", body: "dict[str, Any]") -> "dict[str, Any]":
+        self._publish("heartbeat", body)
+        self._settle()
+        return self._answer()
+
+    def config(self, master: "dict[str, Any]", sensor_id: str,
+               etag: str | None) -> "dict[str, Any] | None":
+        self._ensure()
+        if self.doc is None:
+            self._settle()
+        if self.doc is None:
+            raise Unreachable("no retained config on %s/config yet" % self.base)
+        return None if self.doc.get("config_hash") == etag else self.doc
+
+    def ack(self, master: "dict[str, Any]", command_id: str, body: "dict[str, Any]") -> None:
+        self._publish("commands/ack", body)
+
+    def data(self, master: "dict[str, Any]", body: "dict[str, Any]",
+             url: str | None = None) -> "dict[str, Any]":
+        self._publish("data", body)
+        return {"status": "sent"}
+
+    def incoming(self) -> "list[Any]":
+        if not self.client.connected():
+            return []
+        try:
+            self.client.check_msg(0)
+        except OSError:
+            self.client.close()
+        out, self.queue = self.queue, []
+        return out
+
+    def close(self) -> None:
+        self.client.disconnect()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import random
 import socket
 import threading
 from functools import partial
@@ -19,7 +20,23 @@ from typing import Any
 import requests
 
 from tests.e2e.conftest import Instance, instance_env, start_supervisord, stop_supervisord
-from tests.helpers import Broker, free_port, wait_for
+from tests.helpers import Broker, wait_for
+
+
+def port_below_ephemeral() -> int:
+    """A free port under the kernel's ephemeral range. While the relay is cut, the probe keeps
+    connecting to its port; were that port in the ephemeral range, Linux would one day pick it
+    as the source port of such a connect and the socket would connect to itself (TCP
+    simultaneous open), holding the port so the relay cannot listen again."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(max(1024, low - 8000), low), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 class Relay:
@@ -28,7 +45,7 @@ class Relay:
 
     def __init__(self, target: int) -> None:
         self.target = target
-        self.port = free_port()
+        self.port = port_below_ephemeral()
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -72,6 +89,10 @@ class Relay:
 
     def cut(self) -> None:
         if self._listener is not None:
+            # shutdown first: close() alone leaves the socket listening until the thread blocked
+            # in accept() returns (it holds the file), so the port would still take connections.
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
             self._listener = None
         with self._lock:
@@ -137,8 +158,8 @@ class MasterHub:
 
     def up(self) -> bool:
         try:
-            return requests.get(f"{self.base}/instances", timeout=1).ok
-        except requests.ConnectionError:
+            return requests.get(f"{self.base}/instances", timeout=2).ok
+        except requests.RequestException:  # not listening yet, or busy starting
             return False
 
     def call(self, method: str, path: str, body: Any = None) -> Any:

@@ -230,3 +230,30 @@ def test_ota_good_corrupt_and_rolled_back(hub: MasterHub, tmp_path: Path) -> Non
             hub.relay.restore()
         images.close()
         probe.stop()
+
+
+def test_mqtt_transport_when_the_config_names_a_broker(hub: MasterHub, sub: Subscriber,
+                                                       mosquitto: Broker, tmp_path: Path) -> None:
+    """The config names the hub's broker: the probe moves to MQTT (B/sensors/{s}/...), and with
+    every HTTP master out of reach it still checks in, sends data and acknowledges commands."""
+    template(hub, "fw_e", mqtt={"host": mosquitto.host, "port": mosquitto.port, "base": hub.root})
+    probe = start(hub, tmp_path, "mc-e", sensor_type="fw_e")
+    try:
+        wait_for(lambda: status(probe)["master"]["transport"] == "mqtt", timeout=30,
+                 what="the switch to MQTT")
+        hub.relay.cut()
+        hub.call("PATCH", f"/instances/{hub.secondary_id}", {"enabled": False})
+        first = wait_for(lambda: hub.sensor("mc-e")["last_check_in"], what="a check-in")  # type: ignore[index]
+        wait_for(lambda: hub.sensor("mc-e")["last_check_in"] != first, timeout=10,  # type: ignore[index]
+                 what="a heartbeat over MQTT")
+        state = sub.wait(f"{hub.root}/devices/mc-e/state", timeout=20).json()
+        assert isinstance(state["temperature"], float)
+        cid = hub.command("mc-e", "set_target_temp", {"target": 21.0})
+        assert wait_for(lambda: hub.command_done(cid), timeout=20)["status"] == "completed"
+        st = status(probe)
+        assert st["master"]["transport"] == "mqtt" and st["master"]["target_temp"] == 21.0
+    finally:
+        probe.stop()
+        hub.call("PATCH", f"/instances/{hub.secondary_id}", {"enabled": True})
+        if hub.relay._listener is None:
+            hub.relay.restore()

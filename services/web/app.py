@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 from pydantic import SecretStr
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -86,8 +86,9 @@ def install_lan_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge) -> Response:
+        limit = request.max_content_length or MAX_BODY  # a route may allow more (master, bulk)
         return error_response(413, "body_too_large",
-                              f"the request body is larger than {MAX_BODY // 1024} KiB", ok=False)
+                              f"the request body is larger than {limit // 1024} KiB", ok=False)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:

@@ -51,8 +51,9 @@ HEAD_END = b"\r\n\r\n"
 
 def request_complete(data: bytes) -> bool:
     """Whether ``data`` holds a whole HTTP/1 request: a head and as much body as it announces.
-    A chunked body or an unreadable length counts as complete after the head (the thread reads
-    the rest, under the socket timeouts); so does anything past ``MAX_BUFFERED``."""
+    A chunked body, ``Expect: 100-continue`` or an unreadable length counts as complete after the
+    head (the thread reads the rest, under the socket timeouts); so does anything past
+    ``MAX_BUFFERED``."""
     if len(data) >= MAX_BUFFERED:
         return True
     end = data.find(HEAD_END)
@@ -62,7 +63,9 @@ def request_complete(data: bytes) -> bool:
     for line in data[:end].split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         name = name.strip().lower()
-        if name == b"transfer-encoding":
+        # A chunked body is read by the thread; a client that sends "Expect: 100-continue"
+        # waits for gunicorn's "100 Continue" before it sends its body at all.
+        if name in (b"transfer-encoding", b"expect"):
             return True
         if name == b"content-length":
             try:

@@ -149,3 +149,20 @@ def test_the_master_holds_no_application(web: Web) -> None:
     assert "_pydantic_core" not in maps and "orjson" not in maps
     worker_maps = Path(f"/proc/{web.worker()}/maps").read_text()
     assert "_pydantic_core" in worker_maps
+
+
+def test_expect_100_continue_gets_its_go_ahead(web: Web) -> None:
+    """curl sends a body over 1 KiB only after "100 Continue": the head alone must be served."""
+    body = b'{"probe_id": "p", "temperature_c": 20, "pad": "' + b"x" * 2000 + b'"}'
+    with socket.create_connection(("127.0.0.1", web.port), timeout=5) as s:
+        s.sendall(b"POST /api/ingest HTTP/1.1\r\nHost: hub\r\nContent-Type: application/json\r\n"
+                  b"Expect: 100-continue\r\nConnection: close\r\n"
+                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        assert s.recv(1024).startswith(b"HTTP/1.1 100 Continue")
+        s.sendall(body)
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+    # The request was read and handled: without the internal services running, 503 not_ready.
+    assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
+    assert b"not_ready" in answer

@@ -4,8 +4,8 @@
   ``bench.ingest_cost``'s core figure) without a history, with the history's writer thread (the
   hot path only queues; the time until the queue is on disk is reported apart), and with the
   batch written inside ingest (what "on the hot path" would cost).
-- queries: ``--rows`` readings of 100 devices over 10 days in a fresh SQLite file (insert rate
-  in batches of 10,000), then medians of a one-day range of one device (the whole day, in pages
+- queries: ``--rows`` readings of ``--devices`` devices (100) over 10 days in a fresh SQLite
+  file (insert rate in batches of 10,000), then medians of a one-day range of one device (the whole day, in pages
   of 1,000 by cursor), ``latest`` of one device and of every device, store and route.
 """
 
@@ -63,14 +63,14 @@ def _ms(fn: Callable[[], object], runs: int) -> float:
     return statistics.median(times) * 1000
 
 
-def queries(rows: int, tmp: Path) -> None:
+def queries(rows: int, tmp: Path, devices: int = DEVICES) -> None:
     store = HistoryStore(tmp / "q.db")
     builder = Rows("Europe/Berlin")
-    step = DAYS * 86400 / (rows / DEVICES)
+    step = DAYS * 86400 / (rows / devices)
     started = time.perf_counter()
     chunk = 10_000
     for lo in range(0, rows, chunk):
-        store.add([builder.row(f"dev{i % DEVICES:03d}", T0 + (i // DEVICES) * step,
+        store.add([builder.row(f"dev{i % devices:03d}", T0 + (i // devices) * step,
                                {"temperature": 20 + i % 70 / 10, "humidity": 40 + i % 30})
                    for i in range(lo, min(rows, lo + chunk))])
     took = time.perf_counter() - started
@@ -79,12 +79,12 @@ def queries(rows: int, tmp: Path) -> None:
     rnd = random.Random(1)
 
     def one_day() -> int:
-        dev, day = f"dev{rnd.randrange(DEVICES):03d}", rnd.randrange(DAYS - 1)
+        dev, day = f"dev{rnd.randrange(devices):03d}", rnd.randrange(DAYS - 1)
         start = T0 + day * 86400
         cursor, total = None, 0
         while True:
             page = store.query(start=start, end=start + 86400, device_id=dev, limit=1000,
-                               cursor=cursor)
+                               cursor=cursor, raw=True)
             total += len(page.readings)
             if (cursor := page.next_cursor) is None:
                 return total
@@ -95,7 +95,7 @@ def queries(rows: int, tmp: Path) -> None:
     client = create_app(_aggregator(), history=hist).test_client()
 
     def one_day_route() -> None:
-        dev, day = f"dev{rnd.randrange(DEVICES):03d}", rnd.randrange(DAYS - 1)
+        dev, day = f"dev{rnd.randrange(devices):03d}", rnd.randrange(DAYS - 1)
         start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0 + day * 86400))
         end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0 + day * 86400 + 86400))
         resp = client.get(f"/history/readings?device_id={dev}&start_date={start}"
@@ -104,14 +104,14 @@ def queries(rows: int, tmp: Path) -> None:
 
     print(f"  one day, one device, GET route:        {_ms(one_day_route, 30):7.2f} ms")
     print(f"  latest, one device (store):            "
-          f"{_ms(lambda: store.latest(f'dev{rnd.randrange(DEVICES):03d}'), 200):7.3f} ms")
+          f"{_ms(lambda: store.latest(f'dev{rnd.randrange(devices):03d}', raw=True), 200):7.3f} ms")
 
     def latest_route() -> None:
-        dev = f"dev{rnd.randrange(DEVICES):03d}"
+        dev = f"dev{rnd.randrange(devices):03d}"
         assert client.get(f"/history/readings/latest?device_id={dev}").status_code == 200
 
     print(f"  latest, one device, GET route:         {_ms(latest_route, 200):7.3f} ms")
-    print(f"  latest, all {DEVICES} devices (store):        {_ms(store.latest, 20):7.2f} ms")
+    print(f"  latest, all {devices} devices (store):        {_ms(store.latest, 20):7.2f} ms")
     started = time.perf_counter()
     deleted = store.thin(0.25)
     print(f"  thin 25 % of the older days: {deleted:,} deleted in "
@@ -124,6 +124,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--devices", type=int, default=DEVICES, help="devices of the query set")
     parser.add_argument("--skip-ingest", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-history-") as tmp_name:
@@ -139,7 +140,7 @@ def main() -> None:
                 print(f"  {label:28s} ingest {hot / n * 1e6:6.2f} us/reading "
                       f"({n / hot:9,.0f}/s); all on disk after {disk:6.2f} s "
                       f"({n / disk:9,.0f}/s)")
-        queries(args.rows, tmp)
+        queries(args.rows, tmp, args.devices)
 
 
 if __name__ == "__main__":

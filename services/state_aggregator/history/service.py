@@ -88,10 +88,11 @@ class History:
         return {"received": len(rows), "stored": added, "duplicates": len(rows) - added}
 
     def query(self, **kwargs: Any) -> Any:
-        return self._store().query(**kwargs)
+        """A page for an answer: payloads stay JSON text (``orjson.Fragment``)."""
+        return self._store().query(**kwargs, raw=True)
 
     def latest(self, device_id: str | None) -> list[dict[str, Any]]:
-        return self._store().latest(device_id)
+        return self._store().latest(device_id, raw=True)
 
     def health(self) -> dict[str, Any]:
         problems = self.conditions.active()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,8 +20,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
+
 from shared.jsonutil import dumps, loads
-from shared.timeutil import iso
 
 from .db import open_db
 
@@ -89,11 +91,20 @@ class Rows:
         return (device_id, ts_us, local, reading_id or f"@{ts_us}", dumps(values).decode())
 
 
-def _reading(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
+def _iso_us(ts_us: int) -> str:
+    """``shared.timeutil.iso`` for integer microseconds, about 3x faster (it is most of what a
+    page of readings costs)."""
+    sec, us = divmod(ts_us, 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{us // 1000:03d}Z"
+
+
+def _reading(row: tuple[Any, ...], *, raw: bool) -> dict[str, Any]:
+    """A stored reading; with ``raw`` its payload stays the stored JSON text (an
+    ``orjson.Fragment``), written into an answer as it is instead of decoded and encoded again."""
     row_id, device_id, ts_us, ts_local, rkey, payload = row
-    return {"id": row_id, "device_id": device_id,
-            "ts_utc": iso(ts_us / 1_000_000), "ts_local": ts_local,
-            "reading_id": None if rkey.startswith("@") else rkey, "payload": loads(payload)}
+    return {"id": row_id, "device_id": device_id, "ts_utc": _iso_us(ts_us), "ts_local": ts_local,
+            "reading_id": None if rkey.startswith("@") else rkey,
+            "payload": orjson.Fragment(payload) if raw else loads(payload)}
 
 
 _COLUMNS = "id, device_id, ts_us, ts_local, rkey, payload"
@@ -143,7 +154,7 @@ class HistoryStore:
 
     # --- reading -------------------------------------------------------------------------------
     def query(self, *, start: float | None, end: float | None, device_id: str | None,
-              limit: int, cursor: str | None = None) -> Page:
+              limit: int, cursor: str | None = None, raw: bool = False) -> Page:
         """Readings with ``start <= ts < end`` in time order, ``limit`` at most, from after
         ``cursor`` (keyset: the position of the last reading of the previous page, never an
         OFFSET that would rescan every page before it)."""
@@ -169,9 +180,9 @@ class HistoryStore:
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = encode_cursor(rows[-1][2], rows[-1][0]) if more else None
-        return Page([_reading(r) for r in rows], next_cursor)
+        return Page([_reading(r, raw=raw) for r in rows], next_cursor)
 
-    def latest(self, device_id: str | None = None) -> list[dict[str, Any]]:
+    def latest(self, device_id: str | None = None, *, raw: bool = False) -> list[dict[str, Any]]:
         """The newest reading of one device, or of every device that has any."""
         with self._lock:
             if device_id is None:
@@ -184,7 +195,7 @@ class HistoryStore:
                     f"SELECT {_COLUMNS} FROM readings WHERE device_id = ? "  # noqa: S608
                     "ORDER BY ts_us DESC, id DESC LIMIT 1", (dev,)).fetchone()
                 if row is not None:
-                    found.append(_reading(row))
+                    found.append(_reading(row, raw=raw))
         return found
 
     # --- size and thinning ---------------------------------------------------------------------

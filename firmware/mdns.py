@@ -114,3 +114,20 @@ class Responder:
         ]
         header = _u16(0) + _u16(0x8400) + _u16(0) + _u16(len(records)) + _u16(0) + _u16(0)
         return header + b"".join(records)
+
+
+def answer_pending(sock: "Any", responder: Responder, limit: int = 4) -> int:
+    """Answer the queries waiting on the non-blocking multicast socket ``sock`` (at most
+    ``limit``, so one step of the probe loop stays short); how many were answered."""
+    answered = 0
+    for _ in range(limit):
+        try:
+            packet, sender = sock.recvfrom(1500)
+        except OSError:
+            return answered  # nothing waiting (EAGAIN)
+        if responder.wants(packet):
+            sock.sendto(responder.answer(), (GROUP, PORT))
+            if sender[1] != PORT:  # a one-shot querier listens on its own port
+                sock.sendto(responder.answer(), sender)
+            answered += 1
+    return answered

@@ -14,7 +14,7 @@ import time
 import machine  # type: ignore[import-not-found]
 import network  # type: ignore[import-not-found]
 
-from ..mdns import GROUP, PORT, Responder
+from ..mdns import GROUP, PORT, Responder, answer_pending
 from . import Hal
 
 TYPE_CHECKING = False
@@ -185,17 +185,8 @@ class Esp32Hal(Hal):
             pass  # Wi-Fi is not up yet: the next query gets an answer
 
     def poll_background(self) -> None:
-        if self.mdns_sock is None:
-            return
-        for _ in range(4):  # a bounded number per step
-            try:
-                packet, sender = self.mdns_sock.recvfrom(1500)
-            except OSError:
-                return
-            if self.mdns.wants(packet):
-                self.mdns_sock.sendto(self.mdns.answer(), (GROUP, PORT))
-                if sender[1] != PORT:  # a one-shot (legacy unicast) querier wants it back directly
-                    self.mdns_sock.sendto(self.mdns.answer(), sender)
+        if self.mdns_sock is not None:
+            answer_pending(self.mdns_sock, self.mdns)
 
     # pins
     def onewire_bus(self, pin: int) -> "Any | None":

@@ -131,7 +131,6 @@ def test_hub_and_master_pages(hub: Instance, browser: Any) -> None:
     assert answer.ok, answer.text
     page.goto(f"{lan(hub)}/ui/master")
     page.wait_for_selector("#sensors tr[data-id=esp_ui]")
-    shot(page, "master")
     page.close()
 
 
@@ -167,3 +166,61 @@ def test_first_page_is_under_200_kb(hub: Instance) -> None:
                                     for a in assets)
     print(f"first page: {len(html.content)} B HTML + {len(assets)} assets = {total / 1024:.1f} KB")
     assert assets and total < 200 * 1024
+
+
+def sensor_config(hub: Instance, etag: str | None = None) -> requests.Response:
+    """A virtual sensor on the LAN fetching its config, as the firmware does."""
+    headers = {"If-None-Match": etag} if etag else {}
+    return requests.get(f"{lan(hub)}/api/sensor-master/config/esp_tpl", headers=headers, timeout=5)
+
+
+def test_a_template_edit_from_the_page_reaches_a_virtual_sensor(hub: Instance,
+                                                               browser: Any) -> None:
+    answer = requests.post(f"{lan(hub)}/api/sensor-master/register", timeout=5, json={
+        "sensor_id": "esp_tpl", "sensor_name": "Template test", "sensor_type": "ui_climate"})
+    assert answer.ok, answer.text
+    before = sensor_config(hub).json()
+    assert sensor_config(hub, before["config_hash"]).status_code == 304
+    browser.clear_cookies()
+    page = browser.new_page()
+    # without the key the form is refused
+    page.goto(f"{lan(hub)}/ui/master")
+    page.click("#template-form summary")
+    page.fill("#template-form input[name=config_name]", "ui-interval")
+    page.select_option("#template-form select[name=applies_to]", "sensor_type")
+    page.fill("#template-form input[name=target]", "ui_climate")
+    page.fill("#template-form textarea[name=config_data]", '{"report_interval": 42}')
+    with page.expect_response(lambda r: r.url.endswith("/ui/master/templates")) as refused:
+        page.click("#template-form button")
+    assert refused.value.status == 401
+    assert sensor_config(hub, before["config_hash"]).status_code == 304
+    # with the key: JSON checked first, then saved, and the sensor's next fetch gets it
+    log_in(page, hub)
+    page.goto(f"{lan(hub)}/ui/master")
+    page.click("#template-form summary")
+    page.fill("#template-form input[name=config_name]", "ui-interval")
+    page.fill("#template-form input[name=target]", "ui_climate")
+    page.fill("#template-form textarea[name=config_data]", '{"report_interval": ')
+    page.click("#template-form button")
+    assert "not valid JSON" in page.inner_text("#outcome")
+    page.fill("#template-form input[name=config_name]", "ui-interval")
+    page.fill("#template-form input[name=target]", "ui_climate")
+    page.fill("#template-form textarea[name=config_data]", '{"report_interval": 42}')
+    page.click("#template-form button")
+    assert "1 sensor(s) get a new config" in page.inner_text("#outcome.ok")
+    after = sensor_config(hub, before["config_hash"])
+    assert after.status_code == 200, after.text
+    assert after.json()["config"]["report_interval"] == 42
+    assert after.json()["config_hash"] != before["config_hash"]
+    # a command queued from the page, then canceled from it
+    page.click("#command-form summary")
+    page.fill("#command-form input[name=sensor_id]", "esp_tpl")
+    page.fill("#command-form input[name=command_type]", "identify")
+    page.click("#command-form button")
+    assert "queued for esp_tpl" in page.inner_text("#outcome.ok")
+    row = page.locator("#commands tr:has(td:text-is('esp_tpl'))").first
+    row.locator("button:text-is('Cancel')").click()
+    assert "canceled" in page.inner_text("#outcome.ok")
+    page.wait_for_selector("#commands td.status.canceled")
+    shot(page, "master")
+    page.close()

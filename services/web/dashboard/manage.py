@@ -1,0 +1,113 @@
+"""The master-control changes the dashboard makes: create and edit config templates, queue and
+cancel sensor commands. Each needs the management key and the form's CSRF token; the JSON is
+validated here (the shared pydantic models) before anything reaches the aggregator, whose own
+refusals come back to the page as they are. Plain HTML forms: each answers with a redirect to
+the master page and a one-line outcome, so a reload never sends a form twice."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Response, redirect, request
+from pydantic import ValidationError
+
+from shared.errors import ServiceError
+from shared.jsonutil import JSONDecodeError, loads
+from shared.master_models import CommandCreate, TemplateIn
+from shared.topics import ID_RE
+from shared.web import validation_message
+
+from .routes import _dash, bp
+
+TARGETS = ("sensor_id", "group", "sensor_type")
+
+
+def _back(message: str, *, ok: bool) -> Response:
+    query = urlencode({"ok" if ok else "problem": message})
+    return redirect(f"/ui/master?{query}#outcome")  # type: ignore[return-value]
+
+
+def _json_object(field: str) -> dict[str, Any]:
+    raw = request.form.get(field, "").strip() or "{}"
+    try:
+        value = loads(raw)
+    except JSONDecodeError as exc:
+        raise ValueError(f"{field} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"{field} must be a JSON object")
+    return value
+
+
+def _call(method: str, path: str, body: dict[str, Any]) -> tuple[bool, Any]:
+    try:
+        return True, _dash().aggregator.request(method, path, body=body, timeout=10.0)
+    except ServiceError as exc:
+        message = exc.body.get("message") if isinstance(exc.body, dict) else None
+        return False, message or "the hub's aggregator did not answer; try again"
+
+
+def _template_body() -> dict[str, Any]:
+    """The form as a template (``TemplateIn`` checks it whole: one target, a JSON object)."""
+    target = request.form.get("applies_to", "")
+    if target not in TARGETS:
+        raise ValueError("applies_to must be sensor_id, group or sensor_type")
+    body: dict[str, Any] = {t: None for t in TARGETS}
+    body.update(config_name=request.form.get("config_name", "").strip(),
+                config_data=_json_object("config_data"),
+                priority=int(request.form.get("priority") or 100),
+                is_active=request.form.get("is_active") == "on")
+    body[target] = request.form.get("target", "").strip()
+    TemplateIn.model_validate(body)
+    return body
+
+
+@bp.post("/ui/master/templates")
+def save_template() -> Response:
+    """A new template, or (``template_id`` given) a new version of that one."""
+    _dash().keys.require_management()
+    try:
+        raw_id = request.form.get("template_id", "").strip()
+        template_id = int(raw_id) if raw_id else None
+        body = _template_body()
+    except ValidationError as exc:
+        return _back(validation_message(exc), ok=False)
+    except ValueError as exc:
+        return _back(str(exc), ok=False)
+    if template_id is None:
+        ok, answer = _call("POST", "/master/configs", {k: v for k, v in body.items()
+                                                        if v is not None})
+    else:
+        ok, answer = _call("PATCH", f"/master/configs/{template_id}", body)
+    if not ok:
+        return _back(str(answer), ok=False)
+    return _back(f"template {body['config_name']!r} saved as #{answer.get('id')}; "
+                 f"{answer.get('sensors_changed', 0)} sensor(s) get a new config", ok=True)
+
+
+@bp.post("/ui/master/command")
+def queue_command() -> Response:
+    _dash().keys.require_management()
+    try:
+        cmd = CommandCreate.model_validate({
+            "sensor_id": request.form.get("sensor_id", "").strip(),
+            "command_type": request.form.get("command_type", "").strip(),
+            "command_data": _json_object("command_data"),
+            "priority": int(request.form.get("priority") or 5)})
+    except ValidationError as exc:
+        return _back(validation_message(exc), ok=False)
+    except ValueError as exc:
+        return _back(str(exc), ok=False)
+    ok, answer = _call("POST", "/master/command", cmd.model_dump(exclude_none=True))
+    if not ok:
+        return _back(str(answer), ok=False)
+    return _back(f"command {answer.get('command_id')} queued for {cmd.sensor_id}", ok=True)
+
+
+@bp.post("/ui/master/commands/<command_id>/cancel")
+def cancel_command(command_id: str) -> Response:
+    _dash().keys.require_management()
+    if not ID_RE.fullmatch(command_id):
+        return _back("no such command", ok=False)
+    ok, answer = _call("POST", f"/master/commands/{command_id}/cancel", {})
+    return _back(f"command {command_id} canceled" if ok else str(answer), ok=ok)

@@ -30,6 +30,7 @@ PROGRAMS = {
     "serial-handler": "-m services.serial_handler",
     "http-poller": "-m services.http_poller",
     "mqtt-bridge": "-m connector",
+    "web": "-m services.web",
 }
 INSTANCE = "bench"
 

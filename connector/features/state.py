@@ -121,16 +121,17 @@ class StateFeature(Feature):
                 backoff = min(backoff * 2, 10.0)
 
     def _load_snapshot(self) -> None:
-        snap = Snapshot.model_validate(self.ctx.aggregator.get("/snapshot", timeout=30.0))
+        # The body validated straight from JSON: one pass instead of decode, then validate.
+        snap = Snapshot.model_validate_json(self.ctx.aggregator.get_bytes("/snapshot",
+                                                                          timeout=30.0))
         self.epoch, self.seq = snap.epoch, snap.seq
         self._put(snap)
 
     def _follow(self) -> None:
-        body = self.ctx.aggregator.get(
+        page = ChangesPage.model_validate_json(self.ctx.aggregator.get_bytes(
             "/changes", params={"since": self.seq, "epoch": self.epoch, "wait": LONG_POLL_S},
             timeout=LONG_POLL_S + 10.0,
-        )
-        page = ChangesPage.model_validate(body)
+        ))
         if page.resync:
             log.info("state-aggregator restarted or the change log moved on: resyncing")
             self.epoch = None

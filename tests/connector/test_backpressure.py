@@ -99,7 +99,8 @@ def test_commands_to_a_board_that_never_acks_block_neither_meta_nor_other_device
         response = f"{root}/devices/relay/cmd/response"
         busy = wait_for(lambda: len(got := sub.on(response)) >= 6 and got, timeout=5,
                         what="the commands over the per-device limit refused")
-        assert all(m.json()["status"] == "rejected" and "busy" in m.json()["error"] for m in busy)
+        assert all(m.json()["status"] == "rejected" and "busy" in m.json()["error"]
+                   for m in busy), [m.json() for m in busy]
         assert {m.json()["cmd_id"] for m in busy} == {f"c{i}" for i in range(2, 8)}
 
         began = time.monotonic()

@@ -4,11 +4,13 @@ import gc
 
 from shared.config import load_config, wait_for_health
 
-from .bridge import Bridge
-
 
 def main() -> None:
     settings, instance = load_config("mqtt-bridge")
+    # paho and the bridge only after the configuration check: a bad one then exits well
+    # within supervisord's startsecs and ends FATAL instead of in a restart loop.
+    from .bridge import Bridge
+
     # The bridge allocates several objects per message (paho's message and its info with a
     # Condition): with the default threshold (700) the collector runs every few messages and
     # its older generations walk the whole mirror of device states. Collect less often, and

@@ -1,6 +1,10 @@
 """Start-up of every process: settings and instance file checked before anything else (a broken
 one stops the process with a clear message), and waiting for the services it needs with a
-deadline instead of a sleep. No Flask or gunicorn here: the MQTT bridge imports this too."""
+deadline instead of a sleep. No Flask or gunicorn here: the MQTT bridge imports this too.
+
+``check_config`` is the one check: every program calls it through ``load_config`` at start, and
+``python -m shared.instance`` (what ``./hub run`` and the container entrypoint run before
+supervisord) calls it too, so the checker accepts exactly what the programs accept."""
 
 from __future__ import annotations
 
@@ -8,8 +12,6 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-
-import requests
 
 from shared.errors import ConfigError
 from shared.instance import Instance, load_instance
@@ -19,21 +21,41 @@ from shared.settings import Settings, load_settings
 log = logging.getLogger(__name__)
 
 
+CONFIG_ERROR_EXIT = 2
+"""A program's exit status for a configuration error. supervisord.conf lists it in
+``exitcodes``: a program that stops on a bad configuration is not restarted, since retrying
+would only print the same message again."""
+
+
+def check_config() -> tuple[Settings, Instance]:
+    """The environment's settings and its instance file ``{INSTANCES_DIR}/{INSTANCE_NAME}.json``,
+    validated as every program needs them (``instance_id`` equal to ``INSTANCE_NAME``,
+    ``${VAR}`` expanded); ``ConfigError`` names the variable or the file, field and problem."""
+    settings = load_settings()
+    instance = load_instance(settings.instance_file, expected_id=settings.instance_name)
+    return settings, instance
+
+
 def load_config(process: str) -> tuple[Settings, Instance]:
-    """Settings and instance file, or exit with status 2 and the reason on stderr."""
+    """``check_config``, or exit with ``CONFIG_ERROR_EXIT`` and the reason on stderr.
+
+    Call it first thing in a program's ``main``, before importing Flask, gunicorn or paho: a
+    program that exits within supervisord's ``startsecs`` counts as a failed start, so a bad
+    configuration ends in FATAL at once instead of a restart loop."""
     try:
-        settings = load_settings()
-        setup_logging(process, settings.effective_log_level,
-                      development=settings.mode == "development")
-        instance = load_instance(settings.instance_file, expected_id=settings.instance_name)
+        settings, instance = check_config()
     except ConfigError as exc:
         print(f"{process}: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from exc
+        raise SystemExit(CONFIG_ERROR_EXIT) from exc
+    setup_logging(process, settings.effective_log_level,
+                  development=settings.mode == "development")
     return settings, instance
 
 
 def wait_for_health(urls: Sequence[str], *, deadline_s: float = 60.0) -> None:
     """Poll each ``{url}/health`` until it answers 200; exit 1 when the deadline passes."""
+    import requests  # here, not at the top: load_config runs before any heavy import
+
     session = requests.Session()
     session.trust_env = False
     for url in urls:

@@ -1,8 +1,13 @@
 """The instance file ``{INSTANCES_DIR}/{INSTANCE_NAME}.json``: its model, loading and JSON schema.
 
 A broken file raises ``ConfigError`` naming the file, the field and the problem; the process
-exits at start and supervisord shows the message. ``python -m shared.instance --schema`` prints
-the JSON schema committed as ``instances/instance.schema.json``.
+exits at start and supervisord shows the message.
+
+``python -m shared.instance`` checks the configuration the programs would get from this
+environment; ``python -m shared.instance FILE...`` checks each file as the instance its name
+says (``instances/mine.json`` runs as ``INSTANCE_NAME=mine``); ``--schema`` prints the JSON
+schema committed as ``instances/instance.schema.json``. Both checks are ``shared.config``'s, the
+very one every program makes at start.
 """
 
 from __future__ import annotations
@@ -233,9 +238,11 @@ def load_instance(path: Path, *, expected_id: str | None = None) -> Instance:
         raise ConfigError(f"invalid instance file {path}:\n  {exc}") from exc
     instance = parse_instance(data, origin=str(path))
     if expected_id is not None and instance.instance_id != expected_id:
+        # The usual cause: a copied file (cp demo.json mine.json) that kept its instance_id.
         raise ConfigError(
             f"invalid instance file {path}:\n  instance_id: is {instance.instance_id!r} "
-            f"but INSTANCE_NAME is {expected_id!r}"
+            f"but INSTANCE_NAME is {expected_id!r} (the file of instance {expected_id!r} "
+            f"needs \"instance_id\": \"{expected_id}\")"
         )
     return instance
 
@@ -247,19 +254,41 @@ def json_schema() -> dict[str, Any]:
     return schema
 
 
+def _check(env: Mapping[str, str]) -> str:
+    """Run the programs' own start-up check (``shared.config.check_config``) under ``env``;
+    return what was checked, or raise ``ConfigError``."""
+    from shared.config import check_config  # not at the top: shared.config imports this module
+
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        settings, instance = check_config()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return (f"{settings.instance_file}: ok (instance {instance.instance_id!r}, "
+            f"{len(instance.config.sensors)} sensors)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Validate an instance file or print its schema")
+    parser = argparse.ArgumentParser(
+        prog="python -m shared.instance",
+        description="Check instance files as the programs will at start (settings from the "
+                    "environment included), or print the instance file's JSON schema.")
     parser.add_argument("--schema", action="store_true", help="print the JSON schema")
-    parser.add_argument("files", nargs="*", type=Path)
+    parser.add_argument("files", nargs="*", type=Path,
+                        help="instance files, each checked as the instance its name says "
+                             "(default: {INSTANCES_DIR}/{INSTANCE_NAME}.json from the environment)")
     args = parser.parse_args(argv)
     if args.schema:
         print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
         return 0
+    # A file runs as the instance its name says: the programs read {INSTANCES_DIR}/{INSTANCE_NAME}.json.
+    envs = [{"INSTANCES_DIR": str(p.parent), "INSTANCE_NAME": p.stem} for p in args.files] or [{}]
     status = 0
-    for path in args.files:
+    for env in envs:
         try:
-            load_instance(path)
-            print(f"{path}: ok")
+            print(_check(env))
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             status = 1

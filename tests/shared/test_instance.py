@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,7 +95,8 @@ def test_not_json_says_where(tmp_path: Path) -> None:
 
 
 def test_instance_id_must_match_the_name(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="instance_id: is 'demo' but INSTANCE_NAME is 'lab'"):
+    with pytest.raises(ConfigError, match="instance_id: is 'demo' but INSTANCE_NAME is 'lab' "
+                                          "\\(the file of instance 'lab' needs \"instance_id\": \"lab\"\\)"):
         load_instance(_write(tmp_path, _demo()), expected_id="lab")
 
 
@@ -113,3 +115,69 @@ def test_a_process_started_with_a_broken_file_exits_with_the_reason(tmp_path: Pa
     assert result.returncode == 2
     assert "config.cache_ttl: Input should be a valid number" in result.stderr
     assert str(tmp_path / "demo.json") in result.stderr
+
+
+# --- the checker: python -m shared.instance ----------------------------------------------------
+# It must refuse exactly what the programs refuse at start, so each case below runs both the
+# checker and a real program on the same file and environment.
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("INSTANCE_NAME", "INSTANCES_DIR")
+           and not k.startswith(("MQTT_", "DEMO_SENSORS"))}
+    return env | extra
+
+
+def _checker(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "shared.instance", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def _program(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "services.state_aggregator"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def _mine(*, url: str | None = None) -> dict[str, Any]:
+    """The demo file renamed mine.json with its instance_id fixed; ``url`` for the HTTP sensor."""
+    data = _demo()
+    data["instance_id"] = "mine"
+    if url is not None:
+        data["config"]["sensors"][3]["source"]["url"] = url
+    return data
+
+
+@pytest.mark.parametrize(("data", "extra_env", "message"), [
+    # what `cp instances/demo.json instances/mine.json` leaves
+    (_demo(), {}, "instance_id: is 'demo' but INSTANCE_NAME is 'mine'"),
+    (_mine(url="http://${NO_SUCH_HOST_VAR}/x"), {},
+     "${NO_SUCH_HOST_VAR} is not set and has no default"),
+    (_mine(), {"MQTT_PORT": "1883x"}, "invalid environment: MQTT_PORT"),
+], ids=["copied-file", "unset-variable", "bad-variable"])
+def test_the_checker_refuses_what_the_programs_refuse(
+        tmp_path: Path, data: dict[str, Any], extra_env: dict[str, str], message: str) -> None:
+    path = _write(tmp_path, data, name="mine")
+    env = _env(**extra_env)
+    by_file = _checker(str(path), env=env)
+    by_env = _checker(env=env | {"INSTANCES_DIR": str(tmp_path), "INSTANCE_NAME": "mine"})
+    program = _program(env | {"INSTANCES_DIR": str(tmp_path), "INSTANCE_NAME": "mine"})
+    assert program.returncode == 2, program.stderr
+    for checked in (by_file, by_env):
+        assert checked.returncode == 1, checked.stdout
+        assert message in checked.stderr
+        assert checked.stderr.strip() in program.stderr  # the same words as the program's
+
+
+def test_the_checker_accepts_a_good_file_and_names_what_it_checked(tmp_path: Path) -> None:
+    path = _write(tmp_path, _mine(), name="mine")
+    checked = _checker(str(path), str(ROOT / "instances" / "lab.json"), env=_env())
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.splitlines() == [f"{path}: ok (instance 'mine', 4 sensors)",
+                                           f"{ROOT / 'instances' / 'lab.json'}: ok "
+                                           "(instance 'lab', 2 sensors)"]
+
+
+def test_the_checker_without_files_checks_the_environments_instance(tmp_path: Path) -> None:
+    checked = _checker(env=_env(INSTANCES_DIR=str(ROOT / "instances"), INSTANCE_NAME="lab"))
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.strip() == f"{ROOT / 'instances' / 'lab.json'}: ok (instance 'lab', 2 sensors)"

@@ -1,0 +1,105 @@
+"""A configuration error under the real supervisord with the real supervisord.conf: every program
+that meets it ends FATAL (see ``stopped_for_good``), with its message once, and is never
+restarted. (``./hub run`` and the
+image's entrypoint check first and do not start supervisord at all; this is what happens when
+the check is skipped or the file changes under a running instance.)"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import shutil
+import urllib.request
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.e2e.conftest import Instance, instance_env, start_supervisord, stop_supervisord
+from tests.helpers import Broker, retained, wait_for
+
+pytestmark = pytest.mark.e2e
+
+MESSAGE = "instance_id: is 'demo' but INSTANCE_NAME is 'mine'"
+
+
+def conf_programs() -> list[str]:
+    parser = configparser.RawConfigParser()
+    parser.read(ROOT / "supervisord.conf")
+    return [s.partition(":")[2] for s in parser.sections() if s.startswith("program:")]
+
+
+def healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+def states(inst: Instance) -> dict[str, str]:
+    lines = inst.supervisorctl("status").stdout.splitlines()
+    return {words[0]: words[1] for words in map(str.split, lines) if len(words) > 1}
+
+
+def stopped_for_good(inst: Instance, program: str) -> bool:
+    """FATAL: the program exited on its configuration within startsecs, a failed start. A
+    machine too busy to run the check within startsecs (5 s) makes it a stop after the start
+    instead: EXITED with the expected status 2, not restarted either."""
+    state = states(inst).get(program)
+    return state == "FATAL" or (
+        state == "EXITED" and f"exited: {program} (exit status 2; expected)" in inst.log())
+
+
+def test_a_copied_instance_file_stops_every_program_for_good_with_its_message_once(
+        mosquitto: Broker, tmp_path: Path) -> None:
+    instances = tmp_path / "instances"
+    instances.mkdir()
+    shutil.copy(ROOT / "instances" / "demo.json", instances / "mine.json")
+    env = instance_env(mosquitto, tmp_path, instances, "mine")
+    proc, output = start_supervisord(env)
+    inst = Instance(env, "", proc, output)
+    programs = conf_programs()
+    try:
+        wait_for(lambda: all(stopped_for_good(inst, p) for p in programs), timeout=60,
+                 interval=0.2, what=f"{programs} FATAL: {states(inst)}\n{inst.log()}")
+        log = inst.log()
+        for program in programs:
+            assert log.count(f"spawned: '{program}'") == 1, log
+            assert log.count(f"{program}: invalid instance file") == 1, log
+        assert log.count(MESSAGE) == len(programs), log
+    finally:
+        stop_supervisord(proc)
+
+
+def test_a_program_restarted_on_a_broken_file_stops_for_good_and_the_others_run_on(
+        mosquitto: Broker, tmp_path: Path) -> None:
+    instances = tmp_path / "instances"
+    instances.mkdir()
+    data = json.loads((ROOT / "instances" / "lab.json").read_text())
+    (instances / "lab.json").write_text(json.dumps(data))
+    env = instance_env(mosquitto, tmp_path, instances, "lab")
+    proc, output = start_supervisord(env)
+    inst = Instance(env, "", proc, output)
+    programs = conf_programs()
+    try:
+        # Up, not only RUNNING: a service's worker reads the file again when it boots, which
+        # takes seconds on a busy machine.
+        for port in ("SERIAL_HANDLER_PORT", "HTTP_POLLER_PORT", "STATE_AGGREGATOR_PORT"):
+            wait_for(partial(healthy, int(env[port])), timeout=90, interval=0.2,
+                     what=f"/health on {port}")
+        retained(mosquitto.host, mosquitto.port, f"{env['MQTT_BASE_TOPIC']}/v1/instances/lab/status",
+                 timeout=60, where=lambda m: m.text == "online")
+        data["instance_id"] = "demo"  # an edit that breaks the file under the running instance
+        (instances / "lab.json").write_text(json.dumps(data))
+        inst.supervisorctl("restart", "serial-handler")
+        wait_for(lambda: stopped_for_good(inst, "serial-handler"), timeout=30,
+                 interval=0.2, what=f"serial-handler FATAL: {states(inst)}\n{inst.log()}")
+        log = inst.log()
+        assert log.count("spawned: 'serial-handler'") == 2, log
+        assert log.count("instance_id: is 'demo' but INSTANCE_NAME is 'lab'") == 1, log
+        others = states(inst)
+        assert all(others[p] == "RUNNING" for p in programs if p != "serial-handler"), others
+    finally:
+        stop_supervisord(proc)

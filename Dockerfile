@@ -60,4 +60,5 @@ USER hub
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
     CMD ["python", "-m", "shared.healthcheck"]
 
-ENTRYPOINT ["supervisord", "-c", "/app/supervisord.conf", "-n"]
+# Checks the configuration (python -m shared.instance), then execs supervisord as PID 1.
+ENTRYPOINT ["/app/scripts/container/entrypoint.sh"]

@@ -24,6 +24,26 @@ base_dir="$SENSOR_HUB_CACHE/base"
 tarball="$base_dir/python-3.11-slim-bookworm-r$BASE_RECIPE.tar"
 label="sensor-hub.base-recipe"
 
+# with_progress LOG WHAT COMMAND...: run COMMAND with its output in LOG and, every 15 s while it
+# runs, say how long it has been going and what it is doing (the log's last line): a silent
+# minute or two looks like a hang.
+with_progress() {
+    local log=$1 what=$2 pid started last=0 status=0
+    shift 2
+    "$@" >"$log" 2>&1 &
+    pid=$!
+    started=$SECONDS
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 1
+        if [ $((SECONDS - started)) -ge $((last + 15)) ]; then
+            last=$((SECONDS - started))
+            echo "base-image: $what: ${last} s, $(tail -n 1 "$log" 2>/dev/null | cut -c1-100)" >&2
+        fi
+    done
+    wait "$pid" || status=$?
+    return "$status"
+}
+
 image_is_current() {
     [ "$(podman image inspect --format "{{ index .Labels \"$label\" }}" "$BASE_IMAGE" 2>/dev/null)" \
         = "$BASE_RECIPE" ]
@@ -40,12 +60,14 @@ build_rootfs() {
     # shellcheck disable=SC2064  # expand now: the trap must remove this very directory
     trap "$SUDO rm -rf '$rootfs'" EXIT
 
-    echo "base-image: debootstrap bookworm into $rootfs" >&2
+    echo "base-image: debootstrap bookworm into $rootfs (about 2 minutes, once per machine)" >&2
     # minbase + the three Python packages; debootstrap never installs Recommends, so no compiler
     # comes in with python3-pip.
-    $SUDO debootstrap --variant=minbase \
+    [ -z "$SUDO" ] || sudo -v  # a password prompt now, not in the middle of the progress lines
+    with_progress "$base_dir/debootstrap.log" debootstrap \
+        $SUDO debootstrap --variant=minbase \
         --include=python3,python3-venv,python3-pip,ca-certificates \
-        bookworm "$rootfs" "$mirror" >"$base_dir/debootstrap.log" 2>&1 || {
+        bookworm "$rootfs" "$mirror" || {
         tail -n 30 "$base_dir/debootstrap.log" >&2
         exit 1
     }

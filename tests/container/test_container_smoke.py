@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ INSTANCE = "demo"
 IMAGE = "localhost/sensor-hub:test"
 # Generous: the first reading of every device, on a 2-core machine that may be busy.
 STARTUP_S = 90.0
+STOP_S = 5.0
 
 
 def podman(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -155,7 +157,7 @@ def test_image_is_configured_as_documented(image: str, podman_env: dict[str, str
     config = image_info["Config"]
     assert config["User"] == "hub"
     assert config["WorkingDir"] == "/app"
-    assert config["Entrypoint"] == ["supervisord", "-c", "/app/supervisord.conf", "-n"]
+    assert config["Entrypoint"] == ["/app/scripts/container/entrypoint.sh"]
     assert "8088/tcp" in config["ExposedPorts"]
     assert "/app/data" in config["Volumes"]
     # podman reports the (docker-format) HEALTHCHECK beside Config, not in it.
@@ -280,8 +282,12 @@ def test_stop_publishes_retained_offline(hub: Hub) -> None:
     live = hub.subscribe(f"{hub.topic}/status")
     try:
         live.wait_for(lambda m: m.payload == b"online", timeout=STARTUP_S, what="'online' first")
+        started = time.monotonic()
         stopped = podman(hub.env, "stop", "--time", "30", hub.name, timeout=60)
+        took = time.monotonic() - started
         assert stopped.returncode == 0, stopped.stderr
+        # Well within docker stop's default of 10 s, after which the programs would be killed.
+        assert took < STOP_S, f"podman stop took {took:.1f} s\n{hub.logs()}"
         live.wait_for(
             lambda m: m.payload == b"offline" and m.retain,
             timeout=30,
@@ -300,3 +306,18 @@ def test_stop_publishes_retained_offline(hub: Hub) -> None:
         )
     finally:
         late.close()
+
+
+def test_a_configuration_error_stops_the_container_before_supervisord(
+    image: str, podman_env: dict[str, str], repo: Path
+) -> None:
+    """The entrypoint runs the programs' own check first: demo.json mounted as mine.json keeps
+    instance_id 'demo', which instance 'mine' refuses."""
+    ran = podman(
+        podman_env, "run", "--rm", "--network=none", "--env", "INSTANCE_NAME=mine",
+        "--volume", f"{repo / 'instances' / 'demo.json'}:/app/instances/mine.json:ro", image,
+    )
+    output = ran.stdout + ran.stderr
+    assert ran.returncode != 0, output
+    assert output.count("instance_id: is 'demo' but INSTANCE_NAME is 'mine'") == 1, output
+    assert "supervisord started" not in output, output

@@ -1,5 +1,7 @@
 """``python -m bench [--full | --smoke] [--only SECTIONS]``: run the harness, print the table,
-write ``bench/results/latest.json`` and ``latest.md``."""
+write ``latest.json`` and ``latest.md`` into ``bench/results/`` (the committed figures), or, for
+``--smoke``, into the git-ignored ``bench/results/smoke/``: a smoke run only checks that the
+harness works and must not replace the measured results."""
 
 from __future__ import annotations
 
@@ -100,13 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections (default: all of {','.join(SECTIONS)})")
     parser.add_argument("--runs", type=int, help="repetitions behind each median")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results",
-                        help="where latest.json and latest.md go")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where latest.json and latest.md go (default: bench/results/, "
+                             "bench/results/smoke/ with --smoke)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [bench] %(message)s")
     # SIGTERM (a timeout, Ctrl-C from a wrapper) unwinds like SystemExit: instances get stopped
     signal.signal(signal.SIGTERM, lambda *_a: sys.exit(143))
     mode = MODES["full" if args.full else "smoke" if args.smoke else "quick"]
+    results_dir = Path(__file__).parent / "results"
+    out: Path = args.out or (results_dir / "smoke" if args.smoke else results_dir)
     if args.runs:
         from dataclasses import replace
         mode = replace(mode, runs=args.runs)
@@ -129,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["targets"] = report.targets(results)
     results["notes"] += analysis(results)
-    _, mpath = report.write(results, args.out)
+    jpath, mpath = report.write(results, out)
     print(mpath.read_text())
-    print(f"written: {args.out / 'latest.json'}, {mpath}")
+    print(f"written: {jpath}, {mpath}")
     return 0
 
 

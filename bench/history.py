@@ -5,8 +5,9 @@
   hot path only queues; the time until the queue is on disk is reported apart), and with the
   batch written inside ingest (what "on the hot path" would cost).
 - queries: ``--rows`` readings of ``--devices`` devices (100) over 10 days in a fresh SQLite
-  file (insert rate in batches of 10,000), then medians of a one-day range of one device (the whole day, in pages
-  of 1,000 by cursor), ``latest`` of one device and of every device, store and route.
+  file (insert rate in batches of 10,000), then medians of a one-day range of one device (the
+  whole day, in pages of 1,000 by cursor), ``latest`` of one device and of every device, store
+  and route.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import gc
 
 from flask import Flask
@@ -54,6 +55,8 @@ def create_app(aggregator: Aggregator | None = None,
         if settings.history_enabled:
             history = History.from_settings(settings)
             history.start()
+            # On a clean stop, what waits in the writer's queue still reaches the disk.
+            atexit.register(history.stop)
     if history is not None:
         aggregator.history_sink = history.append
     app = Flask(__name__)

@@ -1,0 +1,85 @@
+"""A full disk under the real instance: DATA_DIR on a tmpfs of 16 MB (root only), filled to the
+last byte while the demo's sensors report. Live states keep reaching MQTT, the aggregator's
+``/health`` says degraded with the reason, and once space returns the history stores again."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from services.demo_sensors.__main__ import make_server
+from tests.conftest import ROOT
+from tests.e2e.conftest import Instance, instance_env, start_supervisord, stop_supervisord
+from tests.helpers import Broker, Subscriber, free_port, retained, wait_for
+
+pytestmark = pytest.mark.e2e
+DEVICE = "temp_living_room"
+
+
+@pytest.fixture
+def small(mosquitto: Broker, tmp_path: Path) -> Iterator[Instance]:
+    data = tmp_path / "data"
+    data.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(data)],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    sensors = make_server("127.0.0.1", free_port())
+    threading.Thread(target=sensors.serve_forever, daemon=True).start()
+    instances = tmp_path / "instances"
+    instances.mkdir()
+    shutil.copy(ROOT / "instances" / "demo.json", instances)
+    env = instance_env(mosquitto, tmp_path, instances, "demo")
+    env["DEMO_SENSORS_PORT"] = str(sensors.server_address[1])
+    proc, output = start_supervisord(env)
+    inst = Instance(env, f"{env['MQTT_BASE_TOPIC']}/v1/instances/demo", proc, output)
+    try:
+        retained(mosquitto.host, mosquitto.port, f"{inst.root_topic}/status", timeout=60,
+                 where=lambda m: m.text == "online")
+        yield inst
+    finally:
+        stop_supervisord(proc)
+        sensors.shutdown()
+        subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+def health(inst: Instance) -> dict[str, Any]:
+    body: dict[str, Any] = requests.get(
+        f"http://127.0.0.1:{inst.env['STATE_AGGREGATOR_PORT']}/health", timeout=5).json()
+    return body
+
+
+def test_a_full_disk_degrades_the_history_not_the_live_data(
+        small: Instance, mosquitto: Broker, subscriber: Subscriber) -> None:
+    data = Path(small.env["DATA_DIR"])
+    wait_for(lambda: health(small)["history"]["stored"] > 0, timeout=30, what="a stored reading")
+    ballast = data / "ballast"
+    with ballast.open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass  # ENOSPC: the disk is full to its last block
+    degraded = wait_for(lambda: (h := health(small))["status"] == "degraded" and h,
+                        timeout=60, what="the aggregator degraded by the full disk")
+    assert any("database or disk is full" in r for r in degraded["history"]["reasons"])
+    # Live data still flows: new states reach MQTT while the disk is full.
+    topic = f"{small.root_topic}/devices/{DEVICE}/state"
+    subscriber.subscribe(topic)
+    first = subscriber.wait(topic, timeout=30).json()
+    subscriber.wait(topic, timeout=30, where=lambda m: m.json()["seq"] > first["seq"])
+    ballast.unlink()
+    wait_for(lambda: health(small)["history"]["state"] == "ok", timeout=60,
+             what="the history storing again")
+    lines = [line for line in small.output if "history degraded (disk_full)" in line]
+    assert len(lines) == 1, lines  # one log line for the condition, not one per batch

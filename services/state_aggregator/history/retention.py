@@ -106,8 +106,15 @@ class Retention:
             self._store.give_back()
         self.last = {"at": time.time(), "reason": reason, "deleted": deleted,
                      "took_s": round(time.monotonic() - started, 3)}
-        if reason is not None:
+        if deleted:
             log.info("history retention: %s; thinned %.0f %% of the readings older than a "
                      "day: %d deleted", reason, share * 100, deleted)
+        if reason is not None and not deleted:
+            # Past a limit with nothing older than the newest day left to thin (or the disk
+            # filled by something else): say so once, in /health, not every five minutes.
+            self._conditions.set("over_limit", f"{reason}; the history has nothing older than "
+                                 "its newest day left to thin")
+        else:
+            self._conditions.clear("over_limit")
         self._conditions.clear("retention")
         return deleted

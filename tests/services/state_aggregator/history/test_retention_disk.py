@@ -114,3 +114,14 @@ def test_a_full_disk_keeps_live_data_flowing(small_disk: Path,
     assert history.health()["state"] == "ok"
     assert any("history recovered" in r.getMessage() for r in caplog.records)
     history.stop()
+
+
+def test_over_the_limit_with_nothing_old_to_thin_says_so(small_disk: Path) -> None:
+    history = History(small_disk / "history.db", tz="UTC",
+                      limits=Limits(max_bytes=100_000, disk_percent=100))
+    assert history.store is not None and history.retention is not None
+    history.post(readings(1, 2000))  # one day only: nothing may go
+    assert history.retention.check() == 0
+    health = history.health()
+    assert health["state"] == "degraded"
+    assert "nothing older than its newest day" in health["reasons"][0]

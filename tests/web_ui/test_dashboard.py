@@ -7,6 +7,7 @@ a screenshot (docs/screenshots/, shown in the README)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -223,4 +224,21 @@ def test_a_template_edit_from_the_page_reaches_a_virtual_sensor(hub: Instance,
     assert "canceled" in page.inner_text("#outcome.ok")
     page.wait_for_selector("#commands td.status.canceled")
     shot(page, "master")
+    page.close()
+
+
+def test_probes_page_lists_probe_devices_and_serves_the_csv_log(hub: Instance,
+                                                                 browser: Any) -> None:
+    ingest(hub, 19.5)
+    page = browser.new_page()
+    page.goto(f"{lan(hub)}/ui/probes")
+    page.wait_for_selector(f"#probe-devices a:text-is('{PROBE}')")
+    with page.expect_download() as download:
+        page.click("#csv")
+    text = Path(download.value.path()).read_text()
+    assert text.startswith("timestamp,probe_id,temperature_c") and f"{PROBE},19.5" in text
+    # provisioning is a change: no CSRF token and no key, no provisioning
+    refused = requests.post(f"{lan(hub)}/ui/probes/{PROBE}/provision", timeout=5)
+    assert refused.status_code == 403
+    shot(page, "probes")
     page.close()

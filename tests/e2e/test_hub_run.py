@@ -73,8 +73,12 @@ class HubRun:
 
     def wait_online(self) -> Subscriber:
         """A subscriber to everything of the instance, once it is online with every demo device."""
-        wait_for(lambda: port_open("127.0.0.1", self.mqtt_port), timeout=60,
-                 what="the embedded mosquitto")
+        try:
+            # Generous: a first run after pyproject.toml changed installs the package first.
+            wait_for(lambda: port_open("127.0.0.1", self.mqtt_port), timeout=180,
+                     what="the embedded mosquitto")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.output()[-4000:]}") from None
         sub = Subscriber("127.0.0.1", self.mqtt_port).subscribe(f"{self.env['MQTT_BASE_TOPIC']}/#")
         try:
             sub.wait(f"{self.root}/status", where=lambda m: m.text == "online", timeout=60)
@@ -235,7 +239,10 @@ def test_ctrl_c_stops_the_bridge_before_the_embedded_broker(tmp_path: Path) -> N
     try:
         sub = hub.wait_online()
         os.killpg(hub.proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
-        sub.wait(f"{hub.root}/status", where=lambda m: m.text == "offline", timeout=30)
+        try:
+            sub.wait(f"{hub.root}/status", where=lambda m: m.text == "offline", timeout=30)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{hub.output()[-4000:]}") from None
         assert hub.proc.wait(30) == 0, hub.output()[-4000:]
         assert not port_open("127.0.0.1", hub.mqtt_port)
         sub.close()

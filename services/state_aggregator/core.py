@@ -234,12 +234,14 @@ class Aggregator:
             device.last_seen = ts if device.last_seen is None else max(device.last_seen, ts)
             self._announce(device, self.clock())
 
-    def unregister(self, device_id: str) -> None:
+    def unregister(self, device_id: str, *, source: str = "probe") -> None:
         """Remove a probe registered at run time (a stale auto-registered one); devices of the
         instance file and the hub's own stay. ``UnknownDevice``, or ``RegistryRefusal``."""
         with self._lock:
             device = self.device(device_id)
-            if device_id not in self._registered or device.source != "probe":
+            # ``source="sensor"``: master control unregistering one of its sensors; the probe
+            # API's removal can never take another kind of device.
+            if device_id not in self._registered or device.source != source:
                 where = "the instance file" if device_id not in self._registered else "the hub"
                 raise RegistryRefusal("not_removable", (
                     f"{device_id!r} is a {device.source} device from {where}; only probes "
@@ -251,7 +253,7 @@ class Aggregator:
                 seq=seq, device_id=device_id, ts=now, action="removed"))
             if self._store is not None:
                 self._store.save(list(self._registered.values()))
-        log.info("removed probe device %s", device_id)
+        log.info("removed %s device %s", device.source, device_id)
 
     def warm_up(self, *, deadline_s: float = 20.0) -> None:
         """Take the handlers' last readings, so that a restarted aggregator does not announce
@@ -286,6 +288,12 @@ class Aggregator:
         if device is None:
             raise UnknownDevice(device_id)
         return device
+
+    def source_of(self, device_id: str) -> str | None:
+        """The source of a known device (``None`` when unknown): master control checks that a
+        sensor's id is not another device's before it registers it."""
+        device = self.devices.get(device_id)
+        return device.source if device is not None else None
 
     def device_infos(self) -> list[DeviceInfo]:
         now = self.clock()

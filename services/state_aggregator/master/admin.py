@@ -183,6 +183,9 @@ class MasterAdmin:
             conn.execute("DELETE FROM readings_seen WHERE sensor_id = ?", (sensor_id,))
             conn.execute("DELETE FROM sensors WHERE sensor_id = ?", (sensor_id,))
         self.service.forget(sensor_id)
+        if self.service.sink is not None and self.service.sink.source_of(sensor_id) == "sensor":
+            # its device (and the bridge clears its retained topics) goes too
+            self.service.sink.unregister(sensor_id, source="sensor")
         return {"deleted": sensor_id}
 
     # --- config templates ------------------------------------------------------------------------

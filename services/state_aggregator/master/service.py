@@ -22,7 +22,7 @@ from . import resolve
 from .commands import CommandQueue
 from .configs import ConfigEngine, Version
 from .db import Database
-from .errors import Invalid, unknown_sensor
+from .errors import Conflict, Invalid, unknown_sensor
 from .feed import Feed
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,10 @@ class DeviceSink(Protocol):
     def ingest(self, items: Iterable[Observation], *, source: str = "?") -> dict[str, int]: ...
 
     def seen(self, device_id: str, ts: float) -> None: ...
+
+    def unregister(self, device_id: str, *, source: str = "probe") -> None: ...
+
+    def source_of(self, device_id: str) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +123,12 @@ class MasterService:
             log.info("%d master control command(s) expired", expired)
         for row in rows:
             interval = row["effective_interval"] or self.options.default_interval
-            self._announce(row["sensor_id"], resolve.status(row["last_check_in"], interval, now),
-                           now)
+            status = resolve.status(row["last_check_in"], interval, now)
+            if status == "offline" and self._announced.get(row["sensor_id"]) == "online":
+                # A late tick (a busy machine, a short interval) must not skip a step: a sensor
+                # that fell silent was stale before it was offline.
+                self._announce(row["sensor_id"], "stale", now)
+            self._announce(row["sensor_id"], status, now)
         return {"expired": expired, "sensors": len(rows)}
 
     def _announce(self, sensor_id: str, status: SensorStatus, now: float) -> None:
@@ -210,6 +218,10 @@ class MasterService:
         """Idempotent: registering again updates what the sensor says of itself and keeps its
         history, check-ins, overrides and commands."""
         now = self.clock()
+        taken = self.sink.source_of(body.sensor_id) if self.sink is not None else None
+        if taken not in (None, "sensor"):
+            raise Conflict("device_conflict", f"sensor_id: {body.sensor_id!r} is a {taken} device "
+                                              "of this hub; a sensor may not take its id")
         fields = (body.sensor_name, body.sensor_type, body.hardware_info, body.firmware_version,
                   body.ip_address, body.mac_address, resolve.canonical_json(body.capabilities))
         with self.db.tx() as conn:

@@ -220,11 +220,31 @@ def test_group_templates_sit_between_sensor_and_type(service: MasterService,
         admin.create_group(GroupIn(group_name="floor_1"))
 
 
+def test_a_sensor_may_not_take_the_id_of_another_device(service: MasterService) -> None:
+    with pytest.raises(Conflict, match="'temp' is a serial device of this hub"):
+        service.register(SensorRegister(sensor_id="temp"))
+    with pytest.raises(NotFound):
+        MasterAdmin(service).sensor("temp")
+
+
 def test_deleting_a_sensor_keeps_its_version_numbers_growing(service: MasterService,
-                                                             admin: MasterAdmin) -> None:
+                                                             admin: MasterAdmin,
+                                                             agg: Aggregator) -> None:
     service.register(ESP)
     admin.create_template(TemplateIn(config_name="t", sensor_id="esp32_001", config_data={"a": 1}))
     admin.delete_sensor("esp32_001")
     with pytest.raises(NotFound):
         admin.sensor("esp32_001")
+    assert "esp32_001" not in agg.devices  # its device goes too
+    assert agg.changes.since(0)[2][-1].action == "removed"
     assert service.register(ESP)["config_version"] == 2  # same document: no new version
+
+
+def test_a_late_tick_does_not_skip_stale(service: MasterService, agg: Aggregator,
+                                         clock: Clock) -> None:
+    service.register(ESP)
+    service.heartbeat(Heartbeat(sensor_id="esp32_001"))
+    clock.now += 1000  # no tick saw the stale window
+    service.tick()
+    events = [c.data["status"] for c in agg.changes.since(0)[2] if c.kind == "event"]
+    assert events[-2:] == ["stale", "offline"]

@@ -167,6 +167,11 @@ def test_first_page_is_under_200_kb(hub: Instance) -> None:
                                     for a in assets)
     print(f"first page: {len(html.content)} B HTML + {len(assets)} assets = {total / 1024:.1f} KB")
     assert assets and total < 200 * 1024
+    # what a browser receives: the page gzipped (a 1,000-device table shrinks ~20x)
+    zipped = requests.get(lan(hub) + "/", headers={"Accept-Encoding": "gzip"}, stream=True,
+                          timeout=5)
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    assert len(zipped.raw.read()) < len(html.content)
 
 
 def sensor_config(hub: Instance, etag: str | None = None) -> requests.Response:

@@ -22,8 +22,10 @@ const hub = (() => {
     }));
     td.dataset.values = JSON.stringify(values);
   }
+  const rows = new Map(); // device id -> <tr>: one lookup per update, not a document query
   function initRows() {
     for (const tr of $$("tr[data-id]")) {
+      rows.set(tr.dataset.id, tr);
       const td = $(".values", tr);
       if (td) renderValues(td, JSON.parse(td.dataset.values || "{}"), JSON.parse(tr.dataset.units || "{}"));
     }
@@ -33,7 +35,7 @@ const hub = (() => {
   function tick() { for (const td of $$("td.seen[data-ts]")) td.textContent = ago(parseFloat(td.dataset.ts)); }
 
   function updateRow(d) {
-    const tr = document.querySelector(`tr[data-id="${CSS.escape(d.device_id)}"]`);
+    const tr = rows.get(d.device_id);
     if (!tr) return false;
     const td = $(".values", tr), old = JSON.parse(td.dataset.values || "{}");
     renderValues(td, d.values, d.units || {}, old);
@@ -68,11 +70,11 @@ const hub = (() => {
   function devicesPage() {
     initRows();
     const table = $("#devices");
+    const search = $("#search"), src = $("#f-source"), onl = $("#f-online");
     live({ since: table.dataset.since }, (devices) => {
       if (devices.some((d) => !updateRow(d))) location.reload(); // a new device: render it
-      filter();
+      if (search.value || src.value || onl.value) filter(); // a full pass only when filtering
     });
-    const search = $("#search"), src = $("#f-source"), onl = $("#f-online");
     function filter() {
       const q = search.value.trim().toLowerCase();
       let shown = 0;

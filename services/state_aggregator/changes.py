@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from shared.models import AvailabilityChange, DeviceChange, ErrorChange, EventChange, StateChange
@@ -30,7 +31,8 @@ class ChangeLog:
         self._items: list[AnyChange] = []
         self._first = 1  # seq of self._items[0]
         self._seq = 0
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # on an RLock: a batch holds it around its appends
+        self._batching = 0
 
     @property
     def seq(self) -> int:
@@ -47,8 +49,22 @@ class ChangeLog:
                 drop = len(self._items) - self._capacity
                 del self._items[:drop]
                 self._first += drop
-            self._cond.notify_all()
+            if not self._batching:
+                self._cond.notify_all()
             return change
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Appends made inside wake the readers once, at the end (an ingest of 1,000 readings
+        would otherwise notify 1,000 times)."""
+        with self._cond:
+            self._batching += 1
+            try:
+                yield
+            finally:
+                self._batching -= 1
+                if not self._batching:
+                    self._cond.notify_all()
 
     def since(self, seq: int, *, limit: int = 10_000,
               wait: float = 0.0) -> tuple[int, bool, list[AnyChange]]:

@@ -111,7 +111,7 @@ class Aggregator:
         accepted = rejected = 0
         stored: list[ReadingObs] = []
         now = self.clock()
-        with self._lock:
+        with self._lock, self.changes.batch():
             for item in items:
                 device = self.devices.get(item.device_id)
                 refused = refusal(device, item.device_id, source)

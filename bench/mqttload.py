@@ -102,8 +102,8 @@ def _subscriber_main(  # noqa: PLR0917  (a Process target takes positional args)
 
 @dataclass
 class Dump:
-    seqs: array
-    arrivals: array
+    seqs: array[int]
+    arrivals: array[int]
     total: int
     retained: int
     unparsed: int

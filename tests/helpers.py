@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 import paho.mqtt.client as paho
@@ -27,14 +27,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(condition: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.02,
-             what: str = "condition") -> T:
-    """Poll ``condition`` until it returns something truthy; fail with ``what`` at the deadline."""
+def wait_for(condition: Callable[[], T | Literal[False] | None], *, timeout: float = 10.0,
+             interval: float = 0.02, what: str = "condition") -> T:
+    """Poll ``condition`` until it returns something truthy (never ``None`` or ``False``, which
+    the type says); fail with ``what`` at the deadline."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: T | Literal[False] | None = None
     while time.monotonic() < deadline:
         last = condition()
-        if last:
+        if last is not None and last is not False and last:
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")

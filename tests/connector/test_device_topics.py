@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from connector.bridge import Bridge
 from shared.models import DeviceChange, ReadingObs, RegisterDevice
 from tests.connector.conftest import SENSORS, Hub
 from tests.helpers import Broker, Subscriber, publish, retained, wait_for
@@ -40,8 +41,10 @@ def test_a_start_publishes_every_topic_once(broker: Broker, hub: Hub, tmp_path: 
     hub.agg.ingest([reading("s1", temperature=20.5, humidity=40.0), reading("s2", temperature=19.0)])
     for _ in range(restarts):  # as `supervisorctl restart mqtt-bridge` does
         first = hub.bridge(broker, tmp_path)
-        wait_for(lambda b=first: b.ctx.mirror.synced and b.client.connected.is_set(),
-                 what="the first bridge up")
+        def up(b: Bridge = first) -> bool:
+            return b.ctx.mirror.synced and b.client.connected.is_set()
+
+        wait_for(up, what="the first bridge up")
         first.stop()
     sub = Subscriber(broker.host, broker.port).subscribe(f"{hub.root}/devices/#")
     try:
@@ -74,7 +77,7 @@ def test_a_new_device_publishes_only_itself_and_a_removed_one_is_cleared(
         seen = device_topics(sub, hub.root)
         assert {t for t in seen if not t.startswith(("probe_", "s3/"))} == set(), seen
         assert all(seen[f"probe_{i}/availability"] == 1 + (i == 7) for i in range(20)), seen
-        assert json.loads(sub.last(f"{hub.root}/devices/probe_7/state/temperature_c").payload) \
+        assert json.loads(sub.wait(f"{hub.root}/devices/probe_7/state/temperature_c").payload) \
             == 21.5
         assert "probe_7" in bridge.ctx.mirror.devices
         assert bridge.ctx.mirror.shape >= shape + 21  # 20 devices, and probe_7's properties
@@ -154,7 +157,7 @@ def test_a_resync_publishes_only_what_changed_meanwhile(broker: Broker, hub: Hub
         marker(hub, sub, 31.0)
         seen = device_topics(sub, hub.root)
         assert "s1/state" not in seen and "s1/availability" not in seen, seen
-        assert sub.last(f"{hub.root}/devices/s2/state").json()["temperature"] == 19.5
+        assert sub.wait(f"{hub.root}/devices/s2/state").json()["temperature"] == 19.5
     finally:
         sub.close()
 

@@ -55,7 +55,7 @@ def test_bad_ids_unknown_groups_and_devices_get_answers_on_mqtt(
         error = sub.wait(f"{root}/meta/error", where=lambda m: m.json()["topic"] == bad).json()
         assert error["error_code"] == "INVALID_TOPIC" and error["id"] == "c-bad"
         assert "invalid device_id 'bad.id'" in error["message"]
-        assert error["timestamp"].endswith("Z") and not sub.last(f"{root}/meta/error").retain
+        assert error["timestamp"].endswith("Z") and not sub.wait(f"{root}/meta/error").retain
 
         publish(broker.host, broker.port, f"{root}/groups/nogroup/cmd",
                 json.dumps({"id": "g-x", "values": {"a": 1}}))

@@ -13,13 +13,17 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 # The test modules import container_support by name, whatever pytest's import mode.
 sys.path.insert(0, str(Path(__file__).parent))
 
-from container_support import REPO, SCRIPTS, container_env, find_tool
+if TYPE_CHECKING:  # mypy knows the module by its place in the tree
+    from tests.container.container_support import REPO, SCRIPTS, container_env, find_tool
+else:
+    from container_support import REPO, SCRIPTS, container_env, find_tool
 
 
 def pytest_configure(config: pytest.Config) -> None:

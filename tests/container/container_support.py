@@ -97,7 +97,7 @@ class Subscriber:
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._changed:
-            self.messages.append(Message(msg.topic, msg.payload, bool(msg.retain)))
+            self.messages.append(Message(msg.topic, bytes(msg.payload), bool(msg.retain)))
             self._changed.notify_all()
 
     def wait_for(

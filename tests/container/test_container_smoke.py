@@ -18,10 +18,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import requests
-from container_support import SCRIPTS, Message, Subscriber, wait_until
+
+if TYPE_CHECKING:  # mypy knows the module by its place in the tree (conftest.py puts it on the path)
+    from tests.container.container_support import SCRIPTS, Message, Subscriber, wait_until
+else:
+    from container_support import SCRIPTS, Message, Subscriber, wait_until
 
 from shared.processes import PROCESS_NAMES
 from tests.helpers import Broker, free_port

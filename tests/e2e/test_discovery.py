@@ -22,7 +22,16 @@ from services.demo_sensors.__main__ import make_server
 from tests.conftest import ROOT
 from tests.connector.ha import ha_rules
 from tests.e2e.conftest import Instance, instance_env, start_supervisord, stop_supervisord
-from tests.helpers import Broker, Subscriber, free_port, publish, retained, unique_base, wait_for
+from tests.helpers import (
+    Broker,
+    Received,
+    Subscriber,
+    free_port,
+    publish,
+    retained,
+    unique_base,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -119,8 +128,11 @@ def test_templates_render_the_real_state(mosquitto: Broker,
         if node == "demo" or component == "event":
             continue
         config = configs(sub)[f"{prefix}/{component}/{node}/{key}/config"]
-        state = retained(mosquitto.host, mosquitto.port, config["state_topic"],
-                         where=lambda m, k=key: k in m.json(), timeout=30)
+        def has_key(m: Received, k: str = key) -> bool:
+            return k in m.json()
+
+        state = retained(mosquitto.host, mosquitto.port, config["state_topic"], where=has_key,
+                         timeout=30)
         rendered = ha_rules.render_value(config["value_template"], state.payload)
         value = state.json()[key]
         if component in ("binary_sensor", "switch"):
@@ -144,9 +156,11 @@ def test_the_relay_switch_command_switches_the_relay(
                             (switch["payload_off"], switch["state_off"])):
         # What Home Assistant sends when the user flips the switch.
         publish(mosquitto.host, mosquitto.port, switch["command_topic"], payload)
+        def shows(m: Received, e: str = expect) -> bool:
+            return bool(ha_rules.render_value(switch["value_template"], m.payload) == e)
+
         state = retained(mosquitto.host, mosquitto.port, switch["state_topic"], timeout=20,
-                         where=lambda m, e=expect: ha_rules.render_value(
-                             switch["value_template"], m.payload) == e)
+                         where=shows)
         assert state.json()["state"] == expect.lower()
 
 

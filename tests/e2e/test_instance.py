@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -25,7 +26,7 @@ HUB_DEVICES = ["hub_system"]  # the hub's own health, present in every instance
 
 
 @pytest.fixture
-def sub(mosquitto: Broker, demo: Instance) -> Subscriber:
+def sub(mosquitto: Broker, demo: Instance) -> Iterator[Subscriber]:
     s = Subscriber(mosquitto.host, mosquitto.port).subscribe(f"{demo.root_topic}/#")
     yield s
     s.close()
@@ -97,7 +98,7 @@ def test_command_to_read_only_device_is_rejected(mosquitto: Broker, demo: Instan
     assert response["cmd_id"] == "c-ro"
     assert response["status"] == "rejected"
     assert "read-only" in response["error"]
-    assert not sub.last(f"{demo.root_topic}/devices/{READ_ONLY}/cmd/response").retain
+    assert not sub.wait(f"{demo.root_topic}/devices/{READ_ONLY}/cmd/response").retain
 
 
 def test_command_to_relay_succeeds_and_changes_state(mosquitto: Broker, demo: Instance,

@@ -89,7 +89,10 @@ def listening(port: int) -> list[str]:
 
 def test_internal_rest_listens_on_loopback_only(demo: Instance) -> None:
     for var in ("SERIAL_HANDLER_PORT", "HTTP_POLLER_PORT", "STATE_AGGREGATOR_PORT"):
-        addresses = wait_for(lambda v=var: listening(int(demo.env[v])), what=f"{var} to listen")
+        def bound(v: str = var) -> list[str]:
+            return listening(int(demo.env[v]))
+
+        addresses = wait_for(bound, what=f"{var} to listen")
         assert addresses == ["0100007F"], (var, addresses)  # 127.0.0.1, nothing else
 
 

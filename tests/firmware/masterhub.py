@@ -169,7 +169,7 @@ class MasterHub:
 
     def sensor(self, sensor_id: str) -> dict[str, Any] | None:
         resp = requests.get(f"{self.base}/sensors/{sensor_id}", timeout=5)
-        return resp.json() if resp.ok else None  # type: ignore[no-any-return]
+        return resp.json() if resp.ok else None
 
     def command(self, sensor_id: str, command_type: str, data: dict[str, Any]) -> str:
         made = self.call("POST", "/command", {"sensor_id": sensor_id, "command_type": command_type,
@@ -178,7 +178,7 @@ class MasterHub:
 
     def command_done(self, command_id: str) -> dict[str, Any] | None:
         cmd = self.call("GET", f"/commands/{command_id}")
-        return cmd if cmd["status"] in ("completed", "failed") else None  # type: ignore[no-any-return]
+        return cmd if cmd["status"] in ("completed", "failed") else None
 
     def stop(self) -> None:
         self.relay.cut()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -36,15 +37,19 @@ def test_discovered_provisioned_buffered_and_delivered_once(tmp_path: Path) -> N
     isolated(body)
 
 
-def status(probe: VirtualProbe) -> dict[str, object]:
-    return requests.get(probe.url + "/status", timeout=5).json()  # type: ignore[no-any-return]
+def status(probe: VirtualProbe) -> dict[str, Any]:
+    body: dict[str, Any] = requests.get(probe.url + "/status", timeout=5).json()
+    return body
 
 
 def scenario(hub: NetnsHub, probes: list[VirtualProbe]) -> None:
     first = probes[0]
     # mDNS → the hub's provisioner → the probe stores the hub's URL, interval and token.
     for p in probes:
-        wait_for(lambda p=p: status(p)["provisioned"], timeout=60, what=f"{p.id} provisioned")
+        def provisioned(p: VirtualProbe = p) -> bool:
+            return bool(status(p)["provisioned"])
+
+        wait_for(provisioned, timeout=60, what=f"{p.id} provisioned")
         st = status(p)
         assert (st["server_url"], st["interval_ms"]) == (hub.api.removesuffix("/api"), 500)
         assert p.probe is not None and p.probe.token == TOKEN
@@ -65,8 +70,10 @@ def scenario(hub: NetnsHub, probes: list[VirtualProbe]) -> None:
         assert p.probe is not None
         taken = p.probe.sensor.n
         assert p.probe.buffer.count == 0 and p.probe.buffer.dropped == 0
-        wait_for(lambda p=p, taken=taken: any(s.get("sample") == taken for s in hub.states(p.id)),
-                 timeout=30, what=f"sample {taken} of {p.id} on MQTT")
+        def arrived(p: VirtualProbe = p, taken: int = taken) -> bool:
+            return any(s.get("sample") == taken for s in hub.states(p.id))
+
+        wait_for(arrived, timeout=30, what=f"sample {taken} of {p.id} on MQTT")
         # The hub may republish a state it already published (the bridge resyncs when the LAN
         # process comes back): the same sample with the same timestamp. A second delivery by
         # the probe would be a second ingest: another timestamp and another CSV row.

@@ -155,7 +155,7 @@ class FakeProbe(_Running):
         self.uptime_s, self.boot_id = 1, uuid.uuid4().hex[:8]
         self.server_url = self.interval_ms = self.token = None
 
-    def push(self, **readings: float) -> requests.Response:
+    def push(self, **readings: float | str) -> requests.Response:
         assert self.server_url, "the probe is not provisioned"
         headers = {"X-Token": self.token} if self.token else {}
         return requests.post(f"{self.server_url}/api/ingest", timeout=5, headers=headers,

@@ -27,7 +27,7 @@ BUILDER = Builder(TOPICS, DiscoveryTopics(PREFIX), "Demo", Origin("sensor-hub", 
 def info(device_id: str = "dev1", *, writable: bool = False, units: dict[str, str] | None = None,
          interval: float = 10.0, source: str = "serial") -> DeviceInfo:
     return DeviceInfo(device_id=device_id, name=f"Device {device_id}", model="m1",
-                      sensor_type="climate", source=source, enabled=True,  # type: ignore[arg-type]
+                      sensor_type="climate", source=source, enabled=True,
                       writable=writable, online=True, last_seen=None, interval=interval,
                       units=units or {})
 

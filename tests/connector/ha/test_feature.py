@@ -78,7 +78,7 @@ def start(runs: list[Run], mosquitto: Broker, ids: tuple[str, str], data: Path, 
     settings = Settings(instance_name="ha", mqtt_host=mosquitto.host, mqtt_port=mosquitto.port,
                         mqtt_base_topic=ids[0], state_aggregator_url=f"http://127.0.0.1:{server.server_port}",
                         hub_run_dir=data / "run", data_dir=data, ha_discovery_prefix=ids[1],
-                        ha_discovery_mode=mode)  # type: ignore[arg-type]
+                        ha_discovery_mode=mode)
     bridge = Bridge(settings, inst)
     bridge.start()
     run = Run(agg, bridge, server)

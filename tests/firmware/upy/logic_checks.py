@@ -18,8 +18,12 @@ from firmware.transport import HttpTransport, Refused, Unreachable, api_base
 from firmware.web import HttpError, parse_form, read_request, split_url, unquote
 from tests.firmware.upy.memhal import CannedSocket, MemHal, http_reply
 
+TYPE_CHECKING = False  # typing is not on MicroPython; mypy reads this branch by its name
+if TYPE_CHECKING:
+    from typing import Any
 
-def raises(exc_type, fn, *args):
+
+def raises(exc_type: "type[BaseException]", fn: "Any", *args: "Any") -> "Any":
     try:
         fn(*args)
     except exc_type as exc:
@@ -27,65 +31,73 @@ def raises(exc_type, fn, *args):
     raise AssertionError("%s not raised" % exc_type.__name__)
 
 
+def at(entry: "dict[str, Any] | None", key: str) -> "Any":
+    """``entry[key]`` of an entry that must be there (a master list is never empty here)."""
+    assert entry is not None, "no entry"
+    return entry[key]
+
+
 class ScriptedTransport:
     """Answers from the test; ``down`` is the set of endpoints that do not answer."""
 
     kind = "script"
 
-    def __init__(self):
-        self.down = set()
-        self.calls = []
-        self.acks = []
-        self.commands = []
-        self.doc = {"config_available": True, "config_hash": "h1", "config_version": 1,
+    def __init__(self) -> None:
+        self.down: set[str] = set()
+        self.calls: list[tuple[str, str]] = []
+        self.acks: list[tuple[str, Any, Any]] = []
+        self.commands: list[dict[str, Any]] = []
+        self.doc: dict[str, Any] = {"config_available": True, "config_hash": "h1", "config_version": 1,
                     "config_name": "t", "check_in_interval": 10,
                     "config": {"polling_interval": 2, "extra": "kept"},
                     "masters": [{"name": "p", "api_endpoint": "http://p", "priority": 1},
                                 {"name": "s", "api_endpoint": "http://s", "priority": 2}]}
-        self.data_bodies = []
+        self.data_bodies: list[dict[str, Any]] = []
 
-    def _check(self, master, what):
+    def _check(self, master: "dict[str, Any]", what: str) -> None:
         self.calls.append((master["name"], what))
         if master["api_endpoint"] in self.down:
             raise Unreachable(master["api_endpoint"])
 
-    def register(self, master, body):
+    def register(self, master: "dict[str, Any]", body: "dict[str, Any]") -> "dict[str, Any]":
         self._check(master, "register")
         return {"status": "registered", "config_hash": self.doc["config_hash"],
                 "masters": self.doc["masters"], "commands": self.take()}
 
-    def heartbeat(self, master, body):
+    def heartbeat(self, master: "dict[str, Any]", body: "dict[str, Any]") -> "dict[str, Any]":
         self._check(master, "heartbeat")
         return {"status": "ok", "config_hash": self.doc["config_hash"],
                 "config_changed": body.get("config_hash") != self.doc["config_hash"],
                 "commands": self.take()}
 
-    def config(self, master, sensor_id, etag):
+    def config(self, master: "dict[str, Any]", sensor_id: str,
+               etag: "str | None") -> "dict[str, Any] | None":
         self._check(master, "config")
         return None if etag == self.doc["config_hash"] else self.doc
 
-    def ack(self, master, cid, body):
+    def ack(self, master: "dict[str, Any]", cid: str, body: "dict[str, Any]") -> None:
         self._check(master, "ack")
         self.acks.append((cid, body["status"], body["result"]))
 
-    def data(self, master, body, url=None):
+    def data(self, master: "dict[str, Any]", body: "dict[str, Any]",
+             url: "str | None" = None) -> "dict[str, Any]":
         self._check(master, "data")
         self.data_bodies.append(body)
         return {"status": "ok"}
 
-    def incoming(self):
+    def incoming(self) -> "list[dict[str, Any]]":
         return []
 
-    def take(self):
+    def take(self) -> "list[dict[str, Any]]":
         out, self.commands = self.commands, []
         return out
 
 
-def new_probe(hal):
+def new_probe(hal: MemHal) -> Probe:
     return Probe(hal, "p1", sensor=SimulatedSensor(), hub=None, buffer_slots=8)
 
 
-def new_client(hal, transport, **kw):
+def new_client(hal: MemHal, transport: "Any", **kw: "Any") -> "tuple[Probe, MasterClient]":
     probe = new_probe(hal)
     client = MasterClient(probe, transport, masters=[{"name": "p", "api_endpoint": "http://p",
                                                       "priority": 1}], tries=2,
@@ -94,7 +106,7 @@ def new_client(hal, transport, **kw):
     return probe, client
 
 
-def check_ring_buffer_order_bounds_and_reboot():
+def check_ring_buffer_order_bounds_and_reboot() -> None:
     hal = MemHal()
     ring = RingBuffer(hal, "buf", 3)
     for i in range(5):
@@ -107,7 +119,7 @@ def check_ring_buffer_order_bounds_and_reboot():
     raises(RecordTooLarge, ring.append, {"r": {"x" * 300: 1}})
 
 
-def check_command_ring_is_bounded_and_persisted():
+def check_command_ring_is_bounded_and_persisted() -> None:
     hal = MemHal()
     ring = CommandRing(Store(hal), size=3)
     for i in range(5):
@@ -117,22 +129,22 @@ def check_command_ring_is_bounded_and_persisted():
     assert len(again.recent) == 3
 
 
-def check_masters_fail_over_and_back_without_flapping():
+def check_masters_fail_over_and_back_without_flapping() -> None:
     m = Masters([{"name": "b", "api_endpoint": "http://b", "priority": 2},
                  {"name": "a", "api_endpoint": "http://a/", "priority": 1},
                  {"name": "bad", "api_endpoint": "ftp://x"}], tries=2, failback_after=3)
-    assert [e["name"] for e in m.entries] == ["a", "b"] and m.current()["api_endpoint"] == "http://a"
-    assert not m.failed() and m.failed() and m.current()["name"] == "b"
-    assert m.higher()["name"] == "a"
+    assert [e["name"] for e in m.entries] == ["a", "b"] and at(m.current(), "api_endpoint") == "http://a"
+    assert not m.failed() and m.failed() and at(m.current(), "name") == "b"
+    assert at(m.higher(), "name") == "a"
     assert not m.higher_answered(True) and not m.higher_answered(False)  # a flicker resets it
     assert not m.higher_answered(True) and not m.higher_answered(True)
-    assert m.higher_answered(True) and m.current()["name"] == "a" and m.switches == 2
+    assert m.higher_answered(True) and at(m.current(), "name") == "a" and m.switches == 2
     m.update([{"name": "c", "api_endpoint": "http://c", "priority": 1},
               {"name": "a", "api_endpoint": "http://a", "priority": 5}])
-    assert m.current()["name"] == "a"  # stays with the master it has, wherever it moved
+    assert at(m.current(), "name") == "a"  # stays with the master it has, wherever it moved
 
 
-def check_register_config_heartbeat_and_apply():
+def check_register_config_heartbeat_and_apply() -> None:
     hal, t = MemHal(), ScriptedTransport()
     probe, client = new_client(hal, t)
     client.tick()
@@ -148,7 +160,7 @@ def check_register_config_heartbeat_and_apply():
     assert client2.config_hash == "h1" and probe2.interval_ms == 2000
 
 
-def check_commands_run_once_and_are_acked_with_their_outcome():
+def check_commands_run_once_and_are_acked_with_their_outcome() -> None:
     hal, t = MemHal(), ScriptedTransport()
     probe, client = new_client(hal, t)
     client.tick()
@@ -179,7 +191,7 @@ def check_commands_run_once_and_are_acked_with_their_outcome():
     assert not hal.led  # identify ends by itself
 
 
-def check_restart_acks_before_resetting():
+def check_restart_acks_before_resetting() -> None:
     hal, t = MemHal(), ScriptedTransport()
     _, client = new_client(hal, t)
     client.tick()
@@ -189,7 +201,7 @@ def check_restart_acks_before_resetting():
     assert t.acks == [("r1", "completed", {"restarting": True})] and hal.resets == 1
 
 
-def check_fail_over_after_tries_and_back_after_answers():
+def check_fail_over_after_tries_and_back_after_answers() -> None:
     hal, t = MemHal(), ScriptedTransport()
     _probe, client = new_client(hal, t)
     client.tick()
@@ -197,7 +209,7 @@ def check_fail_over_after_tries_and_back_after_answers():
     for _ in range(2):
         hal.now += 10000
         client.tick()
-    assert client.masters.current()["name"] == "s" and not client.registered
+    assert at(client.masters.current(), "name") == "s" and not client.registered
     hal.now += 10000
     client.tick()
     assert t.calls[-2:] == [("s", "register"), ("p", "config")]  # and a look at the first
@@ -205,10 +217,10 @@ def check_fail_over_after_tries_and_back_after_answers():
     for _ in range(2):
         hal.now += 10000
         client.tick()
-    assert client.masters.current()["name"] == "p" and client.masters.switches == 2
+    assert at(client.masters.current(), "name") == "p" and client.masters.switches == 2
 
 
-def check_readings_go_as_one_idempotent_batch():
+def check_readings_go_as_one_idempotent_batch() -> None:
     hal, t = MemHal(), ScriptedTransport()
     probe, client = new_client(hal, t)
     client.tick()
@@ -225,7 +237,7 @@ def check_readings_go_as_one_idempotent_batch():
     assert batch[0]["id"] == "abababab-2" and batch[0]["timestamp"] == "2026-01-01T00:00:00.250Z"
 
 
-def check_ota_verifies_switches_and_rolls_back():
+def check_ota_verifies_switches_and_rolls_back() -> None:
     hal = MemHal()
     store = Store(hal)
     ota = Ota(hal, store, trial_ms=1000)
@@ -251,7 +263,7 @@ def check_ota_verifies_switches_and_rolls_back():
     assert hal.slots["good"] and Ota(hal, store).boot() == "good"
 
 
-def check_http_transport_against_canned_answers():
+def check_http_transport_against_canned_answers() -> None:
     hal = MemHal()
     t = HttpTransport(hal)
     assert api_base("http://hub:8088") == "http://hub:8088/api/sensor-master"
@@ -269,7 +281,7 @@ def check_http_transport_against_canned_answers():
     raises(Unreachable, t.register, master, {})
 
 
-def check_web_parsing():
+def check_web_parsing() -> None:
     assert unquote("a+b%20c%zz") == "a b c%zz"
     assert parse_form("ssid=my+net&password=p%26ss&x") == {"ssid": "my net", "password": "p&ss", "x": ""}
     assert split_url("http://h:81/a/b") == ("h", 81, "/a/b") and split_url("http://h") == ("h", 80, "/")
@@ -281,22 +293,23 @@ def check_web_parsing():
     assert raises(HttpError, read_request, CannedSocket(big)).status == 413
 
 
-def check_provision_validation():
+def check_provision_validation() -> None:
     assert validate_provision({"server_url": "http://h:8088/", "interval_ms": 500}) == (
         "http://h:8088", 500, "")
-    for bad in ([], {"server_url": "x", "interval_ms": 500},
-                {"server_url": "http://h", "interval_ms": True},
-                {"server_url": "http://h", "interval_ms": 500, "token": 3}):
+    cases: list[Any] = [[], {"server_url": "x", "interval_ms": 500},
+                        {"server_url": "http://h", "interval_ms": True},
+                        {"server_url": "http://h", "interval_ms": 500, "token": 3}]
+    for bad in cases:
         assert raises(HttpError, validate_provision, bad).status == 422
 
 
-def check_iso_timestamps():
+def check_iso_timestamps() -> None:
     assert iso_utc(0) == "1970-01-01T00:00:00.000Z"
     assert iso_utc(1767225600.25) == "2026-01-01T00:00:00.250Z"
     assert iso_utc(951782400) == "2000-02-29T00:00:00.000Z"
 
 
-def check_mdns_answers_a_browse():
+def check_mdns_answers_a_browse() -> None:
     r = Responder("_temps-probe._tcp", "p1", 8080, "10.0.0.9", {"id": "p1", "fw": "1.0.0"})
     query = (b"\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00"
              b"\x0c_temps-probe\x04_tcp\x05local\x00\x00\x0c\x00\x01")
@@ -309,7 +322,7 @@ def check_mdns_answers_a_browse():
 CHECKS = [v for k, v in sorted(globals().items()) if k.startswith("check_")]
 
 
-def run_all():
+def run_all() -> None:
     """For the MicroPython run: one ``PASS name`` / ``FAIL name: error`` line per check."""
     for check in CHECKS:
         name = check.__name__

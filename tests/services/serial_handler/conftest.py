@@ -84,6 +84,10 @@ class FakeBoard:
             self.unplug()
 
 
+BoardFactory = Callable[..., FakeBoard]  # the ``board`` fixture
+HandlerFactory = Callable[..., SerialHandler]  # the ``start_handler`` fixture
+
+
 def serial_sensor(sensor_id: str, port: str, **source: Any) -> dict[str, Any]:
     interval = source.pop("interval", None)
     entry: dict[str, Any] = {"sensor_id": sensor_id, "sensor_type": "climate",

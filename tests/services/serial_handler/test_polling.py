@@ -11,6 +11,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -18,9 +19,9 @@ import pytest
 from services.serial_handler.app import create_app
 from shared.errors import ConfigError, ReadError
 from shared.models import ErrorObs, ReadingObs
-from tests.helpers import wait_for
+from tests.helpers import Recorder, wait_for
 
-from .conftest import FakeBoard, make_instance, serial_sensor
+from .conftest import BoardFactory, FakeBoard, HandlerFactory, make_instance, serial_sensor
 
 
 class AnsweringBoard:
@@ -61,7 +62,7 @@ class AnsweringBoard:
 
 
 @pytest.fixture
-def answering(board) -> Iterator[Callable[..., AnsweringBoard]]:
+def answering(board: BoardFactory) -> Iterator[Callable[..., AnsweringBoard]]:
     made: list[AnsweringBoard] = []
 
     def make(answering: set[str], *, delay: float = 0.0) -> AnsweringBoard:
@@ -73,7 +74,7 @@ def answering(board) -> Iterator[Callable[..., AnsweringBoard]]:
         b.stop()
 
 
-def _polled(sensor_id: str, port: str, interval: float, **source: object) -> dict:
+def _polled(sensor_id: str, port: str, interval: float, **source: object) -> dict[str, Any]:
     own = source.pop("own_read_timeout", None)
     entry = serial_sensor(sensor_id, port, mode="poll", interval=interval, **source)
     if own is not None:
@@ -81,8 +82,9 @@ def _polled(sensor_id: str, port: str, interval: float, **source: object) -> dic
     return entry
 
 
-def test_a_silent_sensor_backs_off_is_reported_once_and_recovers(answering, start_handler,
-                                                                recorder) -> None:
+def test_a_silent_sensor_backs_off_is_reported_once_and_recovers(answering: Callable[..., AnsweringBoard],
+                                                                 start_handler: HandlerFactory,
+                                                                 recorder: Recorder) -> None:
     b = answering({"ok"})
     handler = start_handler(_polled("ok", b.board.path, 0.3, read_timeout=0.1),
                             _polled("mute", b.board.path, 0.3, read_timeout=0.1))
@@ -111,7 +113,8 @@ def test_a_silent_sensor_backs_off_is_reported_once_and_recovers(answering, star
     assert len(recorder.of(ErrorObs, "mute")) == 1
 
 
-def test_silent_sensors_do_not_delay_the_others(answering, start_handler) -> None:
+def test_silent_sensors_do_not_delay_the_others(answering: Callable[..., AnsweringBoard],
+                                                start_handler: HandlerFactory) -> None:
     # Two silent sensors, each holding the bus 0.3 s, and three healthy ones: 0.6 s of
     # unanswered requests per 0.5 s round if they were asked every round.
     interval = 0.5
@@ -133,7 +136,8 @@ def test_silent_sensors_do_not_delay_the_others(answering, start_handler) -> Non
     assert handler.ports[b.board.path].status()["backing_off"] == ["m1", "m2"]
 
 
-def test_a_sensors_read_timeout_overrides_the_ports(answering, start_handler) -> None:
+def test_a_sensors_read_timeout_overrides_the_ports(answering: Callable[..., AnsweringBoard],
+                                                    start_handler: HandlerFactory) -> None:
     b = answering({"slow", "quick"}, delay=0.3)  # the board takes 0.3 s to answer either
     handler = start_handler(
         _polled("slow", b.board.path, 3600, read_timeout=0.1, own_read_timeout=0.6),
@@ -147,8 +151,9 @@ def test_a_sensors_read_timeout_overrides_the_ports(answering, start_handler) ->
     assert quick.value.code == "READ_TIMEOUT" and "within 0.1 s" in quick.value.message
 
 
-def test_a_round_that_cannot_fit_is_counted_late_and_warned_once(answering, start_handler,
-                                                                 caplog) -> None:
+def test_a_round_that_cannot_fit_is_counted_late_and_warned_once(answering: Callable[..., AnsweringBoard],
+                                                                 start_handler: HandlerFactory,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
     # Four sensors that each take 0.2 s to answer need 0.8 s of a 0.5 s interval.
     b = answering({"a", "b", "c", "d"}, delay=0.2)
     with caplog.at_level(logging.WARNING, logger="services.serial_handler.schedule"):

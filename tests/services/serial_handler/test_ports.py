@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import termios
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from services.serial_handler.protocol import MAX_LINE, MAX_TEXT
 from shared.errors import ReadError
 from shared.models import CommandRequest, ErrorObs, EventObs, LinkObs, ReadingObs
-from tests.helpers import wait_for
+from tests.helpers import Recorder, wait_for
 
-from .conftest import serial_sensor
+from .conftest import BoardFactory, HandlerFactory, serial_sensor
 
 
-def test_json_and_key_value_lines_become_readings(board, start_handler, recorder) -> None:
+def test_json_and_key_value_lines_become_readings(board: BoardFactory, start_handler: HandlerFactory,
+                                                  recorder: Recorder) -> None:
     b = board()
     start_handler(serial_sensor("temp_living_room", b.path))
     recorder.wait(LinkObs, "temp_living_room", lambda o: o.up)
@@ -29,7 +32,8 @@ def test_json_and_key_value_lines_become_readings(board, start_handler, recorder
 
 
 @pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"])
-def test_any_line_ending_ends_a_line(board, start_handler, recorder, ending: bytes) -> None:
+def test_any_line_ending_ends_a_line(board: BoardFactory, start_handler: HandlerFactory, recorder: Recorder,
+                                     ending: bytes) -> None:
     b = board()
     start_handler(serial_sensor("t1", b.path, line_ending="\r"))
     b.send("id=t1 temperature=1", end=ending)
@@ -39,7 +43,8 @@ def test_any_line_ending_ends_a_line(board, start_handler, recorder, ending: byt
     assert not recorder.of(ErrorObs)
 
 
-def test_port_is_opened_with_the_instance_file_settings(board, start_handler) -> None:
+def test_port_is_opened_with_the_instance_file_settings(board: BoardFactory,
+                                                        start_handler: HandlerFactory) -> None:
     b = board()
     handler = start_handler(serial_sensor("t1", b.path, baudrate=9600, parity="E", stopbits=2,
                                           bytesize=7))
@@ -53,7 +58,8 @@ def test_port_is_opened_with_the_instance_file_settings(board, start_handler) ->
     assert (port.parity, port.bytesize, port.stopbits) == ("E", 7, 2)
 
 
-def test_the_hub_writes_its_configured_line_ending(board, start_handler, recorder) -> None:
+def test_the_hub_writes_its_configured_line_ending(board: BoardFactory, start_handler: HandlerFactory,
+                                                   recorder: Recorder) -> None:
     b = board()
     start_handler(serial_sensor("t1", b.path, mode="poll", line_ending="\r\n", interval=60))
     assert b.read_line() == b'{"id":"t1","read":true}\r\n'  # polled at once on open
@@ -61,8 +67,9 @@ def test_the_hub_writes_its_configured_line_ending(board, start_handler, recorde
     assert recorder.wait(ReadingObs, "t1")[0].values == {"temperature": 20.5}
 
 
-def test_garbage_is_counted_reported_and_the_reader_goes_on(board, start_handler,
-                                                            recorder) -> None:
+def test_garbage_is_counted_reported_and_the_reader_goes_on(board: BoardFactory,
+                                                            start_handler: HandlerFactory,
+                                                            recorder: Recorder) -> None:
     b = board()
     handler = start_handler(serial_sensor("t1", b.path))
     noise = "ets Jun  8 2016 00:22:57 rst:0x1 (POWERON_RESET) " + "x" * 300
@@ -84,8 +91,9 @@ def test_garbage_is_counted_reported_and_the_reader_goes_on(board, start_handler
     assert handler.errors_view()["errors"][0]["error_code"] == "BAD_LINE"
 
 
-def test_an_overlong_line_is_one_error_and_the_next_line_is_read(board, start_handler,
-                                                                 recorder) -> None:
+def test_an_overlong_line_is_one_error_and_the_next_line_is_read(board: BoardFactory,
+                                                                 start_handler: HandlerFactory,
+                                                                 recorder: Recorder) -> None:
     b = board()
     handler = start_handler(serial_sensor("t1", b.path))
     b.send('{"id": "t1", "blob": "' + "A" * (3 * MAX_LINE) + '"}')
@@ -96,8 +104,8 @@ def test_an_overlong_line_is_one_error_and_the_next_line_is_read(board, start_ha
     assert handler.ports[b.path].garbage == 1
 
 
-def test_bad_line_errors_are_rate_limited_but_all_counted(board, start_handler,
-                                                          recorder) -> None:
+def test_bad_line_errors_are_rate_limited_but_all_counted(board: BoardFactory, start_handler: HandlerFactory,
+                                                          recorder: Recorder) -> None:
     b = board()
     handler = start_handler(serial_sensor("t1", b.path), bad_line_report_every=3600)
     for i in range(5):
@@ -109,7 +117,8 @@ def test_bad_line_errors_are_rate_limited_but_all_counted(board, start_handler,
     assert handler.errors_view()["counts"] == {"BAD_LINE": 5}  # /errors has every one
 
 
-def test_several_sensors_share_one_port(board, start_handler, recorder) -> None:
+def test_several_sensors_share_one_port(board: BoardFactory, start_handler: HandlerFactory,
+                                        recorder: Recorder) -> None:
     b = board()
     handler = start_handler(serial_sensor("temp_a", b.path), serial_sensor("temp_b", b.path),
                             serial_sensor("motion_c", b.path))
@@ -134,15 +143,17 @@ def test_several_sensors_share_one_port(board, start_handler, recorder) -> None:
     assert any("'stranger'" in e["message"] for e in view["errors"])
 
 
-def test_a_port_with_one_sensor_takes_lines_without_id(board, start_handler, recorder) -> None:
+def test_a_port_with_one_sensor_takes_lines_without_id(board: BoardFactory, start_handler: HandlerFactory,
+                                                       recorder: Recorder) -> None:
     b = board()
     start_handler(serial_sensor("t1", b.path))
     b.send("temperature=21.5 humidity=40")
     assert recorder.wait(ReadingObs, "t1")[0].values == {"temperature": 21.5, "humidity": 40}
 
 
-def test_unplug_goes_offline_with_the_reason_and_replug_comes_back(board, start_handler,
-                                                                   recorder) -> None:
+def test_unplug_goes_offline_with_the_reason_and_replug_comes_back(board: BoardFactory,
+                                                                   start_handler: HandlerFactory,
+                                                                   recorder: Recorder) -> None:
     b = board()
     handler = start_handler(serial_sensor("t1", b.path), serial_sensor("t2", b.path))
     worker = handler.ports[b.path]
@@ -170,8 +181,10 @@ def test_unplug_goes_offline_with_the_reason_and_replug_comes_back(board, start_
     assert len(recorder.of(ErrorObs, "t1")) == 1
 
 
-def test_a_missing_port_at_start_is_offline_and_delays_no_other(board, start_handler,
-                                                                recorder, tmp_path) -> None:
+def test_a_missing_port_at_start_is_offline_and_delays_no_other(board: BoardFactory,
+                                                                start_handler: HandlerFactory,
+                                                                recorder: Recorder,
+                                                                tmp_path: Path) -> None:
     silent, live = board("silent"), board("live")
     missing = str(tmp_path / "ttyACM-never-plugged")
     start_handler(serial_sensor("gone", missing),
@@ -184,8 +197,9 @@ def test_a_missing_port_at_start_is_offline_and_delays_no_other(board, start_han
     recorder.wait(ReadingObs, "t1", timeout=1.0)
 
 
-def test_poll_mode_asks_and_reads_answers_errors_and_timeouts(board, start_handler,
-                                                              recorder) -> None:
+def test_poll_mode_asks_and_reads_answers_errors_and_timeouts(board: BoardFactory,
+                                                              start_handler: HandlerFactory,
+                                                              recorder: Recorder) -> None:
     b = board()
     handler = start_handler(serial_sensor("t1", b.path, mode="poll", read_timeout=0.3,
                                           interval=60))
@@ -209,11 +223,11 @@ def test_poll_mode_asks_and_reads_answers_errors_and_timeouts(board, start_handl
     assert recorder.of(ErrorObs, "t1")[-1].error_code == "READ_TIMEOUT"
 
 
-def _command(values: dict, *, cmd_id: str = "cmd-42", timeout_s: float = 3.0) -> CommandRequest:
+def _command(values: dict[str, Any], *, cmd_id: str = "cmd-42", timeout_s: float = 3.0) -> CommandRequest:
     return CommandRequest(cmd_id=cmd_id, values=values, timeout_s=timeout_s)
 
 
-def test_a_command_is_written_and_acknowledged(board, start_handler) -> None:
+def test_a_command_is_written_and_acknowledged(board: BoardFactory, start_handler: HandlerFactory) -> None:
     b = board()
     handler = start_handler(serial_sensor("relay1", b.path, writable=True))
     wait_for(lambda: handler.ports[b.path].is_up, what="the port to open")
@@ -227,7 +241,7 @@ def test_a_command_is_written_and_acknowledged(board, start_handler) -> None:
     assert (result.status, result.result) == ("success", {"state": "on"})
 
 
-def test_a_refused_command_is_an_error(board, start_handler) -> None:
+def test_a_refused_command_is_an_error(board: BoardFactory, start_handler: HandlerFactory) -> None:
     b = board()
     handler = start_handler(serial_sensor("relay1", b.path, writable=True))
     wait_for(lambda: handler.ports[b.path].is_up, what="the port to open")
@@ -239,7 +253,7 @@ def test_a_refused_command_is_an_error(board, start_handler) -> None:
     assert (result.status, result.error) == ("error", "expected on or off")
 
 
-def test_a_command_without_ack_times_out(board, start_handler) -> None:
+def test_a_command_without_ack_times_out(board: BoardFactory, start_handler: HandlerFactory) -> None:
     b = board()
     handler = start_handler(serial_sensor("relay1", b.path, writable=True))
     wait_for(lambda: handler.ports[b.path].is_up, what="the port to open")
@@ -252,7 +266,8 @@ def test_a_command_without_ack_times_out(board, start_handler) -> None:
     wait_for(lambda: handler_reads.slots["relay1"].last is not None, what="the next reading")
 
 
-def test_a_command_to_a_read_only_sensor_is_rejected_unwritten(board, start_handler) -> None:
+def test_a_command_to_a_read_only_sensor_is_rejected_unwritten(board: BoardFactory,
+                                                               start_handler: HandlerFactory) -> None:
     b = board()
     handler = start_handler(serial_sensor("t1", b.path))
     wait_for(lambda: handler.ports[b.path].is_up, what="the port to open")
@@ -261,8 +276,9 @@ def test_a_command_to_a_read_only_sensor_is_rejected_unwritten(board, start_hand
     assert b.pending() == b""
 
 
-def test_a_command_to_an_unplugged_port_is_an_error_at_once(board, start_handler,
-                                                            recorder) -> None:
+def test_a_command_to_an_unplugged_port_is_an_error_at_once(board: BoardFactory,
+                                                            start_handler: HandlerFactory,
+                                                            recorder: Recorder) -> None:
     b = board()
     handler = start_handler(serial_sensor("relay1", b.path, writable=True))
     recorder.wait(LinkObs, "relay1", lambda o: o.up)
@@ -272,7 +288,7 @@ def test_a_command_to_an_unplugged_port_is_an_error_at_once(board, start_handler
     assert result.status == "error" and b.path in (result.error or "")
 
 
-def test_stop_ends_the_threads(board, start_handler) -> None:
+def test_stop_ends_the_threads(board: BoardFactory, start_handler: HandlerFactory) -> None:
     b = board()
     handler = start_handler(serial_sensor("t1", b.path, mode="poll", read_timeout=30))
     worker = handler.ports[b.path]
@@ -281,7 +297,8 @@ def test_stop_ends_the_threads(board, start_handler) -> None:
     assert not any(t.is_alive() for t in worker._threads)
 
 
-def test_a_command_that_cannot_be_encoded_is_an_error_unwritten(board, start_handler) -> None:
+def test_a_command_that_cannot_be_encoded_is_an_error_unwritten(board: BoardFactory,
+                                                                start_handler: HandlerFactory) -> None:
     b = board()
     handler = start_handler(serial_sensor("relay1", b.path, writable=True))
     result = handler.command("relay1", _command({"label": "\ud800"}))

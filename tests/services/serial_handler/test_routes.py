@@ -17,13 +17,15 @@ from services.serial_handler.core import SerialHandler
 from services.state_aggregator.core import Aggregator
 from shared.models import LinkObs, ReadingObs, StateChange
 from shared.rest import RestClient
-from tests.helpers import wait_for
+from tests.helpers import Recorder, wait_for
 
-from .conftest import make_instance, serial_sensor
+from .conftest import BoardFactory, FakeBoard, HandlerFactory, make_instance, serial_sensor
+
+Setup = tuple[SerialHandler, FlaskClient, FakeBoard]
 
 
 @pytest.fixture
-def setup(board, start_handler) -> tuple[SerialHandler, FlaskClient, object]:
+def setup(board: BoardFactory, start_handler: HandlerFactory) -> Setup:
     b = board()
     handler = start_handler(
         serial_sensor("t1", b.path, mode="poll", read_timeout=0.3, interval=60),
@@ -36,7 +38,7 @@ def setup(board, start_handler) -> tuple[SerialHandler, FlaskClient, object]:
     return handler, create_app(handler=handler).test_client(), b
 
 
-def test_fresh_read_answers_200_with_the_reading(setup) -> None:
+def test_fresh_read_answers_200_with_the_reading(setup: Setup) -> None:
     _handler, client, b = setup
     with ThreadPoolExecutor(1) as pool:
         answer = pool.submit(client.get, "/sensor/t1")
@@ -53,7 +55,7 @@ def test_fresh_read_answers_200_with_the_reading(setup) -> None:
     assert cached["cached"] is True and cached["reading"] == body["reading"]
 
 
-def test_fresh_read_can_ask_for_some_properties(setup) -> None:
+def test_fresh_read_can_ask_for_some_properties(setup: Setup) -> None:
     _handler, client, b = setup
     with ThreadPoolExecutor(1) as pool:
         answer = pool.submit(client.get, "/sensor/t1?properties=humidity")
@@ -62,7 +64,7 @@ def test_fresh_read_can_ask_for_some_properties(setup) -> None:
         assert answer.result(3).get_json()["reading"]["values"] == {"humidity": 40}
 
 
-def test_fresh_read_timeout_is_503_with_error_message_timestamp(setup) -> None:
+def test_fresh_read_timeout_is_503_with_error_message_timestamp(setup: Setup) -> None:
     _handler, client, _b = setup
     resp = client.get("/sensor/t1")
     assert resp.status_code == 503
@@ -71,7 +73,7 @@ def test_fresh_read_timeout_is_503_with_error_message_timestamp(setup) -> None:
     assert body["error"] == "READ_TIMEOUT" and "0.3 s" in body["message"]
 
 
-def test_unknown_sensor_is_404_and_no_data_yet_is_503(setup) -> None:
+def test_unknown_sensor_is_404_and_no_data_yet_is_503(setup: Setup) -> None:
     _handler, client, _b = setup
     assert client.get("/sensor/nope").status_code == 404
     assert client.get("/sensor/nope/cached").get_json()["error"] == "unknown_device"
@@ -79,7 +81,7 @@ def test_unknown_sensor_is_404_and_no_data_yet_is_503(setup) -> None:
     assert (resp.status_code, resp.get_json()["error"]) == (503, "NO_DATA")
 
 
-def test_command_route_success_rejected_and_bad_body(setup) -> None:
+def test_command_route_success_rejected_and_bad_body(setup: Setup) -> None:
     _handler, client, b = setup
     with ThreadPoolExecutor(1) as pool:
         answer = pool.submit(client.post, "/sensor/relay1/command",
@@ -97,7 +99,7 @@ def test_command_route_success_rejected_and_bad_body(setup) -> None:
     assert timeout.get_json()["status"] == "timeout"
 
 
-def test_errors_lists_and_counts_bad_lines(setup) -> None:
+def test_errors_lists_and_counts_bad_lines(setup: Setup) -> None:
     handler, client, b = setup
     b.send("?? not a line ??")
     b.send("id=t1 temperature=20")
@@ -109,7 +111,7 @@ def test_errors_lists_and_counts_bad_lines(setup) -> None:
     assert bad["port"] == b.path and "?? not a line ??" in bad["message"]
 
 
-def test_health_and_sensors_show_the_port_going_down_and_why(setup, recorder) -> None:
+def test_health_and_sensors_show_the_port_going_down_and_why(setup: Setup, recorder: Recorder) -> None:
     _handler, client, b = setup
     health = client.get("/health").get_json()
     (port,) = health["ports"]
@@ -125,7 +127,7 @@ def test_health_and_sensors_show_the_port_going_down_and_why(setup, recorder) ->
 
 
 @pytest.fixture
-def http_server(setup) -> Iterator[str]:
+def http_server(setup: Setup) -> Iterator[str]:
     handler, _client, _b = setup
     server = make_server("127.0.0.1", 0, create_app(handler=handler), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -135,7 +137,7 @@ def http_server(setup) -> Iterator[str]:
     thread.join(5)
 
 
-def test_fresh_read_over_real_http(setup, http_server: str) -> None:
+def test_fresh_read_over_real_http(setup: Setup, http_server: str) -> None:
     _handler, _client, b = setup
     with ThreadPoolExecutor(1) as pool:
         answer = pool.submit(requests.get, f"{http_server}/sensor/t1", timeout=5)
@@ -146,8 +148,8 @@ def test_fresh_read_over_real_http(setup, http_server: str) -> None:
     assert ReadingObs.model_validate(resp.json()["reading"]).values == {"temperature": 23}
 
 
-def test_a_fresh_read_through_the_aggregator_becomes_state_once(setup, http_server: str,
-                                                                recorder) -> None:
+def test_a_fresh_read_through_the_aggregator_becomes_state_once(setup: Setup, http_server: str,
+                                                                recorder: Recorder) -> None:
     """The MQTT ``get`` path: aggregator -> real HTTP -> handler -> pty and back. The handler
     answers with the reading and does not push it, so the aggregator's change log has exactly
     one state for it (and nothing counted stale)."""

@@ -116,7 +116,7 @@ def test_probes_go_after_the_healthy_sensors_and_only_into_a_gap() -> None:
     assert bus.schedule.late_polls > late  # and that probe pushed the next round back
 
 
-def test_a_round_that_cannot_fit_is_counted_late_and_warned_once(caplog) -> None:
+def test_a_round_that_cannot_fit_is_counted_late_and_warned_once(caplog: pytest.LogCaptureFixture) -> None:
     # Four sensors answering in 3 s each need 12 s of a 10 s interval.
     bus = Bus([(s, 10, 5) for s in "abcd"], answer_s=3.0)
     with caplog.at_level(logging.WARNING, logger="services.serial_handler.schedule"):

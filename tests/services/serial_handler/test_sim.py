@@ -9,8 +9,9 @@ import serial
 import services.serial_handler.ports  # noqa: F401  (registers sim:// with pyserial)
 from services.serial_handler.protocol import Ack, Reading, parse_line
 from shared.models import CommandRequest, ReadingObs
+from tests.helpers import Recorder
 
-from .conftest import serial_sensor
+from .conftest import HandlerFactory, serial_sensor
 
 
 def _lines(port: serial.SerialBase, count: int) -> list[bytes]:
@@ -47,7 +48,7 @@ def test_bad_sim_urls_are_refused(url: str) -> None:
         serial.serial_for_url(url)
 
 
-def test_the_handler_polls_a_sim_board(start_handler, recorder) -> None:
+def test_the_handler_polls_a_sim_board(start_handler: HandlerFactory, recorder: Recorder) -> None:
     url = "sim://heater?profile=relay&ids=heater_relay"
     handler = start_handler(serial_sensor("heater_relay", url, mode="poll", writable=True,
                                           interval=60))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -138,9 +139,11 @@ def test_unknown_devices_are_counted_not_applied(agg: Aggregator, clock: Clock) 
 
 def test_change_log_long_poll_and_resync() -> None:
     log = ChangeLog(capacity=3)
+    def change(ts: float) -> Callable[[int], AvailabilityChange]:
+        return lambda seq: AvailabilityChange(seq=seq, device_id="d", ts=ts, online=True)
+
     for i in range(10):
-        log.append(lambda seq, i=i: AvailabilityChange(seq=seq, device_id="d", ts=i,
-                                                       online=True))
+        log.append(change(i))
     seq, resync, items = log.since(0)
     assert resync and items == []  # position 0 is gone: reload the snapshot
     seq, resync, items = log.since(8)

@@ -94,7 +94,7 @@ def test_a_virtual_mqtt_sensor_round_trip(hub: Setup) -> None:
                                                  command_data={"target": 18.5}))
     sent = sub.wait(t.sensor_commands(SID)).json()
     assert (sent["command_id"], sent["command_data"]) == (cmd["command_id"], {"target": 18.5})
-    assert not sub.last(t.sensor_commands(SID)).retain  # type: ignore[union-attr]
+    assert not sub.wait(t.sensor_commands(SID)).retain
     hub.send(t.sensor_heartbeat(SID), {"status": "online", "config_hash": first["config_hash"]})
     wait_for(lambda: len(sub.on(t.sensor_commands(SID))) >= 2, what="the command sent again")
     hub.send(t.sensor_ack(SID), {"command_id": cmd["command_id"], "status": "completed",

@@ -131,9 +131,9 @@ class SerialHandler:
             self._fresh_waiting[sensor_id] += 1
         reading: ReadingObs | None = None
         try:
-            # never longer than the aggregator waits for the answer
-            reading = worker.read(sensor_id,
-                                  timeout=min(worker.config.read_timeout, FRESH_READ_TIMEOUT_S))
+            # the sensor's own read timeout, never longer than the aggregator waits for it
+            reading = worker.read(sensor_id, timeout=min(
+                worker.read_timeout_of(worker.slots[sensor_id]), FRESH_READ_TIMEOUT_S))
         finally:
             with self._fresh_lock:
                 self._fresh_waiting[sensor_id] -= 1

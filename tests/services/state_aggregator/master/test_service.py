@@ -21,7 +21,7 @@ from shared.master_models import (
     SensorRegister,
     TemplateIn,
 )
-from shared.models import AvailabilityChange, EventChange, StateChange
+from shared.models import AvailabilityChange, DeviceChange, EventChange, StateChange
 from shared.timeutil import iso
 from tests.services.state_aggregator.test_aggregator import Clock
 
@@ -236,7 +236,8 @@ def test_deleting_a_sensor_keeps_its_version_numbers_growing(service: MasterServ
     with pytest.raises(NotFound):
         admin.sensor("esp32_001")
     assert "esp32_001" not in agg.devices  # its device goes too
-    assert agg.changes.since(0)[2][-1].action == "removed"
+    last = agg.changes.since(0)[2][-1]
+    assert isinstance(last, DeviceChange) and last.action == "removed"
     assert service.register(ESP)["config_version"] == 2  # same document: no new version
 
 
@@ -246,5 +247,6 @@ def test_a_late_tick_does_not_skip_stale(service: MasterService, agg: Aggregator
     service.heartbeat(Heartbeat(sensor_id="esp32_001"))
     clock.now += 1000  # no tick saw the stale window
     service.tick()
-    events = [c.data["status"] for c in agg.changes.since(0)[2] if c.kind == "event"]
+    events = [(c.data or {})["status"] for c in agg.changes.since(0)[2]
+              if isinstance(c, EventChange)]
     assert events[-2:] == ["stale", "offline"]

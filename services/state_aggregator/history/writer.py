@@ -38,11 +38,13 @@ class Conditions:
         if new:
             log.warning("history degraded (%s): %s", key, reason)
 
-    def clear(self, key: str) -> None:
+    def clear(self, key: str) -> bool:
+        """``True`` when the condition was active."""
         with self._lock:
             reason = self._active.pop(key, None)
         if reason is not None:
             log.info("history recovered (%s)", key)
+        return reason is not None
 
     def active(self) -> dict[str, str]:
         with self._lock:
@@ -62,7 +64,9 @@ class HistoryWriter:
         self._rows = rows
         self._conditions = conditions
         self._max_pending = max_pending
-        self._on_full = on_full  # wake retention at once: waiting 5 minutes on a full disk
+        # Wakes retention at once when the disk fills and when it has room again, instead of
+        # leaving both to the next 5-minute check.
+        self._on_full = on_full
         self._queue: deque[Sequence[ReadingObs]] = deque()
         self._pending = 0
         self._cv = threading.Condition()
@@ -137,7 +141,8 @@ class HistoryWriter:
             if key == "disk_full" and self._on_full is not None:
                 self._on_full()
             return
-        for key in ("disk_full", "write_failed"):
-            self._conditions.clear(key)
+        recovered = [key for key in ("disk_full", "write_failed") if self._conditions.clear(key)]
+        if "disk_full" in recovered and self._on_full is not None:
+            self._on_full()  # space is back: retention measures again now, not in 5 minutes
         self.counters["stored"] += added
         self.counters["duplicates"] += len(rows) - added

@@ -24,7 +24,7 @@ import orjson
 
 from shared.jsonutil import dumps, loads
 
-from .db import open_db
+from .db import connect, open_db
 
 MIGRATIONS: list[tuple[int, str]] = [
     (1, """
@@ -111,16 +111,21 @@ _COLUMNS = "r.id, r.device_id, r.ts_us, r.ts_local, r.rkey, r.payload"
 
 
 class HistoryStore:
-    """One connection behind a lock: SQLite allows one writer anyway, and the reads this hub
-    serves are indexed lookups of a few milliseconds."""
+    """One writing connection behind a lock (SQLite allows one writer anyway) and one for the
+    queries."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conn = open_db(path, MIGRATIONS)
         self._lock = threading.RLock()
+        # Queries read on a connection of their own: in WAL mode a reader runs beside the
+        # writer, so a page is not held up by a batch insert or a retention transaction.
+        self._reader = connect(path)
+        self._read_lock = threading.Lock()
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
+            self._reader.close()
             self._conn.close()
 
     @contextmanager
@@ -175,8 +180,8 @@ class HistoryStore:
         # Only this function's fixed clauses are joined in; every value is a bound parameter.
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         sql = f"SELECT {_COLUMNS} FROM readings r {clause} ORDER BY ts_us, id LIMIT ?"  # noqa: S608
-        with self._lock:
-            rows = self._conn.execute(sql, (*args, limit + 1)).fetchall()
+        with self._read_lock:
+            rows = self._reader.execute(sql, (*args, limit + 1)).fetchall()
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = encode_cursor(rows[-1][2], rows[-1][0]) if more else None
@@ -189,8 +194,8 @@ class HistoryStore:
         sql = (f"SELECT {_COLUMNS} FROM devices d JOIN readings r ON r.id = (SELECT id FROM "  # noqa: S608
                "readings WHERE device_id = d.device_id ORDER BY ts_us DESC, id DESC LIMIT 1) "
                f"{where} ORDER BY d.device_id")
-        with self._lock:
-            rows = self._conn.execute(sql, args).fetchall()
+        with self._read_lock:
+            rows = self._reader.execute(sql, args).fetchall()
         return [_reading(r, raw=raw) for r in rows]
 
     # --- size and thinning ---------------------------------------------------------------------

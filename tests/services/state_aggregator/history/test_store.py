@@ -133,3 +133,13 @@ def test_a_file_that_is_not_a_database_is_moved_aside(tmp_path: Path) -> None:
     store = HistoryStore(path)
     assert store.add([ROWS.row("a", T0, {})]) == 1
     assert len(list(tmp_path.glob("history.db.corrupt-*"))) == 1
+
+
+def test_queries_do_not_wait_for_an_open_write_transaction(store: HistoryStore) -> None:
+    store.add([ROWS.row("a", T0 + i, {"i": i}) for i in range(10)])
+    with store._tx() as conn:  # a retention stratum or a big batch in progress
+        conn.execute("DELETE FROM readings WHERE device_id = 'a'")
+        # The reader sees the last committed state at once, without the writer's lock.
+        assert len(store.query(start=None, end=None, device_id="a", limit=100).readings) == 10
+        assert store.latest("a")[0]["payload"] == {"i": 9}
+    assert store.query(start=None, end=None, device_id="a", limit=100).readings == []

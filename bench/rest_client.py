@@ -19,25 +19,23 @@ import time
 from collections.abc import Callable
 
 import requests
+from flask import Flask, Response
 
 from shared.rest import RestClient
-
-SERVER = """
-import sys
-from flask import Flask
-from shared.serve import serve
 from shared.web import json_response
 
-def factory():
-    app = Flask("bench")
-    @app.get("/x")
-    def x():
-        return json_response({"device_id": "temp_living_room", "timestamp": "2026-11-23T03:49:20Z",
-                              "temperature": 19.23, "humidity": 55.0, "pad": "x" * 60})
-    return app
 
-serve(factory, bind=sys.argv[1], name="bench-rest", threads=4)
-"""
+def make_app() -> Flask:
+    """The service gunicorn runs (``bench.rest_client:make_app()``): one small JSON answer."""
+    app = Flask("bench")
+
+    @app.get("/x")
+    def x() -> Response:
+        return json_response({"device_id": "temp_living_room",
+                              "timestamp": "2026-11-23T03:49:20Z", "temperature": 19.23,
+                              "humidity": 55.0, "pad": "x" * 60})
+
+    return app
 
 
 def _free_port() -> int:
@@ -60,8 +58,12 @@ def main() -> None:
     args = parser.parse_args()
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-c", SERVER, f"127.0.0.1:{port}"],
-                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+    # As shared/serve.py runs every service: one gthread worker, keep-alive 75 s.
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+         "--worker-class", "gthread", "--threads", "4", "--keep-alive", "75",
+         "--log-level", "warning", "--no-control-socket", "bench.rest_client:make_app()"],
+        env={**os.environ, "PYTHONPATH": os.getcwd()})
     try:
         client = RestClient(url, name="bench")
         session = requests.Session()

@@ -32,7 +32,8 @@ def isolated(body: Callable[[], None], *, timeout: float = 240.0) -> None:
 class NetnsHub:
     """mosquitto + the instance under supervisord + a subscriber, all in the namespace."""
 
-    def __init__(self, tmp: Path, *, probe_interval_ms: int = 500) -> None:
+    def __init__(self, tmp: Path, *, probe_interval_ms: int = 500,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.broker: Broker = start_broker(tmp)
         instances = tmp / "instances"
         instances.mkdir()
@@ -41,9 +42,10 @@ class NetnsHub:
         env = instance_env(self.broker, tmp, instances, "fw")
         env.update({"PROBE_DISCOVERY": "true", "MDNS_INTERFACES": "127.0.0.1",
                     "PUBLIC_BASE": f"http://127.0.0.1:{env['PORT']}", "SERVER_TOKEN": TOKEN,
-                    "PROBE_INTERVAL_MS": str(probe_interval_ms)})
+                    "PROBE_INTERVAL_MS": str(probe_interval_ms), **(extra_env or {})})
         self.env = env
         self.api = f"http://127.0.0.1:{env['PORT']}/api"
+        self.master = f"http://127.0.0.1:{env['STATE_AGGREGATOR_PORT']}/master"  # management
         self.sub = Subscriber(self.broker.host, self.broker.port)
         proc, output = start_supervisord(env)
         self.instance = Instance(env, f"{env['MQTT_BASE_TOPIC']}/v1/instances/fw", proc, output)
@@ -58,8 +60,8 @@ class NetnsHub:
 
     def api_up(self) -> bool:
         try:
-            return requests.get(f"{self.api}/health", timeout=1).ok
-        except requests.ConnectionError:
+            return requests.get(f"{self.api}/health", timeout=2).ok
+        except requests.RequestException:  # not listening yet, or busy starting
             return False
 
     def lan_program(self) -> str:

@@ -49,7 +49,7 @@ def scenario(hub: NetnsHub, probes: list[VirtualProbe]) -> None:
         def provisioned(p: VirtualProbe = p) -> bool:
             return bool(status(p)["provisioned"])
 
-        wait_for(provisioned, timeout=60, what=f"{p.id} provisioned")
+        wait_for(provisioned, timeout=120, what=f"{p.id} provisioned")
         st = status(p)
         assert (st["server_url"], st["interval_ms"]) == (hub.api.removesuffix("/api"), 500)
         assert p.probe is not None and p.probe.token == TOKEN

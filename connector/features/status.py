@@ -66,23 +66,31 @@ class StatusFeature(Feature):
         processes = {"mqtt-bridge": "running", "state-aggregator": "down"}
         processes.update(dict.fromkeys((h.name for h in HANDLERS), "unknown"))
         devices = {"online": 0, "offline": 0}
+        reasons: list[str] = []
         try:
             body = self.ctx.aggregator.get("/health", timeout=3.0)
             processes["state-aggregator"] = "running"
             processes.update(body.get("handlers", {}))
             devices = body.get("devices", devices)
+            history = body.get("history") or {}
+            reasons += [f"history: {r}" for r in history.get("reasons", [])]
         except ServiceError as exc:
             log.debug("health: %s", exc)
+        reasons += [f"{name} is {v}" for name, v in processes.items() if v != "running"]
         if not self.ctx.mirror.synced:
             state = "starting"
-        elif all(v == "running" for v in processes.values()):
-            state = "online"
-        else:
+        elif reasons:
             state = "degraded"
+        else:
+            state = "online"
         # The real backlog: readings taken from the aggregator and not yet published (paho's
         # count of unacknowledged messages is bounded by the send window and says little).
-        return {"state": state, "processes": processes, "outbox": self._state.outbox(),
-                "devices": devices, "started": iso(self.ctx.started)}
+        health: dict[str, Any] = {
+            "state": state, "processes": processes, "outbox": self._state.outbox(),
+            "devices": devices, "started": iso(self.ctx.started)}
+        if reasons:
+            health["reasons"] = reasons
+        return health
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -78,6 +78,12 @@ def test_a_full_disk_degrades_the_history_not_the_live_data(
     subscriber.subscribe(topic)
     first = subscriber.wait(topic, timeout=30).json()
     subscriber.wait(topic, timeout=30, where=lambda m: m.json()["seq"] > first["seq"])
+    # MQTT consumers are told too: meta/health says degraded and why.
+    health_topic = f"{small.root_topic}/meta/health"
+    subscriber.subscribe(health_topic)
+    told = subscriber.wait(health_topic, timeout=30,
+                           where=lambda m: m.json()["state"] == "degraded").json()
+    assert any(r.startswith("history: ") and "disk is full" in r for r in told["reasons"])
     ballast.unlink()
     wait_for(lambda: health(small)["history"]["state"] == "ok", timeout=60,
              what="the history storing again")

@@ -89,10 +89,6 @@ def scenario(hub: NetnsHub, probes: list[VirtualProbe]) -> None:
         assert max(seen.values()) == 1, f"{p.id}: duplicated {[k for k, v in seen.items() if v > 1]}"
 
 
-@pytest.mark.xfail(reason="hub side: the probe API registers probe-lan as a probe device first; "
-                          "master control's register then hits the aggregator's device_conflict "
-                          "refusal, untranslated in MasterService._register_device: HTTP 500 "
-                          "(503 not_ready on the LAN port)", strict=False)
 def test_a_provisioned_probe_phones_home_over_the_lan_port(tmp_path: Path) -> None:
     """No master configured on the probe: the hub that provisions it is its master, reached on
     the LAN port (/api/sensor-master, served by the web program) like a board would."""

@@ -195,8 +195,8 @@ class MasterService:
         return latest
 
     def _register_device(self, row: sqlite3.Row, doc: dict[str, Any] | None = None) -> None:
-        if self.sink is None:
-            return
+        if self.sink is None or self.sink.source_of(row["sensor_id"]) == "probe":
+            return  # a probe that phones home is already a device: its probe device serves
         self.sink.register(RegisterDevice(
             device_id=row["sensor_id"], name=row["sensor_name"] or row["sensor_id"],
             model=row["hardware_info"] or "master-controlled sensor",
@@ -219,7 +219,9 @@ class MasterService:
         history, check-ins, overrides and commands."""
         now = self.clock()
         taken = self.sink.source_of(body.sensor_id) if self.sink is not None else None
-        if taken not in (None, "sensor"):
+        # A probe is the same board phoning home (issue 10's firmware speaks both): master
+        # control manages it and its probe device stays. Any other device's id is not free.
+        if taken not in (None, "sensor", "probe"):
             raise Conflict("device_conflict", f"sensor_id: {body.sensor_id!r} is a {taken} device "
                                               "of this hub; a sensor may not take its id")
         fields = (body.sensor_name, body.sensor_type, body.hardware_info, body.firmware_version,

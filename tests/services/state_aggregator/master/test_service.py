@@ -21,7 +21,13 @@ from shared.master_models import (
     SensorRegister,
     TemplateIn,
 )
-from shared.models import AvailabilityChange, DeviceChange, EventChange, StateChange
+from shared.models import (
+    AvailabilityChange,
+    DeviceChange,
+    EventChange,
+    RegisterDevice,
+    StateChange,
+)
 from shared.timeutil import iso
 from tests.services.state_aggregator.test_aggregator import Clock
 
@@ -225,6 +231,23 @@ def test_a_sensor_may_not_take_the_id_of_another_device(service: MasterService) 
         service.register(SensorRegister(sensor_id="temp"))
     with pytest.raises(NotFound):
         MasterAdmin(service).sensor("temp")
+
+
+def test_a_probe_that_phones_home_is_managed_and_stays_a_probe(service: MasterService,
+                                                               admin: MasterAdmin,
+                                                               agg: Aggregator,
+                                                               clock: Clock) -> None:
+    agg.register(RegisterDevice(device_id="probe-7", source="probe", interval=10))
+    admin.create_template(TemplateIn(config_name="Default", sensor_type="esp32_ferm",
+                                     config_data=CONFIG))
+    answer = service.register(SensorRegister(sensor_id="probe-7", sensor_type="esp32_ferm"))
+    assert answer["status"] == "registered" and answer["has_config"] is True
+    assert agg.source_of("probe-7") == "probe"
+    service.data(DataUpload.model_validate({"sensor_id": "probe-7", "readings": {
+        "sensor.temperature": 21.5}}))
+    assert agg.devices["probe-7"].values == {"temperature": 21.5}
+    admin.delete_sensor("probe-7")  # master control lets go; the probe device stays
+    assert agg.source_of("probe-7") == "probe"
 
 
 def test_deleting_a_sensor_keeps_its_version_numbers_growing(service: MasterService,

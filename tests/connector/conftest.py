@@ -66,6 +66,9 @@ class Hub:
 
     def bridge(self, broker: Broker, tmp_path: Path, *, start: bool = True,
                **overrides: Any) -> Bridge:
+        # One DATA_DIR per test, kept across the test's bridges as across restarts (the
+        # discovery ledger lives there), never the checkout's ./data.
+        overrides.setdefault("data_dir", tmp_path / "data")
         settings = Settings(instance_name="br", mqtt_host=broker.host, mqtt_port=broker.port,
                             mqtt_base_topic=self.base, state_aggregator_url=self.url,
                             hub_run_dir=tmp_path / f"run{len(self.bridges)}", mqtt_keepalive=5,

@@ -263,6 +263,10 @@ class Snapshot(_Model):
     seq: int
     devices: list[DeviceSnapshot]
     groups: dict[str, list[str]]
+    # The log's position when the snapshot was asked for. The aggregator may answer later (it
+    # waits for its warm-up): the changes in between are in the snapshot only as their end
+    # result, so the bridge reads them from the log (their events, errors and earlier states).
+    asked_seq: int | None = None
 
 
 # --- internal: commands ----------------------------------------------------------------------

@@ -110,6 +110,28 @@ class DeviceTopics:
         for topic, value in later:
             pub.json(topic, value, retain=True)
 
+    def replay(self, changes: list[Change], snap: Snapshot) -> None:
+        """Publish what ``snap`` took in and cannot carry, before it is loaded: the events and
+        errors among ``changes``, and the states and availability of its devices that came
+        before the ones it holds (``load`` and the publishing after it send those). The mirror
+        is left alone; a device the snapshot does not hold is skipped (gone again, it would
+        leave retained topics behind)."""
+        held = {e.info.device_id: e.state.seq if e.state is not None else None
+                for e in snap.devices}
+        values = {d: r.state.values for d, r in self.ctx.mirror.devices.items()
+                  if r.state is not None}
+        for change in changes:
+            if isinstance(change, ErrorChange | EventChange):
+                self.apply(change)
+            elif change.device_id not in held:
+                continue
+            elif isinstance(change, AvailabilityChange):
+                self._availability(change.device_id, change.online)
+            elif isinstance(change, StateChange) and change.seq != held[change.device_id]:
+                before = values.get(change.device_id, {})
+                values[change.device_id] = change.values
+                self._state(change, self._properties(change, before))
+
     def publish_device(self, rec: DeviceRecord) -> None:
         self._availability(rec.info.device_id, rec.online)
         if rec.state is not None:
@@ -145,14 +167,16 @@ class DeviceTopics:
         rec.state = change
         if len(change.values) != len(before):  # a state only ever gains properties
             self.ctx.mirror.shape += 1
+        self._state(change, self._properties(change, before))
+
+    def _properties(self, change: StateChange, before: dict[str, Any]) -> list[str]:
+        """The properties of ``change`` that get their own topic, after the values ``before``."""
         if self.policy == "all":
-            props = [p for p in change.sampled if p in change.values]
-        elif self.policy == "changed":
-            props = [p for p in change.sampled if p in change.values
-                     and (p not in before or not same(before[p], change.values[p]))]
-        else:
-            props = []
-        self._state(change, props)
+            return [p for p in change.sampled if p in change.values]
+        if self.policy == "changed":
+            return [p for p in change.sampled if p in change.values
+                    and (p not in before or not same(before[p], change.values[p]))]
+        return []
 
     def _on_device(self, change: DeviceChange) -> None:
         mirror = self.ctx.mirror

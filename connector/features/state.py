@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.errors import ServiceError
-from shared.models import ChangesPage, Snapshot
+from shared.models import Change, ChangesPage, Snapshot
 
 from ..context import BridgeContext
 from .base import Feature
@@ -33,6 +33,15 @@ log = logging.getLogger(__name__)
 
 LONG_POLL_S = 20
 QUEUE_PAGES = 4  # pages fetched ahead of the publisher; beyond that the aggregator keeps them
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """A snapshot, and the changes it took in while the aggregator made the bridge wait for it
+    (``folded``): the snapshot holds only their end result."""
+
+    snapshot: Snapshot
+    folded: list[Change]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +58,7 @@ class _Rebirth:
     done: Callable[[int], None]
 
 
-_Item = Snapshot | ChangesPage | _Republish | _Rebirth
+_Item = _Loaded | ChangesPage | _Republish | _Rebirth
 
 
 class StateFeature(Feature):
@@ -124,8 +133,28 @@ class StateFeature(Feature):
         # The body validated straight from JSON: one pass instead of decode, then validate.
         snap = Snapshot.model_validate_json(self.ctx.aggregator.get_bytes("/snapshot",
                                                                           timeout=30.0))
+        folded = self._folded(snap)
         self.epoch, self.seq = snap.epoch, snap.seq
-        self._put(snap)
+        self._put(_Loaded(snap, folded))
+
+    def _folded(self, snap: Snapshot) -> list[Change]:
+        """The changes between the position the snapshot was asked at and the one it was made
+        at. A restarted aggregator answers only after its warm-up (up to seconds): a device
+        registered meanwhile, its first states, its events would otherwise reach MQTT only as
+        the snapshot's last state, and its events and errors never."""
+        seq = snap.seq if snap.asked_seq is None else snap.asked_seq
+        folded: list[Change] = []
+        while seq < snap.seq:
+            page = ChangesPage.model_validate_json(self.ctx.aggregator.get_bytes(
+                "/changes", params={"since": seq, "epoch": snap.epoch}, timeout=30.0))
+            if page.resync or not page.changes:
+                break  # the aggregator restarted again: _follow finds out and resyncs
+            folded.extend(c for c in page.changes if c.seq <= snap.seq)
+            seq = page.seq
+        if folded:
+            log.info("%d changes came in while the snapshot was made: published before it",
+                     len(folded))
+        return folded
 
     def _follow(self) -> None:
         page = ChangesPage.model_validate_json(self.ctx.aggregator.get_bytes(
@@ -179,8 +208,9 @@ class StateFeature(Feature):
         return None
 
     def _handle(self, item: _Item, generation: int) -> None:
-        if isinstance(item, Snapshot):
-            changed = self.devices.load(item)
+        if isinstance(item, _Loaded):
+            self.devices.replay(item.folded, item.snapshot)
+            changed = self.devices.load(item.snapshot)
             if self._full_gen < generation:
                 self._publish_all(generation)
             else:  # a resync within a session that has everything: only what differs

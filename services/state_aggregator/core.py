@@ -304,14 +304,16 @@ class Aggregator:
         """Every device with its last state, and the change-log position they are valid at.
 
         Waits (a little) for the warm-up, so a bridge that resyncs right after a restart does
-        not announce every device offline."""
+        not announce every device offline. ``asked_seq`` says where the log was when it was
+        asked for, so what came in during the wait is not only folded into it."""
+        asked = self.changes.seq
         self.warmed.wait(SNAPSHOT_WARM_WAIT_S)
         now = self.clock()
         with self._lock:
             devices = [DeviceSnapshot(info=d.info(now), state=d.state)
                        for d in self.devices.values()]
             return Snapshot(epoch=self.changes.epoch, seq=self.changes.seq, devices=devices,
-                            groups=self.groups)
+                            groups=self.groups, asked_seq=asked)
 
     def cached_state(self, device_id: str) -> dict[str, Any]:
         """The device as ``/device/{id}`` shows it: its stored state while younger than

@@ -5,6 +5,7 @@ state's per-device ``seq``."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from connector.bridge import Bridge
-from shared.models import DeviceChange, ReadingObs, RegisterDevice
+from shared.models import DeviceChange, EventObs, ReadingObs, RegisterDevice
 from tests.connector.conftest import SENSORS, Hub
 from tests.helpers import Broker, Subscriber, publish, retained, wait_for
 
@@ -173,5 +174,48 @@ def test_state_topics_of_a_batch_go_before_its_property_topics(broker: Broker, h
         kinds = ["prop" if "/state/" in m.topic else "state" for m in sub.messages
                  if m.topic.endswith("/state") or "/state/" in m.topic]
         assert kinds == ["state"] * 3 + ["prop"] * 6
+    finally:
+        sub.close()
+
+
+class WarmUp(threading.Event):
+    """The aggregator's warm-up, held open by the test, which learns when a snapshot waits on
+    it (the bridge has asked for its snapshot)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waited.set()
+        return super().wait(timeout)
+
+
+def test_what_comes_in_while_the_snapshot_waits_for_the_warm_up_reaches_mqtt(
+        broker: Broker, hub: Hub, tmp_path: Path) -> None:
+    """A restarted aggregator answers the bridge's snapshot only after its warm-up; a probe that
+    registers meanwhile, reports twice and raises an event is in the log, not all in the
+    snapshot (which holds its last state only)."""
+    warm_up = WarmUp()
+    hub.agg.warmed = warm_up
+    sub = Subscriber(broker.host, broker.port).subscribe(f"{hub.root}/devices/#")
+    try:
+        bridge = hub.bridge(broker, tmp_path)
+        warm_up.waited.wait(10)  # the bridge asked: what follows is after its position
+        assert warm_up.waited.is_set() and not bridge.ctx.mirror.synced
+        hub.agg.register(RegisterDevice(device_id="probe_new", source="probe", interval=10))
+        hub.agg.ingest([reading("probe_new", temperature_c=21.0)])
+        hub.agg.ingest([EventObs(device_id="probe_new", ts=time.time(), event="rebooted")])
+        hub.agg.ingest([reading("probe_new", temperature_c=21.5)])
+        warm_up.set()
+        wait_for(lambda: bridge.ctx.mirror.synced, what="the snapshot loaded")
+        marker(hub, sub, 30.0)  # after the snapshot: it comes after all its messages
+        dev = f"{hub.root}/devices/probe_new"
+        assert [m.json()["seq"] for m in sub.on(f"{dev}/state")] == [1, 2]
+        assert [m.json()["event"] for m in sub.on(f"{dev}/events")] == ["rebooted"]
+        assert [m.text for m in sub.on(f"{dev}/availability")][-1] == "online"
+        assert [json.loads(m.payload) for m in sub.on(f"{dev}/state/temperature_c")] == [
+            21.0, 21.5]
+        assert retained(broker.host, broker.port, f"{dev}/state").json()["seq"] == 2
     finally:
         sub.close()

@@ -91,6 +91,9 @@ def test_a_program_restarted_on_a_broken_file_stops_for_good_and_the_others_run_
                      what=f"/health on {port}")
         retained(mosquitto.host, mosquitto.port, f"{env['MQTT_BASE_TOPIC']}/v1/instances/lab/status",
                  timeout=60, where=lambda m: m.text == "online")
+        # RUNNING, not only answering: supervisord calls a program RUNNING after startsecs (5 s).
+        wait_for(lambda: all(states(inst).get(p) == "RUNNING" for p in programs), timeout=60,
+                 interval=0.2, what=f"every program RUNNING: {states(inst)}")
         data["instance_id"] = "demo"  # an edit that breaks the file under the running instance
         (instances / "lab.json").write_text(json.dumps(data))
         inst.supervisorctl("restart", "serial-handler")

@@ -15,7 +15,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from shared.errors import ConfigError
+from shared.sqlite import migrate
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def open_db(path: Path, migrations: list[tuple[int, str]]) -> sqlite3.Connection
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         conn = connect(path)
-        migrate(conn, path, migrations)
+        migrate(conn, path, migrations, what="history database")
     except sqlite3.DatabaseError as exc:
         if not isinstance(exc, sqlite3.OperationalError) or "not a database" in str(exc):
             aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
@@ -47,32 +47,7 @@ def open_db(path: Path, migrations: list[tuple[int, str]]) -> sqlite3.Connection
                 if part.exists():
                     part.rename(Path(f"{aside}{suffix}"))
             conn = connect(path)
-            migrate(conn, path, migrations)
+            migrate(conn, path, migrations, what="history database")
         else:
             raise
     return conn
-
-
-def migrate(conn: sqlite3.Connection, path: Path, migrations: list[tuple[int, str]]) -> None:
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
-                 "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
-    current = int(conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0)
-    known = migrations[-1][0]
-    if current > known:
-        raise ConfigError(f"{path} has schema version {current}, newer than this code knows "
-                          f"({known}); refusing to touch it")
-    for version, sql in migrations:
-        if version <= current:
-            continue
-        # executescript would commit on its own; run each statement in one transaction.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in sql.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        log.info("history database %s migrated to version %d", path, version)

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from shared.jsonutil import dumps, loads
+from shared.sqlite import rollback
 
 from .db import connect, open_db
 
@@ -135,10 +136,7 @@ class HistoryStore:
             try:
                 yield self._conn
             except BaseException:
-                # SQLITE_FULL rolls the transaction back by itself; a second ROLLBACK would
-                # raise "no transaction is active" and hide the real error.
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                rollback(self._conn)
                 raise
             self._conn.execute("COMMIT")
 

@@ -7,12 +7,11 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from shared.errors import ConfigError
+from shared.sqlite import migrate, rollback
 
 log = logging.getLogger(__name__)
 
@@ -134,29 +133,7 @@ class Database:
 
     def _migrate(self) -> None:
         with self._lock:
-            self._conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
-                               "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
-            current = self.schema_version
-            known = MIGRATIONS[-1][0]
-            if current > known:
-                raise ConfigError(f"{self.path} has schema version {current}, newer than this "
-                                  f"code knows ({known}); refusing to touch it")
-            for version, sql in MIGRATIONS:
-                if version <= current:
-                    continue
-                # executescript would commit on its own; run each statement in one transaction.
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    for statement in sql.split(";"):
-                        if statement.strip():
-                            self._conn.execute(statement)
-                    self._conn.execute("INSERT INTO schema_migrations VALUES (?, ?)",
-                                       (version, time.time()))
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-                log.info("master control database %s migrated to version %d", self.path, version)
+            migrate(self._conn, self.path, MIGRATIONS, what="master control database")
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
@@ -166,7 +143,7 @@ class Database:
             try:
                 yield self._conn
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                rollback(self._conn)
                 raise
             self._conn.execute("COMMIT")
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,24 +84,33 @@ def stop_supervisord(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-@pytest.fixture(scope="module")
-def demo(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
-    tmp = tmp_path_factory.mktemp("demo")
+@contextmanager
+def demo_instance(mosquitto: Broker, tmp: Path, **extra_env: str) -> Iterator[Instance]:
+    """The demo instance (its HTTP motion sensor served here) under the real supervisord, once
+    its retained ``online`` is out; its output is kept in ``tmp/instance.log`` afterwards."""
     sensors = make_server("127.0.0.1", free_port())
     threading.Thread(target=sensors.serve_forever, daemon=True).start()
     instances = tmp / "instances"
     instances.mkdir()
     shutil.copy(ROOT / "instances" / "demo.json", instances)
     env = instance_env(mosquitto, tmp, instances, "demo")
-    env["DEMO_SENSORS_PORT"] = str(sensors.server_address[1])
+    env.update(DEMO_SENSORS_PORT=str(sensors.server_address[1]), **extra_env)
     proc, output = start_supervisord(env)
     inst = Instance(env, f"{env['MQTT_BASE_TOPIC']}/v1/instances/demo", proc, output)
     try:
-        retained(mosquitto.host, mosquitto.port, f"{inst.root_topic}/status", timeout=60,
-                 where=lambda m: m.text == "online")
-    except AssertionError:
+        try:
+            retained(mosquitto.host, mosquitto.port, f"{inst.root_topic}/status", timeout=60,
+                     where=lambda m: m.text == "online")
+        except AssertionError:
+            raise AssertionError("the instance never came online:\n" + inst.log()) from None
+        yield inst
+    finally:
         stop_supervisord(proc)
-        raise AssertionError("the instance never came online:\n" + inst.log()) from None
-    yield inst
-    stop_supervisord(proc)
-    sensors.shutdown()
+        (tmp / "instance.log").write_text("\n".join(output))  # kept by pytest for a post-mortem
+        sensors.shutdown()
+
+
+@pytest.fixture(scope="module")
+def demo(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
+    with demo_instance(mosquitto, tmp_path_factory.mktemp("demo")) as inst:
+        yield inst

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,8 @@ from typing import Any
 import pytest
 import requests
 
-from services.demo_sensors.__main__ import make_server
-from tests.conftest import ROOT
-from tests.e2e.conftest import Instance, instance_env, start_supervisord, stop_supervisord
-from tests.helpers import Broker, Subscriber, free_port, retained, wait_for
+from tests.e2e.conftest import Instance, demo_instance
+from tests.helpers import Broker, Subscriber, wait_for
 
 pytestmark = pytest.mark.e2e
 DEVICE = "temp_living_room"
@@ -34,22 +31,10 @@ def small(mosquitto: Broker, tmp_path: Path) -> Iterator[Instance]:
                           capture_output=True, check=False)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    sensors = make_server("127.0.0.1", free_port())
-    threading.Thread(target=sensors.serve_forever, daemon=True).start()
-    instances = tmp_path / "instances"
-    instances.mkdir()
-    shutil.copy(ROOT / "instances" / "demo.json", instances)
-    env = instance_env(mosquitto, tmp_path, instances, "demo")
-    env["DEMO_SENSORS_PORT"] = str(sensors.server_address[1])
-    proc, output = start_supervisord(env)
-    inst = Instance(env, f"{env['MQTT_BASE_TOPIC']}/v1/instances/demo", proc, output)
     try:
-        retained(mosquitto.host, mosquitto.port, f"{inst.root_topic}/status", timeout=60,
-                 where=lambda m: m.text == "online")
-        yield inst
+        with demo_instance(mosquitto, tmp_path) as inst:
+            yield inst
     finally:
-        stop_supervisord(proc)
-        sensors.shutdown()
         subprocess.run(["umount", "-l", str(data)], check=False)
 
 

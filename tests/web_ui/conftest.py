@@ -7,19 +7,15 @@ how to install it (``./hub test`` installs it)."""
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from services.demo_sensors.__main__ import make_server
-from tests.conftest import ROOT
-from tests.e2e.conftest import Instance, instance_env, start_supervisord, stop_supervisord
-from tests.helpers import Broker, free_port, retained
+from tests.e2e.conftest import Instance, demo_instance
+from tests.helpers import Broker
 
 CHROMIUM = Path("/usr/bin/chromium")
 KEY = "ui-test-management-key"
@@ -36,27 +32,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 @pytest.fixture(scope="module")
 def hub(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
     """The demo instance with a management key and room for 3 live views."""
-    tmp = tmp_path_factory.mktemp("ui")
-    sensors = make_server("127.0.0.1", free_port())
-    threading.Thread(target=sensors.serve_forever, daemon=True).start()
-    instances = tmp / "instances"
-    instances.mkdir()
-    shutil.copy(ROOT / "instances" / "demo.json", instances)
-    env = instance_env(mosquitto, tmp, instances, "demo")
-    env.update(DEMO_SENSORS_PORT=str(sensors.server_address[1]), MASTER_API_KEY=KEY,
-               DASHBOARD_STREAMS="3")
-    proc, output = start_supervisord(env)
-    inst = Instance(env, f"{env['MQTT_BASE_TOPIC']}/v1/instances/demo", proc, output)
-    try:
-        retained(mosquitto.host, mosquitto.port, f"{inst.root_topic}/status", timeout=60,
-                 where=lambda m: m.text == "online")
-    except AssertionError:
-        stop_supervisord(proc)
-        raise AssertionError("the instance never came online:\n" + inst.log()) from None
-    yield inst
-    stop_supervisord(proc)
-    (tmp / "instance.log").write_text("\n".join(output))  # kept by pytest for a post-mortem
-    sensors.shutdown()
+    with demo_instance(mosquitto, tmp_path_factory.mktemp("ui"), MASTER_API_KEY=KEY,
+                       DASHBOARD_STREAMS="3") as inst:
+        yield inst
 
 
 @pytest.fixture(scope="module")

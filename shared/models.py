@@ -225,14 +225,15 @@ class AvailabilityChange(_Model):
 
 
 class DeviceChange(_Model):
-    """A device was added to or removed from the registry. ``info`` (with ``added``) lets the
-    bridge publish the new device alone instead of reloading every device."""
+    """A device was added to or removed from the registry, or what it says of itself changed
+    (``updated``: its units, name or interval). ``info`` (with ``added`` and ``updated``) lets the
+    bridge publish that device alone instead of reloading every device."""
 
     kind: Literal["device"] = "device"
     seq: int
     device_id: DeviceId
     ts: float
-    action: Literal["added", "removed"]
+    action: Literal["added", "updated", "removed"]
     info: DeviceInfo | None = None
 
 

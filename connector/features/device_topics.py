@@ -192,6 +192,12 @@ class DeviceTopics:
         if info is None:
             return
         before = mirror.devices.get(change.device_id)
+        if change.action == "updated" and before is not None:
+            # New units, name or interval: discovery sees the new info (its round compares the
+            # records); the device's topics already hold what is current.
+            before.info = info
+            mirror.shape += 1
+            return
         rec = DeviceRecord(info=info, online=info.online,
                            state=before.state if before else None)
         mirror.devices[change.device_id] = rec

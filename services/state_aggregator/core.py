@@ -12,6 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
@@ -49,6 +50,10 @@ from .registry import Device, RegistryRefusal, build_registry, refusal
 log = logging.getLogger(__name__)
 
 SNAPSHOT_WARM_WAIT_S = 5.0
+
+
+def _updated(seq: int, *, device_id: str, ts: float, info: DeviceInfo) -> DeviceChange:
+    return DeviceChange(seq=seq, device_id=device_id, ts=ts, action="updated", info=info)
 
 
 class Aggregator:
@@ -223,6 +228,40 @@ class Aggregator:
                 self._store.save(list(self._registered.values()))
         log.info("registered %s device %s", request.source, request.device_id)
         return True
+
+    def update_devices(self, requests: list[RegisterDevice]) -> int:
+        """What run-time devices say of themselves changed (a master-control sensor's config
+        maps its readings to other units, sets another check-in interval): update those of the
+        same source, each with an ``updated`` change that carries it, so the bridge republishes
+        its discovery with the new units. Unknown devices and other sources' are left alone;
+        returns how many changed. One save for all of them."""
+        updated = 0
+        with self._lock:
+            now = self.clock()
+            for request in requests:
+                device = self.devices.get(request.device_id)
+                if device is None or device.source != request.source:
+                    continue
+                fields = {"name": request.name or request.device_id,
+                          "model": request.model or request.source,
+                          "sensor_type": request.sensor_type, "interval": request.interval,
+                          "units": dict(request.units)}
+                if all(getattr(device, k) == v for k, v in fields.items()):
+                    continue
+                for key, value in fields.items():
+                    setattr(device, key, value)
+                registration = self._registered.get(request.device_id)
+                if registration is not None:
+                    self._registered[request.device_id] = registration.model_copy(
+                        update={"device": request})
+                self.changes.append(partial(_updated, device_id=request.device_id, ts=now,
+                                            info=device.info(now)))
+                updated += 1
+            if updated and self._store is not None:
+                self._store.save(list(self._registered.values()))
+        if updated:
+            log.info("%d run-time device(s) updated", updated)
+        return updated
 
     def seen(self, device_id: str, ts: float) -> None:
         """A sign of life without a reading (a master-control heartbeat): the device stays

@@ -44,6 +44,8 @@ class DeviceSink(Protocol):
 
     def source_of(self, device_id: str) -> str | None: ...
 
+    def update_devices(self, requests: list[RegisterDevice]) -> int: ...
+
 
 @dataclass(frozen=True, slots=True)
 class MasterOptions:
@@ -155,10 +157,13 @@ class MasterService:
             self._announced.pop(sensor_id, None)
 
     def notify(self, changed: list[Version]) -> None:
-        """Tell the feed and the listeners (the MQTT side) which sensors have a new config."""
+        """Tell the feed and the listeners (the MQTT side) which sensors have a new config, and
+        the registry what their devices now say of themselves (a mapping's unit, the check-in
+        interval)."""
         for version in changed:
             self.feed.append("config", version.sensor_id, config_version=version.version,
                              config_hash=version.config_hash)
+        self._refresh_devices(changed)
         for listener in self.listeners:
             try:
                 listener(changed)
@@ -194,15 +199,35 @@ class MasterService:
         assert latest is not None
         return latest
 
-    def _register_device(self, row: sqlite3.Row, doc: dict[str, Any] | None = None) -> None:
-        if self.sink is None or self.sink.source_of(row["sensor_id"]) == "probe":
-            return  # a probe that phones home is already a device: its probe device serves
-        self.sink.register(RegisterDevice(
+    def _device(self, row: sqlite3.Row, doc: dict[str, Any] | None) -> RegisterDevice:
+        """The sensor as a device of the registry: its units come from its config's mappings."""
+        return RegisterDevice(
             device_id=row["sensor_id"], name=row["sensor_name"] or row["sensor_id"],
             model=row["hardware_info"] or "master-controlled sensor",
             sensor_type=row["sensor_type"], source="sensor",
             interval=row["effective_interval"] or self.options.default_interval,
-            units=resolve.units(((doc or {}).get("config") or {}).get("sensor_mappings"))))
+            units=resolve.units(((doc or {}).get("config") or {}).get("sensor_mappings")))
+
+    def _register_device(self, row: sqlite3.Row, doc: dict[str, Any] | None = None) -> None:
+        if self.sink is None or self.sink.source_of(row["sensor_id"]) == "probe":
+            return  # a probe that phones home is already a device: its probe device serves
+        self.sink.register(self._device(row, doc))
+
+    def _refresh_devices(self, changed: list[Version]) -> None:
+        """One registry update for every sensor whose new config changes its device (a template
+        edit for a type of 1,000 sensors is one call, one save)."""
+        if self.sink is None or not changed:
+            return
+        docs = {v.sensor_id: v.document for v in changed}
+        with self.db.read() as conn:
+            rows = []
+            ids = list(docs)
+            for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+                chunk = ids[start:start + 500]
+                rows += conn.execute(
+                    f"SELECT * FROM sensors WHERE sensor_id IN "  # noqa: S608
+                    f"({','.join('?' * len(chunk))})", chunk).fetchall()
+        self.sink.update_devices([self._device(row, docs[row["sensor_id"]]) for row in rows])
 
     @staticmethod
     def assigned_master(conn: sqlite3.Connection, latest: Version) -> tuple[str | None, int | None]:

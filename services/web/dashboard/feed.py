@@ -263,8 +263,12 @@ class Feed:
         self.applied += 1
         self._ring.append((self.seq, device_id))
         if kind == "device":
-            if change.get("action") == "added" and change.get("info"):
-                self.rows[device_id] = self._row(change["info"], {})
+            action, info = change.get("action"), change.get("info")
+            if action == "updated" and info and device_id in self.rows:
+                kept = self.rows[device_id]  # new units or name; its values stay
+                self.rows[device_id] = self._row(info, kept) | {"error": kept["error"]}
+            elif action in ("added", "updated") and info:
+                self.rows[device_id] = self._row(info, {})
             else:
                 self.rows.pop(device_id, None)
                 self.history.pop(device_id, None)

@@ -91,3 +91,14 @@ def test_last_event_id_replays_the_devices_changed_after_it() -> None:
 def test_an_id_from_another_epoch_or_out_of_the_ring_resets(last_id: str) -> None:
     feed = fed(ring=3)  # keeps seq 13..15; e1:2 is long gone
     assert feed.subscribe(last_id).take(0) == RESET
+
+
+def test_an_updated_device_keeps_its_values_and_takes_the_new_units() -> None:
+    feed = fed()
+    feed._apply({"kind": "device", "seq": 16, "device_id": "a", "ts": 16.0, "action": "updated",
+                 "info": {"device_id": "a", "source": "sensor", "online": True,
+                          "last_seen": 14.0, "units": {"t": "°F"}}})
+    row = feed.rows["a"]
+    assert (row["units"], row["values"], row["ts"]) == ({"t": "°F"}, {"t": 14.0}, 14.0)
+    feed._apply({"kind": "device", "seq": 17, "device_id": "b", "ts": 17.0, "action": "removed"})
+    assert "b" not in feed.rows

@@ -59,7 +59,8 @@ def hub(mosquitto: Broker, tmp_path: Path) -> Iterator[Setup]:
     sub = Subscriber(mosquitto.host, mosquitto.port).subscribe(f"{topics.root}/#")
     settings = Settings(instance_name="t", mqtt_host=mosquitto.host, mqtt_port=mosquitto.port,
                         mqtt_base_topic=base, hub_run_dir=tmp_path / "run", mqtt_keepalive=5,
-                        state_aggregator_url=f"http://127.0.0.1:{server.server_port}")
+                        state_aggregator_url=f"http://127.0.0.1:{server.server_port}",
+                        data_dir=tmp_path / "data", ha_discovery_prefix=f"{base}-ha")
     bridge = Bridge(settings, INSTANCE)
     bridge.start()
     sub.wait(topics.status, where=lambda m: m.text == "online")
@@ -153,7 +154,6 @@ def test_a_type_wide_template_change_republishes_every_config(hub: Setup) -> Non
     wait_for(lambda: len([m for m in hub.sub.messages if m.topic.endswith("/config")]) >= n,
              timeout=60, what="the first configs")
     hub.sub.clear()
-    started = time.monotonic()
     hub.admin.update_template(made["id"], TemplatePatch(config_data={"v": 2}))
 
     def republished() -> int:
@@ -161,7 +161,30 @@ def test_a_type_wide_template_change_republishes_every_config(hub: Setup) -> Non
             return sum(1 for m in hub.sub.messages
                        if m.topic.endswith("/config") and m.json()["config"] == {"v": 2})
 
+    # how fast is the bench's figure (./hub bench --only master); here: every one of them
     wait_for(lambda: republished() >= n, timeout=60, what=f"{n} configs republished")
-    took = time.monotonic() - started
-    print(f"\n{n} sensor configs republished in {took:.2f} s")  # the issue's figure (< 2 s)
-    assert took < 10  # generous: this machine is shared; the figure above is what counts
+
+
+def test_a_mapping_change_reaches_home_assistant_discovery(hub: Setup) -> None:
+    """The unit of a mapped reading is the config's: a template edit that changes it changes
+    the entity's ``unit_of_measurement`` without a restart."""
+    t, sub = hub.topics, hub.sub
+    prefix = hub.bridge.ctx.settings.ha_discovery_prefix
+    ha = Subscriber(hub.broker.host, hub.broker.port).subscribe(f"{prefix}/#")
+    try:
+        made = hub.admin.create_template(TemplateIn(config_name="t", sensor_type="esp32",
+                                                    config_data={"sensor_mappings": MAPPINGS}))
+        hub.send(t.sensor_register(SID), {"sensor_id": SID, "sensor_type": "esp32"})
+        sub.wait(t.sensor_config(SID))
+        hub.send(t.sensor_data(SID), {"readings": {"sensor.temperature": 18.5}})
+        entity = f"{prefix}/sensor/t_{SID}/temperature/config"
+        first = ha.wait(entity, where=lambda m: bool(m.payload)).json()
+        assert first["unit_of_measurement"] == "°C"
+        hub.admin.update_template(made["id"], TemplatePatch(config_data={"sensor_mappings": [
+            {**MAPPINGS[0], "unit": "°F"}]}))
+        second = ha.wait(entity, where=lambda m: bool(m.payload)
+                         and m.json().get("unit_of_measurement") == "°F").json()
+        assert second["unique_id"] == first["unique_id"]
+        assert hub.agg.devices[SID].units == {"temperature": "°F"}
+    finally:
+        ha.close()

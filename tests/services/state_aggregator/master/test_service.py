@@ -20,6 +20,7 @@ from shared.master_models import (
     SensorPatch,
     SensorRegister,
     TemplateIn,
+    TemplatePatch,
 )
 from shared.models import (
     AvailabilityChange,
@@ -273,3 +274,28 @@ def test_a_late_tick_does_not_skip_stale(service: MasterService, agg: Aggregator
     events = [(c.data or {})["status"] for c in agg.changes.since(0)[2]
               if isinstance(c, EventChange)]
     assert events[-2:] == ["stale", "offline"]
+
+
+def test_a_mapping_change_updates_the_device_units_and_interval(service: MasterService,
+                                                                 admin: MasterAdmin,
+                                                                 agg: Aggregator) -> None:
+    made = admin.create_template(TemplateIn(config_name="Default", sensor_type="esp32_ferm",
+                                            config_data=CONFIG))
+    service.register(ESP)
+    assert agg.devices["esp32_001"].units == {"temperature": "°C"}
+    seq = agg.changes.since(0)[0]
+    fahrenheit = {**CONFIG, "check_in_interval": 45, "sensor_mappings": [
+        {"sensor_name": "sensor.temperature", "entry_field": "Temperature", "unit": "°F",
+         "data_type": "float"},
+        {"sensor_name": "sensor.humidity", "entry_field": "Humidity", "unit": "%"}]}
+    admin.update_template(made["id"], TemplatePatch(config_data=fahrenheit))
+    device = agg.devices["esp32_001"]
+    assert device.units == {"temperature": "°F", "humidity": "%"}
+    assert device.interval == 45
+    updates = [c for c in agg.changes.since(seq)[2] if isinstance(c, DeviceChange)]
+    assert [(u.action, u.info.units if u.info else None) for u in updates] == [
+        ("updated", {"temperature": "°F", "humidity": "%"})]
+    # the same config again changes nothing, so nothing is announced
+    seq = agg.changes.since(0)[0]
+    admin.update_template(made["id"], TemplatePatch(config_name="Renamed only"))
+    assert not [c for c in agg.changes.since(seq)[2] if isinstance(c, DeviceChange)]

@@ -209,47 +209,84 @@ class MasterAdmin:
             except NotFound as exc:
                 raise Invalid("invalid_body", f"master_id: no master instance {master_id}") from exc
 
+    def _create_template(self, conn: sqlite3.Connection, body: TemplateIn,
+                         now: float) -> tuple[sqlite3.Row, list[Version]]:
+        self._check_master(conn, body.master_id)
+        cur = conn.execute(
+            "INSERT INTO templates (master_id, config_name, sensor_id, group_name, sensor_type, "
+            "config_data, priority, is_active, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (body.master_id, body.config_name, body.sensor_id, body.group, body.sensor_type,
+             dumps(body.config_data).decode(), body.priority, body.is_active, now, now))
+        row = self._template_row(conn, int(cur.lastrowid or 0))
+        t = template_from_row(row)
+        return row, self._recompute(conn, f"template {t.id} created",
+                                    self.configs.sensors_for(conn, t))
+
+    def _update_template(self, conn: sqlite3.Connection, template_id: int, body: TemplatePatch,
+                         now: float) -> tuple[sqlite3.Row, list[Version]]:
+        before = template_from_row(self._template_row(conn, template_id))
+        current = _template(self._template_row(conn, template_id))
+        merged = {**current, **body.model_dump(exclude_unset=True)}
+        try:
+            valid = TemplateIn.model_validate({k: merged[k] for k in TemplateIn.model_fields})
+        except ValidationError as exc:
+            raise _validation(exc) from exc
+        self._check_master(conn, valid.master_id)
+        conn.execute(
+            "UPDATE templates SET master_id = ?, config_name = ?, sensor_id = ?, group_name = ?, "
+            "sensor_type = ?, config_data = ?, priority = ?, is_active = ?, updated_at = ? "
+            "WHERE id = ?",
+            (valid.master_id, valid.config_name, valid.sensor_id, valid.group,
+             valid.sensor_type, dumps(valid.config_data).decode(), valid.priority,
+             valid.is_active, now, template_id))
+        row = self._template_row(conn, template_id)
+        after = template_from_row(row)
+        concerned = self.configs.sensors_for(conn, before) + self.configs.sensors_for(conn, after)
+        return row, self._recompute(conn, f"template {template_id} updated", concerned)
+
     def create_template(self, body: TemplateIn) -> dict[str, Any]:
-        now = self.service.clock()
         with self.db.tx() as conn:
-            self._check_master(conn, body.master_id)
-            cur = conn.execute(
-                "INSERT INTO templates (master_id, config_name, sensor_id, group_name, sensor_type, "
-                "config_data, priority, is_active, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (body.master_id, body.config_name, body.sensor_id, body.group, body.sensor_type,
-                 dumps(body.config_data).decode(), body.priority, body.is_active, now, now))
-            row = self._template_row(conn, int(cur.lastrowid or 0))
-            t = template_from_row(row)
-            changed = self._recompute(conn, f"template {t.id} created",
-                                      self.configs.sensors_for(conn, t))
+            row, changed = self._create_template(conn, body, self.service.clock())
         self.service.notify(changed)
         return {**_template(row), "sensors_changed": len(changed)}
 
     def update_template(self, template_id: int, body: TemplatePatch) -> dict[str, Any]:
-        now = self.service.clock()
         with self.db.tx() as conn:
-            before = template_from_row(self._template_row(conn, template_id))
-            current = _template(self._template_row(conn, template_id))
-            merged = {**current, **body.model_dump(exclude_unset=True)}
-            try:
-                valid = TemplateIn.model_validate({k: merged[k] for k in TemplateIn.model_fields})
-            except ValidationError as exc:
-                raise _validation(exc) from exc
-            self._check_master(conn, valid.master_id)
-            conn.execute(
-                "UPDATE templates SET master_id = ?, config_name = ?, sensor_id = ?, group_name = ?, "
-                "sensor_type = ?, config_data = ?, priority = ?, is_active = ?, updated_at = ? "
-                "WHERE id = ?",
-                (valid.master_id, valid.config_name, valid.sensor_id, valid.group,
-                 valid.sensor_type, dumps(valid.config_data).decode(), valid.priority,
-                 valid.is_active, now, template_id))
-            row = self._template_row(conn, template_id)
-            after = template_from_row(row)
-            concerned = self.configs.sensors_for(conn, before) + self.configs.sensors_for(conn, after)
-            changed = self._recompute(conn, f"template {template_id} updated", concerned)
+            row, changed = self._update_template(conn, template_id, body, self.service.clock())
         self.service.notify(changed)
         return {**_template(row), "sensors_changed": len(changed)}
+
+    def preview_template(self, body: TemplateIn | TemplatePatch,
+                         template_id: int | None = None) -> dict[str, Any]:
+        """What saving ``body`` (a new template, or a new version of ``template_id``) would do:
+        the sensors that would get a new config, with its version and hash, and the pinned
+        sensors it concerns that would keep theirs. Computed by the saving code itself, in a
+        transaction that is rolled back, so the preview and the save cannot disagree."""
+        with self.db.dry_run() as conn:
+            if template_id is None:
+                assert isinstance(body, TemplateIn)
+                row, changed = self._create_template(conn, body, self.service.clock())
+            else:
+                patch = (body if isinstance(body, TemplatePatch)
+                         else TemplatePatch.model_validate(body.model_dump()))
+                row, changed = self._update_template(conn, template_id, patch,
+                                                     self.service.clock())
+            t = template_from_row(row)
+            pinned = [r[0] for r in conn.execute(
+                "SELECT sensor_id FROM sensors WHERE pinned_version IS NOT NULL ORDER BY sensor_id")]
+            concerned = set(self.configs.sensors_for(conn, t))
+            sensors = []
+            for v in changed:
+                before = (self.configs.version(conn, v.sensor_id, v.version - 1)
+                          if v.version > 1 else None)
+                sensors.append({"sensor_id": v.sensor_id, "config_version": v.version,
+                                "config_hash": v.config_hash,
+                                "previous_hash": before.config_hash if before else None,
+                                "template_id": v.template_id})
+        return {"template": {**_template(row), "id": template_id},
+                "sensors_changed": len(sensors), "sensors": sensors,
+                "pinned": [s for s in pinned if s in concerned]}
 
     def delete_template(self, template_id: int) -> dict[str, Any]:
         with self.db.tx() as conn:

@@ -148,6 +148,17 @@ class Database:
             self._conn.execute("COMMIT")
 
     @contextmanager
+    def dry_run(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that is always rolled back: what a change *would* do, found by
+        the very code that makes it."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            finally:
+                rollback(self._conn)
+
+    @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             yield self._conn

@@ -266,6 +266,18 @@ def update_config(template_id: int) -> Response:
     return ok(_master().admin.update_template(template_id, parse_body(TemplatePatch)))
 
 
+@bp.post("/configs/preview")
+def preview_config() -> Response:
+    """What ``POST /configs`` with this body would change, changing nothing."""
+    return ok(_master().admin.preview_template(parse_body(TemplateIn)))
+
+
+@bp.post("/configs/<int:template_id>/preview")
+def preview_config_update(template_id: int) -> Response:
+    """What ``PATCH /configs/{id}`` with this body would change, changing nothing."""
+    return ok(_master().admin.preview_template(parse_body(TemplatePatch), template_id))
+
+
 @bp.delete("/configs/<int:template_id>")
 def delete_config(template_id: int) -> Response:
     return ok(_master().admin.delete_template(template_id))

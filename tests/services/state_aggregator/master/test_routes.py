@@ -111,6 +111,35 @@ def test_history_rollback_and_explanation(http: FlaskClient) -> None:
     assert body(http.get(f"/master/config/{SID}"))["config_name"] == TEMPLATE["config_name"]
 
 
+def test_a_template_preview_names_the_sensors_and_hashes_a_save_would_give(
+        http: FlaskClient) -> None:
+    for n in (1, 2, 3):
+        http.post("/master/register", json={**REGISTER, "sensor_id": f"{SID}_{n}"})
+    http.post("/master/register", json={**REGISTER, "sensor_id": "other", "sensor_type": "x"})
+    http.post(f"/master/sensors/{SID}_3/rollback", json={"version": 1})  # pinned: keeps its own
+    before = {s: body(http.get(f"/master/config/{SID}_{s}"))["config_hash"] for s in (1, 2)}
+    preview = body(http.post("/master/configs/preview", json=TEMPLATE))
+    assert [s["sensor_id"] for s in preview["sensors"]] == [f"{SID}_1", f"{SID}_2"]
+    assert preview["pinned"] == [f"{SID}_3"] and preview["sensors_changed"] == 2
+    assert all(s["previous_hash"] == before[int(s["sensor_id"][-1])] for s in preview["sensors"])
+    # nothing was saved: no template, every sensor still on its old config
+    assert body(http.get("/master/configs"))["configs"] == []
+    assert body(http.get(f"/master/config/{SID}_1"))["config_hash"] == before[1]
+    # the save gives exactly what the preview said
+    assert body(http.post("/master/configs", json=TEMPLATE))["sensors_changed"] == 2
+    for s in preview["sensors"]:
+        got = body(http.get(f"/master/config/{s['sensor_id']}"))
+        assert (got["config_hash"], got["config_version"]) == (s["config_hash"],
+                                                                s["config_version"])
+    # a new version of a template: only what changes counts; a no-op changes nothing
+    edit = {"config_data": {"polling_interval": 5}}
+    assert body(http.post("/master/configs/1/preview", json=edit))["sensors_changed"] == 2
+    same = {"config_data": TEMPLATE["config_data"]}
+    assert body(http.post("/master/configs/1/preview", json=same))["sensors"] == []
+    assert http.post("/master/configs/9/preview", json=edit).status_code == 404
+    assert http.post("/master/configs/preview", json={"config_name": "x"}).status_code == 422
+
+
 @pytest.mark.parametrize(("method", "path", "payload", "status", "needle"), [
     ("post", "/master/heartbeat", {"sensor_id": "ghost"}, 404, "register first"),
     ("post", "/master/heartbeat", {"sensor_id": "a/b"}, 422, "sensor_id"),

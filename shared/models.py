@@ -237,8 +237,24 @@ class DeviceChange(_Model):
     info: DeviceInfo | None = None
 
 
+class CommandChange(_Model):
+    """A command's final result, whoever sent it (an MQTT client through the bridge, the
+    dashboard): the dashboard shows it on the device's page. The bridge publishes nothing for
+    it (it answers on ``cmd/response`` itself)."""
+
+    kind: Literal["command"] = "command"
+    seq: int
+    device_id: DeviceId
+    ts: float
+    cmd_id: str
+    values: dict[str, Any]
+    status: CommandStatus
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
 Change = Annotated[
-    StateChange | ErrorChange | EventChange | AvailabilityChange | DeviceChange,
+    StateChange | ErrorChange | EventChange | AvailabilityChange | DeviceChange | CommandChange,
     Field(discriminator="kind"),
 ]
 

@@ -1,7 +1,8 @@
 """The change log the bridge long-polls: every state, error, event, availability and registry
-change gets a sequence number; ``since(seq)`` returns all that came after, waiting up to a
-deadline when there is nothing yet. One request carries as many changes as have piled up, so the
-bridge makes a constant number of calls however many devices there are.
+change, and every command's result, gets a sequence number; ``since(seq)`` returns all that
+came after, waiting up to a deadline when there is nothing yet. One request carries as many
+changes as have piled up, so the bridge makes a constant number of calls however many devices
+there are.
 
 The log holds the shared change models themselves (``StateChange`` ...), built once when the
 change happens and written as JSON only at the REST edge.
@@ -18,10 +19,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from shared.models import AvailabilityChange, DeviceChange, ErrorChange, EventChange, StateChange
+from shared.models import (
+    AvailabilityChange,
+    CommandChange,
+    DeviceChange,
+    ErrorChange,
+    EventChange,
+    StateChange,
+)
 
-AnyChange = StateChange | ErrorChange | EventChange | AvailabilityChange | DeviceChange
-C = TypeVar("C", StateChange, ErrorChange, EventChange, AvailabilityChange, DeviceChange)
+AnyChange = (StateChange | ErrorChange | EventChange | AvailabilityChange | DeviceChange
+             | CommandChange)
+C = TypeVar("C", StateChange, ErrorChange, EventChange, AvailabilityChange, DeviceChange,
+            CommandChange)
 
 
 class ChangeLog:

@@ -21,6 +21,7 @@ from shared.errors import ReadError, ServiceError, UnknownDevice
 from shared.instance import Instance
 from shared.models import (
     AvailabilityChange,
+    CommandChange,
     CommandRequest,
     CommandResult,
     DeviceChange,
@@ -430,15 +431,26 @@ class Aggregator:
 
     # --- commands --------------------------------------------------------------------------------
     def command(self, device_id: str, request: CommandRequest) -> CommandResult:
+        """Run a command on the device's handler; its result goes into the change log too, so
+        every watcher sees it, whichever client sent the command."""
         device = self.device(device_id)
+        result = self._run_command(device, request)
+        self.changes.append(lambda seq: CommandChange(
+            seq=seq, device_id=device_id, ts=self.clock(), cmd_id=request.cmd_id,
+            values=request.values, status=result.status, result=result.result,
+            error=result.error))
+        return result
+
+    def _run_command(self, device: Device, request: CommandRequest) -> CommandResult:
         if not device.writable:
             return CommandResult(
                 status="rejected",
-                error=f"device {device_id!r} is read-only ({device.model}); it takes no commands",
+                error=f"device {device.device_id!r} is read-only ({device.model}); it takes no "
+                      "commands",
             )
         try:
             body = self._handler(device).post(
-                f"/sensor/{device_id}/command", request.model_dump(),
+                f"/sensor/{device.device_id}/command", request.model_dump(),
                 timeout=handler_wait_s(request.timeout_s),
             )
         except ServiceError as exc:

@@ -177,6 +177,10 @@ def test_read_only_devices_reject_commands(agg: Aggregator) -> None:
     assert result.status == "rejected" and "read-only" in (result.error or "")
     dead = agg.command("relay", CommandRequest(cmd_id="c", values={"state": "on"}))
     assert dead.status == "error" and "serial-handler" in (dead.error or "")
+    # every result reaches the change log, whoever sent the command (the dashboard shows it)
+    logged = [c for c in agg.changes.since(0)[2] if c.kind == "command"]
+    assert [(c.device_id, c.cmd_id, c.values, c.status) for c in logged] == [
+        ("temp", "c", {"x": 1}, "rejected"), ("relay", "c", {"state": "on"}, "error")]
 
 
 # --- routes -------------------------------------------------------------------------------------

@@ -34,6 +34,12 @@ class Probe:
     attempts: int = 0  # consecutive failed provisioning rounds (drives the backoff)
     next_check: float = 0.0  # monotonic
     last_error: str | None = None
+    # What the probe says of itself (``/whoami``, asked once per boot) and its last ``/status``,
+    # and how the last provisioning went: for the dashboard's probes page.
+    whoami: dict[str, Any] | None = None
+    status: dict[str, Any] | None = None
+    status_at: float | None = None
+    last_provision: dict[str, Any] | None = None
 
     @property
     def base_url(self) -> str:
@@ -45,7 +51,24 @@ class Probe:
         return {"id": self.probe_id, "name": self.name, "host": self.host, "ip": self.ip,
                 "port": self.port, "via": self.via,
                 "last_seen": iso(self.last_seen) if self.last_seen else None,
-                "provisioned": self.provisioned, "last_error": self.last_error}
+                "provisioned": self.provisioned, "last_error": self.last_error,
+                "whoami": self.whoami, "status": self.status,
+                "status_at": iso(self.status_at) if self.status_at else None,
+                "last_provision": self.last_provision}
+
+
+def shown(answer: dict[str, Any]) -> dict[str, Any]:
+    """A probe's own ``/whoami`` or ``/status`` as the hub keeps it: its scalar fields, strings
+    cut short, nothing that looks like a secret (a firmware could echo its token)."""
+    out: dict[str, Any] = {}
+    for key, value in list(answer.items())[:20]:
+        if not isinstance(key, str) or "token" in key.lower() or "secret" in key.lower():
+            continue
+        if isinstance(value, str):
+            out[key[:64]] = value[:200]
+        elif value is None or isinstance(value, bool | int | float):
+            out[key[:64]] = value
+    return out
 
 
 class ProbeDirectory:

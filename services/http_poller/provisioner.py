@@ -17,8 +17,9 @@ from typing import Any
 import requests
 
 from shared.errors import HubError
+from shared.timeutil import iso
 
-from .probes import Probe, ProbeDirectory
+from .probes import Probe, ProbeDirectory, shown
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,8 @@ class Provisioner:
             reason = reprovision_reason(probe, status, self.server_url)
             if reason == "rebooted" and self._on_reboot is not None:
                 self._on_reboot(probe)
+            if probe.whoami is None or reason == "rebooted":
+                self._whoami(probe)
             if reason is not None:
                 log.info("provisioning probe %s at %s: %s", probe.probe_id, probe.base_url, reason)
                 self._provision(probe)
@@ -136,7 +139,13 @@ class Provisioner:
     def _provision(self, probe: Probe) -> None:
         body = {"server_url": self.server_url, "interval_ms": self.interval_ms,
                 "token": self._token or ""}
-        self._call(probe, "POST", "/provision", body)
+        try:
+            self._call(probe, "POST", "/provision", body)
+        except ProvisionError as exc:
+            probe.last_provision = {"at": iso(), "ok": False, "message": str(exc)}
+            raise
+        probe.last_provision = {"at": iso(), "ok": True,
+                                "message": f"sent {self.server_url}, every {self.interval_ms} ms"}
         probe.provisioned = True
         self.provisioned += 1
 
@@ -144,7 +153,19 @@ class Provisioner:
         status = self._call(probe, "GET", "/status", None)
         if not isinstance(status, dict):
             raise ProvisionError(f"{probe.base_url}/status did not answer a JSON object")
+        probe.status, probe.status_at = shown(status), time.time()
         return status
+
+    def _whoami(self, probe: Probe) -> None:
+        """What the probe says it is; optional in practice (an old firmware may lack it), so a
+        failure is noted on the probe and does not fail the round."""
+        try:
+            answer = self._call(probe, "GET", "/whoami", None)
+        except ProvisionError as exc:
+            probe.whoami = {"error": str(exc)[:200]}
+            return
+        probe.whoami = (shown(answer) if isinstance(answer, dict)
+                        else {"error": "/whoami did not answer a JSON object"})
 
     def _call(self, probe: Probe, method: str, path: str, body: dict[str, Any] | None) -> Any:
         url = probe.base_url + path

@@ -180,6 +180,24 @@ def test_provision_on_demand(hub: Hub, probe: FakeProbe) -> None:
                    headers={"X-Token": TOKEN})
     assert done.status_code == 200 and done.json()["server_url"] == hub.web_url
     assert len(probe.provisions) == before + 1
+    # what the probe said of itself and how the last provisioning went, for the probes page
+    seen = done.json()["probe"]
+    assert seen["whoami"] == {"id": "probe_kitchen", "name": "Kitchen probe",
+                              "mac": "24:6F:28:00:00:01", "fw": "1.0.0-test"}
+    assert seen["status"]["boot_id"] == probe.boot_id and seen["status_at"].endswith("Z")
+    assert seen["last_provision"]["ok"] is True
+    assert seen["last_provision"]["message"] == f"sent {hub.web_url}, every 2000 ms"
+    with socket.socket() as spare:  # a port nothing listens on: the probe moved and is gone
+        spare.bind(("127.0.0.1", 0))
+        dead = spare.getsockname()[1]
+    hub.directory.upsert("probe_kitchen", name=None, host=None, ip="127.0.0.1", port=dead,
+                         via="static")
+    failed = hub.api("POST", "/api/provision", json={"probe_id": "probe_kitchen"},
+                     headers={"X-Token": TOKEN})
+    assert failed.status_code >= 400
+    listed = hub.api("GET", "/api/probes", headers={"X-Token": TOKEN}).json()["probes"][0]
+    assert listed["last_provision"]["ok"] is False
+    assert "unreachable" in listed["last_provision"]["message"]
     unknown = hub.api("POST", "/api/provision", json={"probe_id": "nope"},
                       headers={"X-Token": TOKEN})
     assert unknown.status_code == 404

@@ -23,6 +23,11 @@ MQTT_WINDOW_MAX_S = 7 * 86400.0  # a meta/request/history window spans at most a
 CSV_COLUMNS = ("id", "device_id", "ts_utc", "ts_local", "reading_id", "payload")
 # A reading id chosen by the sensor; never starts with "@", which marks the hub's own keys.
 ReadingId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+# The query arguments of the readings routes (the aggregator's /history and the LAN's
+# /api/readings), for their OpenAPI descriptions: ISO 8601 bounds, keyset pagination.
+READINGS_QUERY: dict[str, Any] = {
+    "start_date": str, "end_date": str, "device_id": str,
+    "limit": Annotated[int, Field(ge=1, le=PAGE_MAX)], "cursor": str}
 
 
 def _epoch(value: Any, what: str) -> float:

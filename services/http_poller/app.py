@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from shared import openapi
 from shared.config import load_config
 from shared.processes import HTTP_POLLER, STATE_AGGREGATOR
 from shared.pusher import Pusher
@@ -35,4 +36,5 @@ def create_app(poller: HttpPoller | None = None, probes: ProbeSide | None = None
     app.extensions["http_poller"] = poller
     app.register_blueprint(bp)
     install_error_handlers(app)
+    openapi.install(app, title="sensor-hub http-poller (internal)")
     return app

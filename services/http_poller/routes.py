@@ -6,6 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, request
 
 from shared.models import CommandRequest
+from shared.openapi import describe
 from shared.pusher import Pusher
 from shared.timeutil import iso
 from shared.web import ApiError, json_response, parse_body
@@ -23,6 +24,7 @@ def _poller() -> HttpPoller:
 
 
 @bp.get("/health")
+@describe(responses={200: "the poller's health"})
 def health() -> Response:
     pusher: Pusher | None = current_app.extensions.get("pusher")
     probes: ProbeSide | None = current_app.extensions.get("probes")
@@ -32,11 +34,13 @@ def health() -> Response:
 
 
 @bp.get("/sensors")
+@describe(responses={200: "the HTTP sensors"})
 def sensors() -> Response:
     return json_response({"sensors": _poller().list(), "timestamp": iso()})
 
 
 @bp.get("/sensor/<sensor_id>")
+@describe(responses={200: "a fresh reading", 404: "unknown sensor", 503: "the read failed"})
 def read(sensor_id: str) -> Response:
     reading = _poller().read(sensor_id)
     return json_response({"sensor_id": sensor_id, "reading": reading.model_dump(),
@@ -44,17 +48,21 @@ def read(sensor_id: str) -> Response:
 
 
 @bp.get("/sensor/<sensor_id>/health")
+@describe(responses={200: "the sensor's poll statistics", 404: "unknown sensor"})
 def sensor_health(sensor_id: str) -> Response:
     return json_response(_poller().health_of(sensor_id))
 
 
 @bp.post("/sensor/<sensor_id>/command")
+@describe(body=CommandRequest, responses={200: "the command's result", 400: "not JSON",
+                                      404: "unknown sensor", 422: "not a command"})
 def command(sensor_id: str) -> Response:
     body = parse_body(CommandRequest)
     return json_response(_poller().command(sensor_id, body).model_dump(exclude_none=True))
 
 
 @bp.get("/errors")
+@describe(responses={200: "recent errors"})
 def errors() -> Response:
     return json_response({"errors": list(_poller().errors), "timestamp": iso()})
 
@@ -68,6 +76,7 @@ def _probes() -> ProbeSide:
 
 
 @bp.get("/probes")
+@describe(query={"ip": str}, responses={200: "the known probes", 409: "probe side not running"})
 def probes() -> Response:
     """Every known probe; ``?ip=`` only the one(s) at that address."""
     ip = request.args.get("ip")
@@ -76,6 +85,7 @@ def probes() -> Response:
 
 
 @bp.get("/probes/<probe_id>")
+@describe(responses={200: "the probe", 404: "unknown probe", 409: "probe side not running"})
 def probe(probe_id: str) -> Response:
     found = _probes().directory.get(probe_id)
     if found is None:
@@ -84,6 +94,8 @@ def probe(probe_id: str) -> Response:
 
 
 @bp.post("/probes/<probe_id>/provision")
+@describe(responses={200: "provisioned", 404: "unknown probe", 409: "provisioning disabled",
+                     502: "the probe refused or did not answer"})
 def provision(probe_id: str) -> Response:
     """Push our settings to that probe now."""
     side = _probes()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from shared import openapi
 from shared.config import load_config
 from shared.pusher import Pusher
 from shared.rest import RestClient
@@ -28,4 +29,5 @@ def create_app(handler: SerialHandler | None = None) -> Flask:
     app.extensions["serial_handler"] = handler
     app.register_blueprint(bp)
     install_error_handlers(app)
+    openapi.install(app, title="sensor-hub serial-handler (internal)")
     return app

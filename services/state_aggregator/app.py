@@ -7,6 +7,7 @@ import gc
 
 from flask import Flask
 
+from shared import openapi
 from shared.config import load_config
 from shared.instance import Instance
 from shared.rest import RestClient
@@ -71,6 +72,7 @@ def create_app(aggregator: Aggregator | None = None,
     app.register_blueprint(master_bp)
     app.register_blueprint(history_bp)
     install_error_handlers(app)
+    openapi.install(app, title="sensor-hub state-aggregator (internal)")
     if system is not None:  # the real process, not a test's app
         collect_less_often()
     return app

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from flask import Blueprint, Response, current_app, request
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from shared.models import (
     ChangesPage,
@@ -15,6 +15,7 @@ from shared.models import (
     RegisterDevice,
     to_json,
 )
+from shared.openapi import describe
 from shared.timeutil import iso
 from shared.web import ApiError, json_response, parse_body
 
@@ -22,6 +23,9 @@ from .core import Aggregator
 from .registry import RegistryRefusal
 
 bp = Blueprint("state_aggregator", __name__)
+# Out-of-range numbers are clamped, not refused.
+CHANGES_QUERY = {"since": int, "epoch": str, "wait": Annotated[int, Field(ge=0, le=30)],
+                 "limit": Annotated[int, Field(ge=1, le=100_000)]}
 
 
 def _agg() -> Aggregator:
@@ -46,6 +50,7 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
 
 
 @bp.get("/health")
+@describe(responses={200: "the aggregator's health"})
 def health() -> Response:
     agg = _agg()
     handlers = agg.handler_health()
@@ -65,6 +70,8 @@ def health() -> Response:
 
 
 @bp.post("/ingest")
+@describe(body=IngestBatch, responses={200: "the batch's outcome", 400: "not JSON",
+                                   422: "not a batch"})
 def ingest() -> Response:
     """A handler's batch of observations: decoded and validated in one pass by pydantic
     (about a quarter cheaper than orjson then pydantic), since every reading crosses it."""
@@ -77,6 +84,9 @@ def ingest() -> Response:
 
 
 @bp.post("/devices/register")
+@describe(body=RegisterDevice, responses={200: "registered (or already known)", 400: "not JSON",
+                                      409: "another source's id, or MAX_DEVICES reached",
+                                      422: "not a device"})
 def register() -> Response:
     """Add a device found at run time; ``added`` is false when the registry already has it.
     409 when the id is another source's device, or past ``MAX_DEVICES``."""
@@ -89,6 +99,7 @@ def register() -> Response:
 
 
 @bp.get("/devices/<device_id>")
+@describe(responses={200: "the registry entry", 404: "unknown device"})
 def device_info(device_id: str) -> Response:
     """The registry's entry of one device (no state, no read)."""
     agg = _agg()
@@ -96,6 +107,7 @@ def device_info(device_id: str) -> Response:
 
 
 @bp.delete("/devices/<device_id>")
+@describe(responses={200: "removed", 404: "unknown device", 409: "not a run-time probe"})
 def unregister(device_id: str) -> Response:
     """Remove a probe registered at run time; 409 for any other device."""
     try:
@@ -106,38 +118,49 @@ def unregister(device_id: str) -> Response:
 
 
 @bp.get("/devices")
+@describe(responses={200: "every device's registry entry"})
 def devices() -> Response:
     return _models_response({"devices": _agg().device_infos(), "timestamp": iso()})
 
 
 @bp.get("/device/<device_id>")
+@describe(responses={200: "the device's state (cached or read)", 404: "unknown device",
+                     503: "the read failed"})
 def device(device_id: str) -> Response:
     return json_response(_agg().cached_state(device_id))
 
 
 @bp.post("/device/<device_id>/force-refresh")
+@describe(body=RefreshRequest, body_required=False,
+          responses={200: "the fresh state", 400: "not JSON", 404: "unknown device",
+                     422: "not a refresh request", 503: "the read failed"})
 def force_refresh(device_id: str) -> Response:
     body = parse_body(RefreshRequest, allow_empty=True)
     return json_response(_agg().refresh(device_id, body.properties))
 
 
 @bp.post("/device/<device_id>/command")
+@describe(body=CommandRequest, responses={200: "the command's result", 400: "not JSON",
+                                      404: "unknown device", 422: "not a command"})
 def command(device_id: str) -> Response:
     body = parse_body(CommandRequest)
     return json_response(_agg().command(device_id, body).model_dump(exclude_none=True))
 
 
 @bp.get("/groups")
+@describe(responses={200: "the instance's groups"})
 def groups() -> Response:
     return json_response({"groups": _agg().groups})
 
 
 @bp.get("/snapshot")
+@describe(responses={200: "every device and its state, and the change log's position"})
 def snapshot() -> Response:
     return _models_response(_agg().snapshot())
 
 
 @bp.get("/changes")
+@describe(query=CHANGES_QUERY, responses={200: "the changes since a position", 400: "bad argument"})
 def changes() -> Response:
     """Long poll: ``?since=SEQ&epoch=E&wait=S&limit=N``."""
     agg = _agg()
@@ -155,16 +178,19 @@ def changes() -> Response:
 
 
 @bp.get("/cache/stats")
+@describe(responses={200: "the cache's figures"})
 def cache_stats() -> Response:
     return json_response(_agg().cache_stats())
 
 
 @bp.post("/cache/clear")
+@describe(responses={200: "how many entries were dropped"})
 def cache_clear() -> Response:
     return json_response({"cleared": _agg().cache_clear()})
 
 
 @bp.get("/errors")
+@describe(responses={200: "recent errors and counters"})
 def errors() -> Response:
     agg = _agg()
     return json_response({"errors": list(agg.errors), "counters": agg.counters})

@@ -9,6 +9,7 @@ from flask import Flask, Response, request
 from pydantic import SecretStr
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from shared import openapi
 from shared.config import load_config
 from shared.errors import ServiceError
 from shared.processes import HTTP_POLLER, STATE_AGGREGATOR, WEB
@@ -22,6 +23,7 @@ from .dashboard import build_dashboard
 from .dashboard import install as install_dashboard
 from .errors import LanError
 from .ingest import Ingest
+from .master import forwarded_operations
 from .master import make_blueprint as master_blueprint
 from .readings import bp as readings_bp
 from .routes import WebContext, bp
@@ -69,6 +71,9 @@ def create_app(ctx: WebContext | None = None, *, master_api_key: SecretStr | Non
     install_dashboard(app, dashboard)
     install_error_handlers(app)
     install_lan_error_handlers(app)
+    # Under /api/: the LAN port answers no path of the internal services (their /openapi.json).
+    openapi.install(app, title="sensor-hub web (LAN port)", path="/api/openapi.json",
+                    extra=forwarded_operations)
     return app
 
 

@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from shared.errors import ServiceError
 from shared.jsonutil import dumps
+from shared.openapi import ANY_JSON, Operation, describe, described_rules, methods_of, openapi_path
 from shared.rest import RestClient
 from shared.web import error_response, json_response
 
@@ -35,6 +36,10 @@ FORWARD_TIMEOUT_S = 10.0
 # Larger than the probe API's limit: a batch uploaded after a long offline period, or a template
 # with a 64 KiB config. The aggregator checks each part's own limit.
 MAX_BODY = 2 * 1024 * 1024
+FORWARDED = {200: "the aggregator's answer", 201: "created", 304: "the sensor has this config",
+             400: "bad id or body", 401: "management needs X-API-Key", 404: "no such route or item",
+             409: "refused", 413: "body too large", 422: "invalid body",
+             503: "management disabled, or master control not answering"}
 
 
 def is_sensor_route(method: str, path: str) -> bool:
@@ -62,6 +67,7 @@ def make_blueprint(aggregator: RestClient, api_key: SecretStr | None) -> Bluepri
         return None
 
     @bp.route("/<path:path>", methods=["GET", "POST", "PATCH", "PUT", "DELETE"])
+    @describe(body=ANY_JSON, body_required=False, responses=FORWARDED)
     def forward(path: str) -> Response:
         parts = path.split("/")
         bad = next((p for p in parts if not _SEGMENT.fullmatch(p)), None)
@@ -101,6 +107,28 @@ def make_blueprint(aggregator: RestClient, api_key: SecretStr | None) -> Bluepri
         return resp
 
     return bp
+
+
+def forwarded_operations() -> dict[str, dict[str, Operation]]:
+    """The aggregator's master routes as this blueprint serves them (a prefix swap), for the
+    OpenAPI description: the catch-all rule forwards each one, with the same body and answers."""
+    from flask import Flask
+
+    from services.state_aggregator.master.routes import bp as master_bp
+
+    internal = Flask(__name__)
+    internal.register_blueprint(master_bp)
+    out: dict[str, dict[str, Operation]] = {}
+    for rule, op in described_rules(internal):
+        path = rule.rule.removeprefix(f"{master_bp.url_prefix}/")
+        if op is None or BRIDGE_ONLY.fullmatch(openapi_path(path)):
+            continue
+        for method in methods_of(rule):
+            out.setdefault(f"{PREFIX}/{path}", {})[method] = Operation(
+                body=op.body, query=op.query, body_required=op.body_required,
+                responses={**op.responses, 401: "management needs X-API-Key",
+                           503: "master control not answering"})
+    return out
 
 
 def _created(method: str, path: str) -> bool:

@@ -18,13 +18,14 @@ from flask import Blueprint, Response, current_app, request, stream_with_context
 from pydantic import ValidationError
 
 from shared.errors import ServiceError
-from shared.history_models import ReadingIn, ReadingsBulkIn, csv_chunks
+from shared.history_models import READINGS_QUERY, ReadingIn, ReadingsBulkIn, csv_chunks
 from shared.jsonutil import JSONDecodeError, loads
+from shared.openapi import describe
 from shared.rest import RestClient
 from shared.web import json_object_body, json_response, validation_message
 
 from .errors import LanError
-from .routes import WebContext
+from .routes import AUTH, WebContext
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +72,15 @@ def _query() -> dict[str, str]:
 
 
 @bp.get("")
+@describe(query=READINGS_QUERY, responses={200: "a page of readings", 400: "bad argument", **AUTH,
+                                          503: "history unavailable"})
 def readings() -> Response:
     return json_response({"ok": True, **_forward("GET", "/readings", params=_query())})
 
 
 @bp.get("/latest")
+@describe(query={"device_id": str}, responses={200: "the newest readings", 400: "bad argument",
+                                              **AUTH, 503: "history unavailable"})
 def latest() -> Response:
     return json_response({"ok": True, **_forward("GET", "/readings/latest", params=_query())})
 
@@ -86,6 +91,8 @@ def _dump(item: ReadingIn) -> dict[str, Any]:
 
 
 @bp.post("")
+@describe(body=ReadingIn, responses={200: "stored", 400: "not JSON", **AUTH, 422: "not a reading",
+                                 503: "history unavailable", 507: "not stored (disk)"})
 def post_one() -> Response:
     try:
         item = ReadingIn.from_body(json_object_body(required="a reading"))
@@ -96,6 +103,9 @@ def post_one() -> Response:
 
 
 @bp.post("/bulk")
+@describe(body=ReadingsBulkIn, responses={200: "stored", 400: "not JSON", **AUTH,
+                                      413: "body too large", 422: "not readings",
+                                      503: "history unavailable", 507: "not stored (disk)"})
 def post_bulk() -> Response:
     try:
         data = loads(request.get_data())
@@ -115,6 +125,9 @@ def post_bulk() -> Response:
 
 
 @bp.get("/export.csv")
+@describe(query={k: v for k, v in READINGS_QUERY.items() if k not in ("limit", "cursor")},
+          produces="text/csv", responses={200: "the readings as CSV, streamed", 400: "bad argument",
+                                          **AUTH, 503: "history unavailable"})
 def export_csv() -> Response:
     params = {k: v for k, v in _query().items() if k not in ("limit", "cursor")}
     # The first page is asked before the answer starts, so a bad query is a clear 400, not a

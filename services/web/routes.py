@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
+from shared.openapi import describe
 from shared.timeutil import iso
 from shared.topics import ID_RE
 from shared.web import json_object_body, json_response
@@ -20,6 +21,12 @@ from .ingest import Ingest
 from .upstream import Upstream
 
 bp = Blueprint("probe_api", __name__, url_prefix="/api")
+# A probe's reading: what the firmware sends; other numeric fields are readings too.
+PROBE_READING = {"type": "object", "required": ["temperature_c"], "properties": {
+    "temperature_c": {"type": "number"}, "probe_id": {"type": "string"},
+    "token": {"type": "string"}, "humidity": {"type": "number"}, "rssi": {"type": "number"},
+    "uptime_s": {"type": "number"}}}
+AUTH = {401: "token missing", 403: "wrong token"}
 
 
 @dataclass
@@ -57,11 +64,15 @@ def _authorize() -> None:
 
 
 @bp.get("/health")
+@describe(responses={200: "the LAN API answers"})
 def health() -> Response:
     return json_response({"ok": True, "time": iso()})
 
 
 @bp.route("/ingest", methods=["GET", "POST"])
+@describe(body=PROBE_READING, query={"token": str, "probe_id": str, "temperature_c": str},
+          responses={200: "accepted", 400: "not JSON", **AUTH, 422: "no usable temperature",
+                     503: "the hub is not ready"})
 def ingest() -> Response:
     if request.method == "GET":
         payload: dict[str, Any] = request.args.to_dict()
@@ -72,6 +83,7 @@ def ingest() -> Response:
 
 
 @bp.get("/probes")
+@describe(responses={200: "the probes and their devices", **AUTH, 503: "the hub is not ready"})
 def probes() -> Response:
     """The probes the poller discovered or was given, and the probe devices in the registry
     (a stale auto-registered one is removed with ``DELETE /api/probes/{id}``)."""
@@ -82,6 +94,8 @@ def probes() -> Response:
 
 
 @bp.delete("/probes/<probe_id>")
+@describe(responses={200: "removed", **AUTH, 404: "unknown probe", 422: "bad probe id",
+                     503: "the hub is not ready"})
 def remove(probe_id: str) -> Response:
     """Remove a probe's device from the registry (it comes back with its next reading)."""
     ctx = _ctx()
@@ -91,6 +105,11 @@ def remove(probe_id: str) -> Response:
 
 
 @bp.post("/provision")
+@describe(body={"type": "object", "properties": {"probe_id": {"type": "string"}}},
+          query={"probe_id": str},
+          responses={200: "provisioned", 400: "not JSON", **AUTH, 404: "unknown probe",
+                     409: "provisioning disabled", 422: "no probe id", 502: "the probe refused",
+                     503: "the hub is not ready"})
 def provision() -> Response:
     """``{probe_id}`` (or ``{id}``): push our settings to that probe now."""
     body = _body()

@@ -18,8 +18,16 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request, stream_with_context
 from pydantic import ValidationError
 
-from shared.history_models import BULK_MAX, PAGE_MAX, ReadingIn, ReadingsBulkIn, csv_chunks
+from shared.history_models import (
+    BULK_MAX,
+    PAGE_MAX,
+    READINGS_QUERY,
+    ReadingIn,
+    ReadingsBulkIn,
+    csv_chunks,
+)
 from shared.jsonutil import JSONDecodeError, loads
+from shared.openapi import describe
 from shared.timeutil import parse_iso
 from shared.topics import ID_RE
 from shared.web import ApiError, json_object_body, json_response, validation_message
@@ -91,6 +99,8 @@ def selection() -> dict[str, Any]:
 
 
 @bp.get("/readings")
+@describe(query=READINGS_QUERY, responses={200: "a page of readings, oldest first",
+                                          400: "bad argument", 503: "history unavailable"})
 def readings() -> Response:
     page: Page = _history().query(**selection(), limit=_limit_arg(1000),
                                   cursor=request.args.get("cursor") or None)
@@ -99,6 +109,8 @@ def readings() -> Response:
 
 
 @bp.get("/readings/latest")
+@describe(query={"device_id": str}, responses={200: "the newest reading of each device",
+                                              400: "bad argument", 503: "history unavailable"})
 def latest() -> Response:
     found = _history().latest(_device_arg())
     return json_response({"readings": found, "count": len(found)})
@@ -114,6 +126,9 @@ def _store(items: list[ReadingIn]) -> Response:
 
 
 @bp.post("/readings")
+@describe(body=ReadingIn, responses={200: "stored (or a duplicate)", 400: "not JSON",
+                                 422: "not a reading", 503: "history unavailable",
+                                 507: "not stored (disk)"})
 def post_one() -> Response:
     try:
         item = ReadingIn.from_body(json_object_body(required="a reading"))
@@ -142,11 +157,17 @@ def bulk_items(raw: bytes) -> list[ReadingIn]:
 
 
 @bp.post("/readings/bulk")
+@describe(body=ReadingsBulkIn, responses={200: "stored (duplicates counted)", 400: "not JSON",
+                                      422: "not readings", 503: "history unavailable",
+                                      507: "not stored (disk)"})
 def post_bulk() -> Response:
     return _store(bulk_items(request.get_data()))
 
 
 @bp.get("/readings/export.csv")
+@describe(query={k: v for k, v in READINGS_QUERY.items() if k not in ("limit", "cursor")},
+          produces="text/csv", responses={200: "the readings as CSV, streamed",
+                                          400: "bad argument", 503: "history unavailable"})
 def export_csv() -> Response:
     history, chosen = _history(), selection()
 

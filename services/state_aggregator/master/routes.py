@@ -6,9 +6,10 @@ after the prefix are the same, so forwarding is a prefix swap."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from flask import Blueprint, Response, current_app, request
+from pydantic import Field
 
 from shared.errors import TopicError
 from shared.master_models import (
@@ -27,6 +28,7 @@ from shared.master_models import (
     TemplateIn,
     TemplatePatch,
 )
+from shared.openapi import describe
 from shared.settings import Settings
 from shared.topics import validate_id
 from shared.web import ApiError, error_response, json_response, parse_body
@@ -41,6 +43,9 @@ bp = Blueprint("master", __name__, url_prefix="/master")
 MAX_BODY = 4 * 1024 * 1024
 COMMAND_STATES: tuple[CommandState, ...] = ("pending", "sent", "delivered", "completed", "failed",
                                             "expired", "canceled")
+BAD_BODY = {400: "not JSON, or a bad id", 413: "body too large", 422: "invalid body"}
+FEED_QUERY = {"since": Annotated[int, Field(ge=0)], "epoch": str,
+              "wait": Annotated[int, Field(ge=0, le=30)], "limit": Annotated[int, Field(ge=1, le=20_000)]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,11 +112,15 @@ def ok(obj: Any, status: int = 200) -> Response:
 
 
 @bp.post("/register")
+@describe(body=SensorRegister, responses={200: "registered", **BAD_BODY, 409: "refused"})
 def register() -> Response:
     return ok(_master().service.register(parse_body(SensorRegister)))
 
 
 @bp.get("/config/<sensor_id>")
+@describe(query={"version": Annotated[int, Field(ge=1)], "if_none_match": str},
+          responses={200: "the sensor's config", 304: "the sensor has it already",
+                     400: "bad id or argument", 404: "unknown sensor"})
 def config(sensor_id: str) -> Response:
     """``If-None-Match`` (or ``?if_none_match=``, for a forwarder whose client sends no
     headers) naming the current hash → 304."""
@@ -127,17 +136,22 @@ def config(sensor_id: str) -> Response:
 
 
 @bp.post("/heartbeat")
+@describe(body=Heartbeat, query={"include_config": Literal["1", "true", "0", "false"]},
+          responses={200: "acknowledged", **BAD_BODY, 404: "unknown sensor"})
 def heartbeat() -> Response:
     include = request.args.get("include_config") in ("1", "true")
     return ok(_master().service.heartbeat(parse_body(Heartbeat), include_config=include))
 
 
 @bp.post("/commands/<command_id>/ack")
+@describe(body=CommandAck, responses={200: "acknowledged", **BAD_BODY, 404: "unknown command",
+                                  409: "not open"})
 def ack(command_id: str) -> Response:
     return ok(_master().service.ack(_id(command_id, "command_id"), parse_body(CommandAck)))
 
 
 @bp.post("/data")
+@describe(body=DataUpload, responses={200: "stored", **BAD_BODY, 404: "unknown sensor"})
 def data() -> Response:
     return ok(_master().service.data(parse_body(DataUpload)))
 
@@ -146,6 +160,7 @@ def data() -> Response:
 
 
 @bp.get("/changes")
+@describe(query=FEED_QUERY, responses={200: "the changes since a position", 400: "bad argument"})
 def changes() -> Response:
     """Long poll of config changes and queued commands: ``?since=SEQ&epoch=E&wait=S&limit=N``."""
     feed = _master().service.feed
@@ -160,6 +175,7 @@ def changes() -> Response:
 
 
 @bp.get("/sensor-configs")
+@describe(query={"sensor_id": str}, responses={200: "the configs", 400: "bad id or too many"})
 def sensor_configs() -> Response:
     """Every sensor's current ``sensors/{s}/config`` payload (or those of ``?sensor_id=a,b``, at
     most 500), and the feed position it is valid at (read the position first: a change in
@@ -174,6 +190,7 @@ def sensor_configs() -> Response:
 
 
 @bp.post("/sensors/<sensor_id>/deliver")
+@describe(responses={200: "the open commands, now sent", 400: "bad id"})
 def deliver(sensor_id: str) -> Response:
     """The sensor's open commands, marked sent: what the MQTT side publishes on
     ``sensors/{s}/commands``."""
@@ -184,21 +201,25 @@ def deliver(sensor_id: str) -> Response:
 
 
 @bp.get("/instances")
+@describe(responses={200: "the master instances"})
 def instances() -> Response:
     return ok({"instances": _master().admin.instances()})
 
 
 @bp.post("/instances")
+@describe(body=MasterInstanceIn, responses={201: "created", **BAD_BODY, 409: "exists"})
 def create_instance() -> Response:
     return ok(_master().admin.create_instance(parse_body(MasterInstanceIn)), 201)
 
 
 @bp.patch("/instances/<int:master_id>")
+@describe(body=MasterInstancePatch, responses={200: "updated", **BAD_BODY, 404: "unknown"})
 def update_instance(master_id: int) -> Response:
     return ok(_master().admin.update_instance(master_id, parse_body(MasterInstancePatch)))
 
 
 @bp.delete("/instances/<int:master_id>")
+@describe(responses={200: "deleted", 404: "unknown", 409: "in use"})
 def delete_instance(master_id: int) -> Response:
     return ok(_master().admin.delete_instance(master_id))
 
@@ -207,6 +228,8 @@ def delete_instance(master_id: int) -> Response:
 
 
 @bp.get("/sensors")
+@describe(query={"status": Literal["online", "stale", "offline", "pending"], "sensor_type": str},
+          responses={200: "the sensors", 400: "bad argument"})
 def sensors() -> Response:
     status = request.args.get("status")
     if status is not None and status not in ("online", "stale", "offline", "pending"):
@@ -217,26 +240,33 @@ def sensors() -> Response:
 
 
 @bp.get("/sensors/<sensor_id>")
+@describe(responses={200: "the sensor", 400: "bad id", 404: "unknown sensor"})
 def sensor(sensor_id: str) -> Response:
     return ok(_master().admin.sensor(_id(sensor_id)))
 
 
 @bp.patch("/sensors/<sensor_id>")
+@describe(body=SensorPatch, responses={200: "updated", **BAD_BODY, 404: "unknown sensor"})
 def update_sensor(sensor_id: str) -> Response:
     return ok(_master().admin.update_sensor(_id(sensor_id), parse_body(SensorPatch)))
 
 
 @bp.delete("/sensors/<sensor_id>")
+@describe(responses={200: "deleted", 400: "bad id", 404: "unknown sensor"})
 def delete_sensor(sensor_id: str) -> Response:
     return ok(_master().admin.delete_sensor(_id(sensor_id)))
 
 
 @bp.get("/sensors/<sensor_id>/effective-config")
+@describe(responses={200: "the config and where each part comes from", 400: "bad id",
+                     404: "unknown sensor"})
 def effective_config(sensor_id: str) -> Response:
     return ok(_master().admin.explain(_id(sensor_id)))
 
 
 @bp.get("/sensors/<sensor_id>/config-history")
+@describe(query={"limit": Annotated[int, Field(ge=1, le=10_000)]},
+          responses={200: "the config versions", 400: "bad id or argument", 404: "unknown sensor"})
 def config_history(sensor_id: str) -> Response:
     limit = _int_arg("limit", 100, 1, 10_000) or 100
     return ok({"sensor_id": sensor_id,
@@ -244,6 +274,7 @@ def config_history(sensor_id: str) -> Response:
 
 
 @bp.post("/sensors/<sensor_id>/rollback")
+@describe(body=Rollback, responses={200: "rolled back", **BAD_BODY, 404: "unknown sensor or version"})
 def rollback(sensor_id: str) -> Response:
     return ok(_master().admin.rollback(_id(sensor_id), parse_body(Rollback)))
 
@@ -252,16 +283,19 @@ def rollback(sensor_id: str) -> Response:
 
 
 @bp.get("/configs")
+@describe(responses={200: "the config templates"})
 def configs() -> Response:
     return ok({"configs": _master().admin.templates()})
 
 
 @bp.post("/configs")
+@describe(body=TemplateIn, responses={201: "created", **BAD_BODY, 409: "exists"})
 def create_config() -> Response:
     return ok(_master().admin.create_template(parse_body(TemplateIn)), 201)
 
 
 @bp.patch("/configs/<int:template_id>")
+@describe(body=TemplatePatch, responses={200: "updated", **BAD_BODY, 404: "unknown", 409: "conflict"})
 def update_config(template_id: int) -> Response:
     return ok(_master().admin.update_template(template_id, parse_body(TemplatePatch)))
 
@@ -279,6 +313,7 @@ def preview_config_update(template_id: int) -> Response:
 
 
 @bp.delete("/configs/<int:template_id>")
+@describe(responses={200: "deleted", 404: "unknown", 409: "in use"})
 def delete_config(template_id: int) -> Response:
     return ok(_master().admin.delete_template(template_id))
 
@@ -287,11 +322,16 @@ def delete_config(template_id: int) -> Response:
 
 
 @bp.post("/command")
+@describe(body=CommandCreate, responses={201: "queued", **BAD_BODY, 404: "unknown target",
+                                     409: "too many open commands"})
 def create_command() -> Response:
     return ok(_master().admin.create_command(parse_body(CommandCreate)), 201)
 
 
 @bp.get("/commands")
+@describe(query={"sensor_id": str, "status": CommandState,
+                 "limit": Annotated[int, Field(ge=1, le=10_000)]},
+          responses={200: "the commands", 400: "bad argument"})
 def commands() -> Response:
     sensor_id = request.args.get("sensor_id")
     status = request.args.get("status")
@@ -304,11 +344,13 @@ def commands() -> Response:
 
 
 @bp.get("/commands/<command_id>")
+@describe(responses={200: "the command", 400: "bad id", 404: "unknown command"})
 def command(command_id: str) -> Response:
     return ok(_master().admin.command(_id(command_id, "command_id")))
 
 
 @bp.post("/commands/<command_id>/cancel")
+@describe(responses={200: "canceled", 400: "bad id", 404: "unknown command", 409: "not open"})
 def cancel_command(command_id: str) -> Response:
     return ok(_master().admin.cancel_command(_id(command_id, "command_id")))
 
@@ -317,35 +359,43 @@ def cancel_command(command_id: str) -> Response:
 
 
 @bp.get("/groups")
+@describe(responses={200: "the groups"})
 def groups() -> Response:
     return ok({"groups": _master().admin.groups()})
 
 
 @bp.post("/groups")
+@describe(body=GroupIn, responses={201: "created", **BAD_BODY, 409: "exists"})
 def create_group() -> Response:
     return ok(_master().admin.create_group(parse_body(GroupIn)), 201)
 
 
 @bp.get("/groups/<name>")
+@describe(responses={200: "the group", 400: "bad name", 404: "unknown group"})
 def group(name: str) -> Response:
     return ok(_master().admin.group(_id(name, "group_name")))
 
 
 @bp.patch("/groups/<name>")
+@describe(body=GroupPatch, responses={200: "updated", **BAD_BODY, 404: "unknown group"})
 def update_group(name: str) -> Response:
     return ok(_master().admin.update_group(_id(name, "group_name"), parse_body(GroupPatch)))
 
 
 @bp.delete("/groups/<name>")
+@describe(responses={200: "deleted", 400: "bad name", 404: "unknown group"})
 def delete_group(name: str) -> Response:
     return ok(_master().admin.delete_group(_id(name, "group_name")))
 
 
 @bp.put("/groups/<name>/sensors/<sensor_id>")
+@describe(responses={200: "a member now", 400: "bad name or id", 404: "unknown group or sensor"})
 def add_member(name: str, sensor_id: str) -> Response:
     return ok(_master().admin.set_member(_id(name, "group_name"), _id(sensor_id), member=True))
 
 
 @bp.delete("/groups/<name>/sensors/<sensor_id>")
+@describe(responses={200: "no member now", 400: "bad name or id",
+                     404: "unknown group or sensor"})
 def remove_member(name: str, sensor_id: str) -> Response:
     return ok(_master().admin.set_member(_id(name, "group_name"), _id(sensor_id), member=False))

@@ -15,12 +15,19 @@ from pydantic import ValidationError
 from shared.errors import ServiceError
 from shared.jsonutil import JSONDecodeError, loads
 from shared.master_models import CommandCreate, TemplateIn
+from shared.openapi import describe
 from shared.topics import ID_RE
 from shared.web import validation_message
 
-from .routes import _dash, bp
+from .routes import GATE, _dash, bp
 
 TARGETS = ("sensor_id", "group", "sensor_type")
+TEMPLATE_FORM = {"type": "object", "properties": {
+    name: {"type": "string"} for name in ("template_id", "config_name", "applies_to", "target",
+                                          "config_data", "priority", "is_active", "csrf_token")}}
+COMMAND_FORM = {"type": "object", "properties": {
+    name: {"type": "string"} for name in ("sensor_id", "command_type", "command_data", "priority",
+                                          "csrf_token")}}
 
 
 def _back(message: str, *, ok: bool) -> Response:
@@ -63,6 +70,7 @@ def _template_body() -> dict[str, Any]:
 
 
 @bp.post("/ui/master/templates")
+@describe(form=TEMPLATE_FORM, responses={302: "back to the master page, with the outcome", **GATE})
 def save_template() -> Response:
     """A new template, or (``template_id`` given) a new version of that one."""
     _dash().keys.require_management()
@@ -86,6 +94,7 @@ def save_template() -> Response:
 
 
 @bp.post("/ui/master/command")
+@describe(form=COMMAND_FORM, responses={302: "back to the master page, with the outcome", **GATE})
 def queue_command() -> Response:
     _dash().keys.require_management()
     try:
@@ -105,6 +114,7 @@ def queue_command() -> Response:
 
 
 @bp.post("/ui/master/commands/<command_id>/cancel")
+@describe(responses={302: "back to the master page, with the outcome", **GATE})
 def cancel_command(command_id: str) -> Response:
     _dash().keys.require_management()
     if not ID_RE.fullmatch(command_id):

@@ -10,11 +10,12 @@ from urllib.parse import urlencode
 from flask import Response, current_app, redirect, render_template, request, send_file
 from werkzeug.exceptions import NotFound
 
+from shared.openapi import describe
 from shared.topics import ID_RE
 
 from ..errors import LanError
 from ..routes import WebContext
-from .routes import _dash, bp
+from .routes import GATE, _dash, bp
 
 
 def _web() -> WebContext:
@@ -23,6 +24,8 @@ def _web() -> WebContext:
 
 
 @bp.get("/ui/probes")
+@describe(query={"ok": str, "problem": str}, produces="text/html",
+          responses={200: "the probes page", 302: "to the login page", **GATE})
 def page_probes() -> str:
     _dash()
     up = _web().upstream
@@ -37,6 +40,7 @@ def page_probes() -> str:
 
 
 @bp.post("/ui/probes/<probe_id>/provision")
+@describe(responses={302: "back to the probes page, with the outcome", 404: "bad probe id", **GATE})
 def provision(probe_id: str) -> Response:
     _dash().keys.require_management()
     if not ID_RE.fullmatch(probe_id):
@@ -50,6 +54,8 @@ def provision(probe_id: str) -> Response:
 
 
 @bp.get("/ui/probes/log.csv")
+@describe(produces="text/csv", responses={200: "the probe readings' CSV log",
+                                          404: "nothing logged yet", **GATE})
 def probe_log() -> Response:
     _dash()
     path = _web().ingest.csv.path

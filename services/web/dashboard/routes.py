@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from shared.errors import ServiceError
 from shared.jsonutil import JSONDecodeError, dumps, loads
 from shared.models import CommandIn, CommandRequest
+from shared.openapi import describe
 from shared.rest import RestClient
 from shared.topics import ID_RE
 from shared.web import ApiError, json_response, validation_message
@@ -46,6 +47,14 @@ from .feed import RESET, Feed
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
                static_url_path="/ui/static")
 
+# Each change needs the session's CSRF token (this header, or the form field) and, for management,
+# a session logged in with the key; without a dashboard (an API-only app) every page is 503.
+LOGIN_FORM = {"type": "object", "properties": {"key": {"type": "string"},
+                                                "csrf_token": {"type": "string"}}}
+GATE = {401: "the management key is needed", 403: "CSRF token missing or stale",
+        503: "dashboard off, or the aggregator not answering"}
+COMMAND_FORM = {"type": "object", "properties": {"values": {"type": "string"},
+                                                  "timeout": {"type": "string"}}}
 STREAM_S = 300.0  # a stream ends after this; the browser reconnects with Last-Event-ID
 KEEPALIVE_S = 10.0  # a comment line this often: proxies stay open, a closed tab is noticed
 
@@ -127,6 +136,8 @@ def _synced(dash: Dashboard) -> None:
 
 
 @bp.get("/")
+@describe(produces="text/html", responses={200: "the devices page", 302: "to the login page",
+                                              **GATE})
 def page_devices() -> str:
     dash = _dash()
     _synced(dash)
@@ -136,6 +147,8 @@ def page_devices() -> str:
 
 
 @bp.get("/ui/device/<device_id>")
+@describe(query={"range": str}, produces="text/html",
+          responses={200: "the device page", 302: "to the login page", 404: "no such device", **GATE})
 def page_device(device_id: str) -> str:
     dash = _dash()
     _synced(dash)
@@ -161,6 +174,7 @@ def page_device(device_id: str) -> str:
 
 
 @bp.get("/ui/hub")
+@describe(produces="text/html", responses={200: "the hub page", 302: "to the login page", **GATE})
 def page_hub() -> str:
     dash = _dash()
     procs, problem = hub.processes(dash.run_dir)
@@ -171,6 +185,8 @@ def page_hub() -> str:
 
 
 @bp.get("/ui/master")
+@describe(query={"ok": str, "problem": str}, produces="text/html",
+          responses={200: "the master control page", 302: "to the login page", **GATE})
 def page_master() -> str:
     dash = _dash()
     sensors = _aggregator(dash, "/master/sensors").get("sensors", [])
@@ -197,6 +213,9 @@ def _aggregator(dash: Dashboard, path: str, params: dict[str, Any] | None = None
 
 
 @bp.post("/ui/device/<device_id>/command")
+@describe(body=CommandIn, form=COMMAND_FORM,
+          responses={200: "the command's result", 404: "no such device", 422: "not a command",
+                     **GATE})
 def command(device_id: str) -> Response:
     """``{values, timeout?: ms}`` → the command's final result, through the aggregator's
     command route (the path an MQTT ``cmd`` takes from the bridge)."""
@@ -230,6 +249,9 @@ def command(device_id: str) -> Response:
 
 
 @bp.route("/ui/login", methods=["GET", "POST"])
+@describe(form=LOGIN_FORM, query={"next": str}, produces="text/html",
+          responses={200: "the login page", 302: "logged in", 401: "wrong key", 403: "stale form",
+                     503: "dashboard off"})
 def login() -> Response | str:
     dash = _dash()
     target = request.values.get("next") or "/"
@@ -248,6 +270,8 @@ def login() -> Response | str:
 
 
 @bp.post("/ui/logout")
+@describe(form={"type": "object", "properties": {"csrf_token": {"type": "string"}}},
+          body_required=False, responses={302: "logged out", **GATE})
 def logout() -> Response:
     dash = _dash()
     dash.keys.check_csrf()
@@ -259,6 +283,9 @@ def logout() -> Response:
 
 
 @bp.get("/ui/events")
+@describe(query={"device": str, "since": str}, produces="text/event-stream",
+          responses={200: "the live stream (ends after STREAM_S)", 404: "no such device",
+                     **GATE})
 def events() -> Response:
     """Server-Sent Events: ``devices`` messages with the changed rows (each device at most once a
     second), ``reset`` when the page must reload. ``?since=`` is the position the page was

@@ -301,12 +301,15 @@ def update_config(template_id: int) -> Response:
 
 
 @bp.post("/configs/preview")
+@describe(body=TemplateIn, responses={200: "the sensors it would change", **BAD_BODY})
 def preview_config() -> Response:
     """What ``POST /configs`` with this body would change, changing nothing."""
     return ok(_master().admin.preview_template(parse_body(TemplateIn)))
 
 
 @bp.post("/configs/<int:template_id>/preview")
+@describe(body=TemplatePatch, responses={200: "the sensors it would change", **BAD_BODY,
+                                     404: "unknown"})
 def preview_config_update(template_id: int) -> Response:
     """What ``PATCH /configs/{id}`` with this body would change, changing nothing."""
     return ok(_master().admin.preview_template(parse_body(TemplatePatch), template_id))

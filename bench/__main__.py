@@ -65,7 +65,8 @@ def analysis(r: dict[str, Any]) -> list[str]:
     return notes
 
 
-def run_sections(results: dict[str, Any], mode: Any, only: list[str]) -> None:
+def run_sections(results: dict[str, Any], mode: Any, only: list[str],
+                 profile: Path | None = None) -> None:
     """Each chosen section against one mosquitto of the harness's own."""
     workdir = Path(tempfile.mkdtemp(prefix="sensor-hub-bench-broker-"))
     broker = start_broker(workdir)
@@ -80,7 +81,7 @@ def run_sections(results: dict[str, Any], mode: Any, only: list[str]) -> None:
                 results["notes"].append("the LAN ingest API did not answer: serial ptys only")
         if "scale" in only:
             log.info("scale: %s devices", mode.scale_sizes)
-            results["scale"] = scale.run(broker, mode)
+            results["scale"] = scale.run(broker, mode, profile=profile)
         if "polling" in only:
             log.info("HTTP polling: %d sensors", mode.poll_sensors)
             results["polling"] = polling.run(broker, mode)
@@ -102,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections (default: all of {','.join(SECTIONS)})")
     parser.add_argument("--runs", type=int, help="repetitions behind each median")
+    parser.add_argument("--sizes", default=None, metavar="N,N",
+                        help="scale: these device counts instead of the mode's")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="scale: each process writes where its memory goes (tracemalloc) "
+                             "into DIR/<devices>/ after the cycles; its figures are inflated by "
+                             "the tracing")
     parser.add_argument("--out", type=Path, default=None,
                         help="where latest.json and latest.md go (default: bench/results/, "
                              "bench/results/smoke/ with --smoke)")
@@ -112,9 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     mode = MODES["full" if args.full else "smoke" if args.smoke else "quick"]
     results_dir = Path(__file__).parent / "results"
     out: Path = args.out or (results_dir / "smoke" if args.smoke else results_dir)
+    from dataclasses import replace
     if args.runs:
-        from dataclasses import replace
         mode = replace(mode, runs=args.runs)
+    if args.sizes:
+        mode = replace(mode, scale_sizes=tuple(int(n) for n in args.sizes.split(",")))
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(only) - set(SECTIONS)
     if unknown:
@@ -129,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                    else sys.argv[1:])).strip(),
         "machine": procs.machine(), "notes": [],
     }
-    run_sections(results, mode, only)
+    run_sections(results, mode, only, args.profile)
     results["duration_s"] = round(time.monotonic() - started, 1)
     results["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["targets"] = report.targets(results)

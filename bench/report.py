@@ -14,6 +14,10 @@ def _ok(value: bool | None) -> str:
     return "-" if value is None else ("**holds**" if value else "**missed**")
 
 
+KB_PER_DEVICE = 2.0  # issue 14: PSS per device per process between 1,000 and 10,000 devices
+ADDED_MB_10K = 60  # ... and what 10,000 devices add to the whole instance
+OVER_IDLE_MB = 20  # the instance at 1,000 devices against the demo instance at idle
+
 SMOKE_NOTE = ("smoke run: it only checks that the harness works, at loads far below the targets' "
               "(see the goals), so no target is judged; `./hub bench` or `./hub bench --full` "
               "measures them")
@@ -51,6 +55,23 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         add("scale: growth", "linear or better (time per device does not grow)",
             f"time per device x {growth:.2f} from {small['devices']:,} to {big['devices']:,}",
             growth <= 1.25)
+        per_device = r["scale"].get("kb_per_device", {})
+        if per_device:
+            worst = max((v for k, v in per_device.items() if k != "total"), default=0.0)
+            added_mb = (big["memory"]["total"]["pss_mb"] - small["memory"]["total"]["pss_mb"])
+            added_mb *= 10_000 / (big["devices"] - small["devices"])
+            add("memory per device", f"<= {KB_PER_DEVICE:g} KB per device per process from "
+                f"{small['devices']:,} to {big['devices']:,} devices; 10,000 devices add < "
+                f"{ADDED_MB_10K} MB", f"{worst:.1f} KB at most ("
+                + ", ".join(f"{k} {v:.1f}" for k, v in per_device.items() if k != "total")
+                + f"); 10,000 devices add {added_mb:.0f} MB",
+                worst <= KB_PER_DEVICE and added_mb < ADDED_MB_10K)
+        if "startup" in r and small["devices"] == 1000:
+            idle = r["startup"]["idle_memory"]["total"]["pss_mb"]
+            at_1k = small["memory"]["total"]["pss_mb"]
+            add("memory at 1,000 devices", f"<= idle + {OVER_IDLE_MB} MB PSS",
+                f"{at_1k:.0f} MB (idle {idle:.0f} MB: + {at_1k - idle:.0f} MB)",
+                at_1k <= idle + OVER_IDLE_MB)
         add("scale: REST calls", "constant number per cycle, not one per device",
             " / ".join(f"{s['bridge_rest_calls']:g}" for s in sizes) + " calls per cycle",
             big["bridge_rest_calls"] <= max(10, 3 * small["bridge_rest_calls"]))
@@ -143,6 +164,7 @@ def markdown(r: dict[str, Any]) -> str:
                 f"{cpu.get('mqtt-bridge', 0):.2f} | {cpu.get('state-aggregator', 0):.2f} | "
                 f"{cpu.get('serial-handler', 0):.2f} | {s['bridge_rest_calls']:g} | "
                 f"{s['ingest_calls']:g} | {s['ready_s']:.1f} | {s['memory']['total']['pss_mb']:.0f} |")
+        lines += _scale_memory(r["scale"])
     if "polling" in r:
         p = r["polling"]
         lines += ["", f"## HTTP polling ({p['sensors']:,} sensors every {p['interval_s']:g} s, "
@@ -173,6 +195,28 @@ def markdown(r: dict[str, Any]) -> str:
     if r.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in r["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _scale_memory(scale: dict[str, Any]) -> list[str]:
+    """PSS of each process at each size (after its cycles; at start-up, before any reading, in
+    parentheses) and what one more device costs it."""
+    sizes, per_device = scale["sizes"], scale.get("kb_per_device", {})
+    if not sizes or "memory" not in sizes[0]:
+        return []
+    lines = ["", "PSS MB per process after the cycles (at ready, before any reading), and KB per "
+             f"device from {sizes[0]['devices']:,} to {sizes[-1]['devices']:,} devices:", "",
+             "| process | " + " | ".join(f"{s['devices']:,}" for s in sizes)
+             + " | KB per device |", "|---" * (len(sizes) + 2) + "|"]
+    for name in sizes[-1]["memory"]:
+        cells = []
+        for s in sizes:
+            after = s["memory"].get(name, {}).get("pss_mb", 0.0)
+            ready = s.get("ready_memory", {}).get(name, {}).get("pss_mb")
+            cells.append(f"{after:.1f}" + (f" ({ready:.1f})" if ready is not None else ""))
+        kb = per_device.get(name)
+        lines.append(f"| {name} | " + " | ".join(cells)
+                     + f" | {'-' if kb is None else f'{kb:.2f}'} |")
+    return lines
 
 
 def _all(size: dict[str, Any]) -> str:

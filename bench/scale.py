@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
-from .broker import Broker, free_port
+from .broker import Broker, free_port, wait_until
 from .e2e import start_serial_hub
 from .feed import Feeder, Ptys
 from .modes import Mode
@@ -26,25 +27,45 @@ SETTLED_S = 1.0  # no device message for this long: the cycle's tail has arrived
 BRIDGE_PATHS = ("GET /changes", "GET /snapshot", "GET /devices", "GET /groups", "GET /health")
 
 
-def run(broker: Broker, mode: Mode) -> dict[str, Any]:
+def run(broker: Broker, mode: Mode, *, profile: Path | None = None) -> dict[str, Any]:
+    """Every size of ``mode``; with ``profile`` (a directory), each process also writes where
+    its memory goes after the cycles (``shared/memprofile.py``; tracing makes the figures of
+    such a run larger and slower, so they are for reading, not for comparing)."""
     out: dict[str, Any] = {"sizes": []}
     for size in mode.scale_sizes:
-        out["sizes"].append(_one_size(broker, mode, size))
+        out["sizes"].append(_one_size(broker, mode, size, profile))
+    out["kb_per_device"] = kb_per_device(out["sizes"])
     return out
 
 
-def _one_size(broker: Broker, mode: Mode, size: int) -> dict[str, Any]:
+def kb_per_device(sizes: list[dict[str, Any]]) -> dict[str, float]:
+    """Each process's PSS growth per device (KB) from the smallest size to the largest, after
+    their cycles: what one more device costs it."""
+    if len(sizes) < 2:
+        return {}
+    small, big = sizes[0], sizes[-1]
+    added = big["devices"] - small["devices"]
+    return {name: round((m["pss_mb"] - small["memory"].get(name, {}).get("pss_mb", 0.0))
+                        * 1024 / added, 2)
+            for name, m in big["memory"].items()}
+
+
+def _one_size(broker: Broker, mode: Mode, size: int, profile: Path | None) -> dict[str, Any]:
     ptys = Ptys(PORTS)
     relay_port, aggregator_port = free_port(), free_port()
     relay = RequestCounter(relay_port, aggregator_port)
     t0 = time.monotonic()
     hub = None
+    env = {"STATE_AGGREGATOR_PORT": str(aggregator_port),
+           "STATE_AGGREGATOR_URL": f"http://127.0.0.1:{relay_port}"}
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
+        env |= {"MEMPROFILE_DIR": str(profile / str(size))}
+        (profile / str(size)).mkdir(exist_ok=True)
     try:
-        hub, ports = start_serial_hub(
-            broker, ptys, size // PORTS,
-            env={"STATE_AGGREGATOR_PORT": str(aggregator_port),
-                 "STATE_AGGREGATOR_URL": f"http://127.0.0.1:{relay_port}"})
+        hub, ports = start_serial_hub(broker, ptys, size // PORTS, env=env)
         ready_s = time.monotonic() - t0
+        ready_memory = hub.memory()
         sub = Subscriber(broker.host, broker.port, [f"{hub.base}/devices/#"],
                          record_suffix="/state", qos=1)
         feeder = Feeder(ports, capacity=size * (mode.scale_cycles + 2) + 10,
@@ -78,6 +99,8 @@ def _one_size(broker: Broker, mode: Mode, size: int) -> dict[str, Any]:
                 if c > 0:
                     cycles.append(row)
             memory = hub.memory()
+            if profile is not None:
+                _profile(profile / str(size))
         finally:
             sub.close()
     finally:
@@ -96,8 +119,19 @@ def _one_size(broker: Broker, mode: Mode, size: int) -> dict[str, Any]:
         "cpu_s_total": median([c["cpu_s_total"] for c in cycles]),
         "bridge_rest_calls": median([c["bridge_rest_calls"] for c in cycles]),
         "ingest_calls": median([c["ingest_calls"] for c in cycles]),
-        "memory": memory,
+        "memory": memory, "ready_memory": ready_memory,
     }
+
+
+PROFILED = 5  # the five programs (a gunicorn program's worker; its master does not write)
+
+
+def _profile(where: Path) -> None:
+    """Ask every process for its tracemalloc top and wait until they have written it."""
+    (where / "request").write_text("cycles\n")
+    wait_until(lambda: len(list(where.glob("*-cycles.txt"))) >= PROFILED, timeout=120,
+               what="every process's memory profile", interval=0.5)
+    log.info("memory profiles in %s", where)
 
 
 def _settle(sub: Subscriber, quiet_s: float, limit_s: float = 60.0) -> None:

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from shared import memprofile
 from shared.errors import ConfigError
 from shared.instance import Instance, load_instance
 from shared.log import setup_logging
@@ -49,6 +50,7 @@ def load_config(process: str) -> tuple[Settings, Instance]:
         raise SystemExit(CONFIG_ERROR_EXIT) from exc
     setup_logging(process, settings.effective_log_level,
                   development=settings.mode == "development")
+    memprofile.install(process)
     return settings, instance
 
 

@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     def instance_file(self) -> Path:
         return self.instances_dir / f"{self.instance_name}.json"
 
+    # --- the aggregator's change log in memory (issue 14): bounded by count and by bytes ----------
+    changelog_max: int = Field(default=100_000, ge=1000)  # changes kept at most
+    changelog_max_mb: float = Field(default=16.0, ge=1)  # MB of their JSON at most
+
     # --- master control (sensors that phone home; issue 9) ----------------------------------------
     # Management routes need X-API-Key = MASTER_API_KEY; unset, they answer 503, never open.
     master_api_key: SecretStr | None = None

@@ -36,6 +36,8 @@ def build_aggregator(settings: Settings, instance: Instance) -> Aggregator:
         update_interval=settings.update_interval,
         store=RegistryStore(settings.data_dir / "registry.json"),
         max_devices=settings.max_devices,
+        changelog_capacity=settings.changelog_max,
+        changelog_max_bytes=int(settings.changelog_max_mb * 2**20),
     )
 
 
@@ -79,10 +81,9 @@ def create_app(aggregator: Aggregator | None = None,
 
 
 def collect_less_often() -> None:
-    """The change log keeps up to twice its capacity of changes alive (a few hundred thousand
-    objects), and every batch of readings allocates thousands more: at the default threshold
-    (700) the collector runs every few dozen readings and its older generations walk the whole
-    log. Collect less often and keep what start-up loaded out of the walk, as the bridge does:
+    """Every batch of readings allocates thousands of objects: at the default threshold (700)
+    the collector runs every few dozen readings and its older generations walk every device's
+    state. Collect less often and keep what start-up loaded out of the walk, as the bridge does:
     a quarter to a third less CPU per ingested reading here (bench/ingest_cost.py --tuned-gc)."""
     gc.freeze()
     gc.set_threshold(20_000, 10, 10)

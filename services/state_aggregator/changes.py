@@ -4,8 +4,12 @@ came after, waiting up to a deadline when there is nothing yet. One request carr
 changes as have piled up, so the bridge makes a constant number of calls however many devices
 there are.
 
-The log holds the shared change models themselves (``StateChange`` ...), built once when the
-change happens and written as JSON only at the REST edge.
+The shared change models (``StateChange`` ...) are built once when the change happens and kept
+as their JSON (one ``bytes`` each, about a fifth of the model with its dicts): ``/changes``
+joins them as they are, and nothing is encoded again per reader. The log is bounded by count
+and by bytes (``CHANGELOG_MAX``, ``CHANGELOG_MAX_MB``): past either, the oldest changes go (down
+to three quarters of the bound, so trimming is rare), and a reader that falls behind them gets
+``resync`` and reloads the snapshot, which holds every device's last state.
 
 A restart gives a new ``epoch``; a consumer whose epoch or position is gone gets ``resync`` and
 reloads the snapshot.
@@ -19,13 +23,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+from pydantic import TypeAdapter
+
 from shared.models import (
     AvailabilityChange,
+    Change,
     CommandChange,
     DeviceChange,
     ErrorChange,
     EventChange,
     StateChange,
+    to_json,
 )
 
 AnyChange = (StateChange | ErrorChange | EventChange | AvailabilityChange | DeviceChange
@@ -34,13 +42,20 @@ C = TypeVar("C", StateChange, ErrorChange, EventChange, AvailabilityChange, Devi
             CommandChange)
 
 
+_CHANGES: TypeAdapter[list[AnyChange]] = TypeAdapter(list[Change])
+KEEP = 0.75  # a trim keeps this share of each bound
+
+
 class ChangeLog:
-    def __init__(self, capacity: int = 200_000) -> None:
+    def __init__(self, capacity: int = 100_000, max_bytes: int = 16 * 2**20) -> None:
         self.epoch = uuid.uuid4().hex[:12]
         self._capacity = capacity
-        self._items: list[AnyChange] = []
+        self._max_bytes = max_bytes
+        self._items: list[bytes] = []  # each change as its JSON, in seq order
+        self._bytes = 0  # their total length
         self._first = 1  # seq of self._items[0]
         self._seq = 0
+        self.trimmed = 0  # changes dropped by the bounds since start
         self._cond = threading.Condition()  # on an RLock: a batch holds it around its appends
         self._batching = 0
 
@@ -53,15 +68,35 @@ class ChangeLog:
         frozen, so the number goes in as it is built) and wake the waiting readers."""
         with self._cond:
             change = make(self._seq + 1)
+            data = to_json(change)
             self._seq += 1
-            self._items.append(change)
-            if len(self._items) > 2 * self._capacity:  # amortised trim
-                drop = len(self._items) - self._capacity
-                del self._items[:drop]
-                self._first += drop
+            self._items.append(data)
+            self._bytes += len(data)
+            if len(self._items) > self._capacity or self._bytes > self._max_bytes:
+                self._trim()
             if not self._batching:
                 self._cond.notify_all()
             return change
+
+    def _trim(self) -> None:
+        """Drop the oldest changes until both bounds have a quarter of room again."""
+        keep_n, keep_bytes = int(self._capacity * KEEP), int(self._max_bytes * KEEP)
+        drop = max(0, len(self._items) - keep_n)
+        freed = sum(map(len, self._items[:drop]))
+        while self._bytes - freed > keep_bytes and drop < len(self._items) - 1:
+            freed += len(self._items[drop])
+            drop += 1
+        del self._items[:drop]
+        self._bytes -= freed
+        self._first += drop
+        self.trimmed += drop
+
+    def stats(self) -> dict[str, int]:
+        """What the log holds now, and its bounds (``/health``)."""
+        with self._cond:
+            return {"changes": len(self._items), "bytes": self._bytes,
+                    "max_changes": self._capacity, "max_bytes": self._max_bytes,
+                    "trimmed": self.trimmed}
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -76,9 +111,9 @@ class ChangeLog:
                 if not self._batching:
                     self._cond.notify_all()
 
-    def since(self, seq: int, *, limit: int = 10_000,
-              wait: float = 0.0) -> tuple[int, bool, list[AnyChange]]:
-        """``(last_seq, resync, changes)`` for everything after ``seq``."""
+    def since_json(self, seq: int, *, limit: int = 10_000,
+                   wait: float = 0.0) -> tuple[int, bool, list[bytes]]:
+        """``(last_seq, resync, changes as JSON)`` for everything after ``seq``."""
         with self._cond:
             if wait > 0 and seq >= self._seq:
                 self._cond.wait_for(lambda: self._seq > seq, timeout=wait)
@@ -86,8 +121,15 @@ class ChangeLog:
                 return self._seq, True, []
             start = seq + 1 - self._first
             items = self._items[start : start + limit]
-            last = items[-1].seq if items else self._seq
+            last = self._first + start + len(items) - 1 if items else self._seq
             return last, False, items
+
+    def since(self, seq: int, *, limit: int = 10_000,
+              wait: float = 0.0) -> tuple[int, bool, list[AnyChange]]:
+        """``since_json`` as the models (in-process readers and tests; ``/changes`` sends the
+        JSON as it is)."""
+        last, resync, items = self.since_json(seq, limit=limit, wait=wait)
+        return last, resync, _CHANGES.validate_json(b"[" + b",".join(items) + b"]")
 
     def wake_all(self) -> None:
         with self._cond:

@@ -67,7 +67,8 @@ class Aggregator:
         poll_interval: float,
         update_interval: float | None = None,
         clock: Callable[[], float] = time.time,
-        changelog_capacity: int = 200_000,
+        changelog_capacity: int = 100_000,
+        changelog_max_bytes: int = 16 * 2**20,
         store: RegistryStore | None = None,
         max_devices: int = 1000,
     ) -> None:
@@ -81,7 +82,7 @@ class Aggregator:
         self.groups: dict[str, list[str]] = {g.group_id: list(g.devices) for g in instance.groups}
         self.cache_ttl = cache_ttl
         self.cache_counters = {"hits": 0, "misses": 0, "expired": 0}
-        self.changes = ChangeLog(changelog_capacity)
+        self.changes = ChangeLog(changelog_capacity, changelog_max_bytes)
         self.errors: deque[dict[str, Any]] = deque(maxlen=500)
         self.counters = {"readings": 0, "errors": 0, "events": 0, "rejected": 0, "stale": 0}
         self._lock = threading.RLock()

@@ -8,7 +8,6 @@ from flask import Blueprint, Response, current_app, request
 from pydantic import Field, ValidationError
 
 from shared.models import (
-    ChangesPage,
     CommandRequest,
     IngestBatch,
     RefreshRequest,
@@ -65,6 +64,7 @@ def health() -> Response:
         "uptime": round(agg.clock() - agg.started, 1),
         "handlers": handlers,
         "devices": agg.counts(),
+        "changelog": agg.changes.stats(),
         "timestamp": iso(),
     })
 
@@ -171,10 +171,11 @@ def changes() -> Response:
     if epoch is not None and epoch != agg.changes.epoch:
         return json_response({"epoch": agg.changes.epoch, "seq": agg.changes.seq,
                               "resync": True, "changes": []})
-    seq, resync, items = agg.changes.since(since, limit=limit, wait=wait)
-    # The log's own models: validating them again would cost about 5 ms per 10,000 changes.
-    return _models_response(ChangesPage.model_construct(
-        epoch=agg.changes.epoch, seq=seq, resync=resync, changes=items))
+    seq, resync, items = agg.changes.since_json(since, limit=limit, wait=wait)
+    # The log keeps each change as its JSON: the page is those joined, nothing encoded again.
+    head = to_json({"epoch": agg.changes.epoch, "seq": seq, "resync": resync})
+    return Response(b"".join((head[:-1], b',"changes":[', b",".join(items), b"]}")),
+                    mimetype="application/json")
 
 
 @bp.get("/cache/stats")

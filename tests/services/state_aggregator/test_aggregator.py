@@ -75,7 +75,7 @@ def test_readings_merge_into_state_and_go_online(agg: Aggregator, clock: Clock) 
     assert last.values == {"temperature": 22.0, "humidity": 40}
     assert last.sampled == ["temperature"]
     assert (last.seq, last.device_seq) == (3, 2)  # the log's position; the device's 2nd state
-    assert agg.devices["temp"].state is last  # what the snapshot serves is what the log carried
+    assert agg.devices["temp"].state == last  # what the snapshot serves is what the log carried
 
 
 def test_device_seq_grows_by_one_per_state_of_each_device(agg: Aggregator, clock: Clock) -> None:

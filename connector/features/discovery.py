@@ -18,11 +18,12 @@ import time
 from typing import Any
 
 from shared import CONNECTOR_TYPE, __version__
+from shared.models import to_json
 from shared.topics import DiscoveryTopics, Route, RouteKind
 
 from ..context import BridgeContext
 from ..ha.builder import ERROR_KEY, EVENT_KEY, Builder, DeviceView, Origin
-from ..ha.ledger import FILE_NAME, Ledger, plan
+from ..ha.ledger import FILE_NAME, Ledger, fingerprint, plan
 from ..ha.props import infer
 from .base import Feature, Inbound
 
@@ -54,9 +55,12 @@ class DiscoveryFeature(Feature):
         self._connected = False
         self._full_at: float | None = None  # monotonic time of a pending full republish
         self._spread = 0.0
-        self._published: dict[str, dict[str, Any]] = {}
-        self._signature: object = None
-        self._quick: object = None
+        # What this process published, as fingerprints, and the last round's signatures as
+        # hashes: none of it holds a copy of the configs or of the devices (10,000 devices
+        # made the configs alone over 100 MB).
+        self._published: dict[str, int] = {}
+        self._signature: int | None = None
+        self._quick: int | None = None
         self.rounds = 0
 
     def handlers(self) -> dict[RouteKind, Inbound]:
@@ -126,11 +130,11 @@ class DiscoveryFeature(Feature):
             self.reconcile(views, frozen, full=full, spread=spread)
         self._signature, self._quick = signature, quick
 
-    def _quick_signature(self) -> object:
-        return tuple((d, id(rec.info), tuple(rec.state.values) if rec.state else ())
-                     for d, rec in list(self.ctx.mirror.devices.items()))
+    def _quick_signature(self) -> int:
+        return hash(tuple((d, id(rec.info), tuple(rec.state.values) if rec.state else ())
+                          for d, rec in list(self.ctx.mirror.devices.items())))
 
-    def views(self) -> tuple[list[DeviceView], frozenset[str], object]:
+    def views(self) -> tuple[list[DeviceView], frozenset[str], int]:
         """The devices as discovery sees them, the devices to leave alone (no state yet, but an
         earlier run published them: their properties are not known again yet) and a signature
         that changes when any of that does."""
@@ -148,7 +152,8 @@ class DiscoveryFeature(Feature):
             events = {e for p in props for e in p.events} | set(SOURCE_EVENTS.get(info.source, ()))
             views.append(DeviceView(info.model_copy(update={"online": False, "last_seen": None}),
                                     props, tuple(sorted(events))))
-        signature = (tuple((v.info, v.props, v.events) for v in views), frozenset(frozen))
+        # A hash of the views' JSON: the views themselves are not kept between rounds.
+        signature = hash(to_json([[(v.info, v.props, v.events) for v in views], sorted(frozen)]))
         return views, frozenset(frozen), signature
 
     def reconcile(self, views: list[DeviceView], frozen: frozenset[str], *, full: bool,
@@ -179,7 +184,7 @@ class DiscoveryFeature(Feature):
             if pause and i and i % CHUNK == 0 and self._stop.wait(pause):
                 break
             pub.json(topic, payload, qos=1, retain=True)
-            self._published[topic] = payload
+            self._published[topic] = fingerprint(payload)
         self.ledger.update(todo.entries, todo.clear)
         self.rounds += 1
         if todo.publish or todo.clear:

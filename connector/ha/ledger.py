@@ -96,6 +96,12 @@ class Ledger:
             log.warning("cannot write the discovery ledger %s: %s", self.path, exc)
 
 
+def fingerprint(payload: Mapping[str, Any]) -> int:
+    """What ``plan`` compares instead of the payload itself: the bridge remembers this number
+    per config topic, not the config's nested dicts (about 3 KB each, several per device)."""
+    return hash(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS))
+
+
 @dataclass
 class Plan:
     publish: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -104,16 +110,16 @@ class Plan:
 
 
 def plan(desired: Mapping[str, tuple[str, dict[str, Any]]], ledger: Mapping[str, Entry], *,
-         frozen: frozenset[str] = frozenset(), previous: Mapping[str, dict[str, Any]] | None = None
+         frozen: frozenset[str] = frozenset(), previous: Mapping[str, int] | None = None
          ) -> Plan:
     """What to publish and clear so that the broker holds exactly ``desired``
     (``{topic: (device, payload)}``).
 
     ``frozen`` devices are left as they are (their ledger topics neither cleared nor replaced:
     a device whose properties are not known yet after a restart). ``previous`` payloads (what
-    this process already published) are not sent again. A device config that loses entities
-    declares each lost one with its platform alone, which is how Home Assistant's device
-    discovery removes a component.
+    this process already published, by their ``fingerprint``) are not sent again. A device
+    config that loses entities declares each lost one with its platform alone, which is how
+    Home Assistant's device discovery removes a component.
     """
     out = Plan()
     previous = previous or {}
@@ -131,7 +137,7 @@ def plan(desired: Mapping[str, tuple[str, dict[str, Any]]], ledger: Mapping[str,
                          (e.partition(":") for e in gone)}
                 body = {**payload, "components": {**components, **stubs}}
         out.entries[topic] = Entry(device, entities)
-        if previous.get(topic) != body or old is None or old.entities != entities:
+        if old is None or old.entities != entities or previous.get(topic) != fingerprint(body):
             out.publish[topic] = body
     for topic, entry in ledger.items():
         if topic not in desired and entry.device not in frozen:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from connector.ha.ledger import FILE_NAME, Entry, Ledger, plan
+from connector.ha.ledger import FILE_NAME, Entry, Ledger, fingerprint, plan
 
 P = "homeassistant"
 
@@ -27,9 +27,12 @@ def test_what_is_gone_is_cleared_and_what_is_unchanged_is_not_resent() -> None:
               f"{P}/sensor/i_b/t/config": Entry("b", ("sensor:t",)),     # device b removed
               f"{P}/sensor/i_a/old/config": Entry("a", ("sensor:old",))}  # property removed
     desired = {f"{P}/sensor/i_a/t/config": ("a", cfg("t"))}
-    previous = {f"{P}/sensor/i_a/t/config": cfg("t")}
+    previous = {f"{P}/sensor/i_a/t/config": fingerprint(cfg("t"))}
     todo = plan(desired, ledger, previous=previous)
     assert todo.publish == {}
+    # a config that differs from what was published is sent again
+    changed = {f"{P}/sensor/i_a/t/config": ("a", {**cfg("t"), "unit_of_measurement": "°C"})}
+    assert set(plan(changed, ledger, previous=previous).publish) == set(changed)
     assert sorted(todo.clear) == [f"{P}/sensor/i_a/old/config", f"{P}/sensor/i_b/t/config"]
     # a full round (reconnect, Home Assistant online) sends everything again
     assert set(plan(desired, ledger).publish) == set(desired)

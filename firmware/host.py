@@ -39,10 +39,10 @@ class VirtualProbe:
                  advertise_ip: str | None = None, interval_ms: int = 10000,
                  buffer_slots: int = 200, setup: Any = None, master: bool = True,
                  masters: list[str] | None = None, sensor_type: str = "esp32_probe",
-                 master_options: dict[str, Any] | None = None) -> None:
+                 master_options: dict[str, Any] | None = None, speed: float = 1.0) -> None:
         self.id = probe_id
         self.hal = HostHal(state_dir / probe_id, probe_id=probe_id, bind=bind,
-                           advertise_ip=advertise_ip, zeroconf=zeroconf)
+                           advertise_ip=advertise_ip, zeroconf=zeroconf, speed=speed)
         self.hub = hub
         self.interval_ms = interval_ms
         self.buffer_slots = buffer_slots
@@ -130,9 +130,14 @@ def main(argv: list[str] | None = None) -> int:
                              "default: the hub that provisions the probe)")
     parser.add_argument("--no-master", action="store_true", help="no master control client")
     parser.add_argument("--sensor-type", default="esp32_probe", help="sensor_type to register")
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="the probes' clock runs this many times as fast as the host's "
+                             "(intervals, backoff, check-ins; reading timestamps stay real)")
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be at least 1")
+    if not args.speed > 0:
+        parser.error("--speed must be positive")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     zc = None if args.no_mdns else Zeroconf(
         interfaces=args.mdns_interface or InterfaceChoice.All)
@@ -142,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         probes.append(VirtualProbe(pid, args.state, hub=args.hub, http_port=port, zeroconf=zc,
                                    bind=args.bind, advertise_ip=args.advertise_ip,
                                    interval_ms=args.interval_ms, master=not args.no_master,
-                                   masters=args.master, sensor_type=args.sensor_type).start())
+                                   masters=args.master, sensor_type=args.sensor_type,
+                                   speed=args.speed).start())
         print(f"{pid} listening on {args.bind}:{probes[-1].port}", flush=True)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

@@ -1,7 +1,12 @@
 """The host HAL: a virtual probe on CPython. Storage is a state directory, the network is the
 host's sockets, the mDNS advertisement is zeroconf (one ``Zeroconf`` may be shared by many
 virtual probes in one process), ``reset()`` raises ``Reboot`` for the runner, and the two OTA
-image slots are files."""
+image slots are files.
+
+``speed`` runs the probe's own clock faster than the host's: its ticks, sleeps and waits (so its
+sampling interval, upload backoff, check-ins and fail-back timers) count ``speed`` times as fast,
+so a test can live through a minute of a probe's life in a few seconds. The wall clock it stamps
+readings with (``time_s``) and network timeouts stay real: the hub sees true times."""
 
 from __future__ import annotations
 
@@ -35,7 +40,11 @@ def lan_ip() -> str:
 
 class HostHal(Hal):
     def __init__(self, state_dir: str | Path, *, probe_id: str, bind: str = "0.0.0.0",
-                 advertise_ip: str | None = None, zeroconf: Zeroconf | None = None) -> None:
+                 advertise_ip: str | None = None, zeroconf: Zeroconf | None = None,
+                 speed: float = 1.0) -> None:
+        if not speed > 0:
+            raise ValueError(f"speed must be positive, got {speed!r}")
+        self.speed = speed
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.bind = bind
@@ -56,13 +65,13 @@ class HostHal(Hal):
         return f"virtual probe (CPython {sys.version.split()[0]})"
 
     def ticks_ms(self) -> int:
-        return int((time.monotonic() - self._t0) * 1000)
+        return int((time.monotonic() - self._t0) * 1000 * self.speed)
 
     def time_s(self) -> float:
         return round(time.time(), 3)
 
     def sleep_ms(self, ms: int) -> None:
-        time.sleep(ms / 1000)
+        time.sleep(ms / 1000 / self.speed)
 
     def random_hex(self, n: int) -> str:
         return secrets.token_hex((n + 1) // 2)[:n]
@@ -118,7 +127,7 @@ class HostHal(Hal):
         return int(sock.getsockname()[1])
 
     def wait_readable(self, sock: Any, timeout_ms: int) -> bool:
-        readable, _, _ = select.select([sock], [], [], timeout_ms / 1000)
+        readable, _, _ = select.select([sock], [], [], timeout_ms / 1000 / self.speed)
         return bool(readable)
 
     def connect(self, host: str, port: int, timeout_s: float) -> Any:

@@ -3,10 +3,13 @@ payload's readings, registering a new probe in the aggregator, the reading (thro
 and the CSV row. Nothing here keeps device state: the aggregator owns the registry and decides
 who may write a device (a probe may only write devices of source ``probe``).
 
-A payload is ``{temperature_c, probe_id?, token?, <other numeric readings>...}``. Without a
-``probe_id`` the reading belongs to the known probe at the sender's IP, else to
-``probe_<ip>``. Fields that are not finite numbers (firmware version strings, flags) are ignored
-and listed in the answer, so a newer firmware does not lose its readings to one new field.
+A payload is ``{temperature_c, probe_id?, token?, <other numeric readings>...}``, taken as
+sampled when it arrives, or a batch of them after an outage, ``{probe_id?, token?, batch:
+[{timestamp?, temperature_c, ...}, ...]}``, each reading with the time it was sampled (ISO 8601
+or epoch seconds; without one, the time it arrives). Without a ``probe_id`` the reading
+belongs to the known probe at the sender's IP, else to ``probe_<ip>``. Fields that are not
+finite numbers (firmware version strings, flags) are ignored and listed in the answer, so a
+newer firmware does not lose its readings to one new field.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from shared.models import ReadingObs, RegisterDevice
+from shared.timeutil import iso, parse_iso
 from shared.topics import ID_RE
 
 from .csvlog import CsvLog
@@ -29,6 +33,9 @@ from .upstream import Upstream
 log = logging.getLogger(__name__)
 
 NOT_READINGS = frozenset({"probe_id", "token", "name", "id"})
+MAX_BATCH = 500  # readings per batch (a probe's buffer goes up in slices of 20)
+FUTURE_SLACK_S = 300.0  # a reading stamped further ahead would freeze the device's state
+EARLIEST_TS = 1_577_836_800.0  # 2020-01-01: anything earlier is an uptime or an unset clock
 UNITS = {"temperature_c": "°C", "humidity": "%", "rssi": "dBm", "uptime_s": "s"}
 # How long a registration the aggregator accepted is taken as still good before it is asked again
 # (it is asked at once after a removal through this program). Saves a call per reading without
@@ -68,6 +75,32 @@ def parse_readings(payload: Mapping[str, Any], *, text_ok: bool) -> tuple[dict[s
             continue
         readings[key] = value
     return readings, ignored
+
+
+def reading_time(value: Any, now: float, where: str) -> float:
+    """When a reading was sampled: its ``timestamp`` (ISO 8601 or epoch seconds), else ``now``;
+    ``LanError(422)`` naming ``where`` for one that is not a time or lies in the future."""
+    if value is None:
+        return now
+    if isinstance(value, str):
+        try:
+            ts = parse_iso(value)
+        except ValueError:
+            raise LanError(422, "invalid_body",
+                           f"{where}timestamp: {value[:40]!r} is not ISO 8601") from None
+    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        ts = float(value)
+    else:
+        raise LanError(422, "invalid_body",
+                       f"{where}timestamp must be ISO 8601 or epoch seconds, got {value!r}")
+    if ts < EARLIEST_TS:
+        raise LanError(422, "invalid_body", f"{where}timestamp: {value!r} is before 2020: an "
+                                            "uptime or a clock not set yet, not a time; leave it "
+                                            "out and the reading is stamped when it arrives")
+    if ts > now + FUTURE_SLACK_S:
+        raise LanError(422, "invalid_body", f"{where}timestamp: {iso(ts)} is in the future "
+                                            f"(the hub's clock says {iso(now)})")
+    return ts
 
 
 class Ingest:
@@ -111,16 +144,51 @@ class Ingest:
 
     def accept(self, payload: Mapping[str, Any], *, remote_ip: str | None,
                text_ok: bool = False) -> dict[str, Any]:
-        """Take one reading: device state, CSV row; the answer names what was stored."""
+        """Take one reading, or a ``batch``: device state, CSV rows; the answer names what was
+        stored. A batch is checked whole before any of it is taken (a 422 names the reading and
+        the field, and nothing is stored), then taken oldest first."""
+        if "batch" in payload and not text_ok:
+            return self._accept_batch(payload, remote_ip=remote_ip)
         probe_id = self.probe_id_for(payload, remote_ip)
         readings, ignored = parse_readings(payload, text_ok=text_ok)
         self._ensure_registered(probe_id)
-        ts = self._clock()
-        self._emit(ReadingObs(device_id=probe_id, ts=ts, values=readings))
-        self.csv.append(ts, probe_id, readings)
-        with self._lock:
-            self.accepted += 1
+        self._take(probe_id, [(self._clock(), readings)])
         return {"ok": True, "probe_id": probe_id, "stored": sorted(readings), "ignored": ignored}
+
+    def _accept_batch(self, payload: Mapping[str, Any], *, remote_ip: str | None) -> dict[str, Any]:
+        batch = payload["batch"]
+        if not isinstance(batch, list) or not 1 <= len(batch) <= MAX_BATCH:
+            raise LanError(422, "invalid_body",
+                           f"batch must be a list of 1 to {MAX_BATCH} readings")
+        probe_id = self.probe_id_for(payload, remote_ip)
+        now = self._clock()
+        taken: list[tuple[float, dict[str, Any]]] = []
+        names: set[str] = set()
+        ignored: set[str] = set()
+        for i, item in enumerate(batch):
+            if not isinstance(item, dict):
+                raise LanError(422, "invalid_body", f"batch.{i} must be a JSON object")
+            ts = reading_time(item.get("timestamp"), now, f"batch.{i}.")
+            try:
+                readings, skipped = parse_readings(
+                    {k: v for k, v in item.items() if k != "timestamp"}, text_ok=False)
+            except LanError as exc:
+                raise LanError(exc.status, exc.error, f"batch.{i}: {exc.message}") from None
+            taken.append((ts, readings))
+            names.update(readings)
+            ignored.update(skipped)
+        self._ensure_registered(probe_id)
+        taken.sort(key=lambda t: t[0])  # stable: readings of one instant keep their order
+        self._take(probe_id, taken)
+        return {"ok": True, "probe_id": probe_id, "accepted": len(taken), "stored": sorted(names),
+                "ignored": sorted(ignored)}
+
+    def _take(self, probe_id: str, readings: list[tuple[float, dict[str, Any]]]) -> None:
+        for ts, values in readings:
+            self._emit(ReadingObs(device_id=probe_id, ts=ts, values=values))
+            self.csv.append(ts, probe_id, values)
+        with self._lock:
+            self.accepted += len(readings)
 
     def forget(self, probe_id: str) -> None:
         """The probe's device was removed: its next reading registers it again."""

@@ -1,10 +1,19 @@
 """Virtual probes against the real hub: discovered over mDNS, provisioned by the hub's own
-provisioner, their readings on MQTT as device state; the hub's LAN API down for a while →
-readings buffered in the probe's flash ring → all delivered once it is back, none twice."""
+provisioner, their readings on MQTT as device state; the hub's LAN API down for a minute of the
+probes' time → readings buffered in the probe's flash ring → all delivered once it is back (in
+batches, each with the time it was sampled), none twice.
+
+The probes' clocks run 10 times as fast as the host's (``speed``, see firmware/hal/host.py):
+everything a probe does by its clock during a 60 s outage (30 samples at the hub's 2 s interval
+into the ring, the upload backoff climbing to its 30 s cap, the catch-up after) happens as on a
+device, in 6 s of the suite's time. The hub is really away for those 6 s; what the hub itself
+does about a device silent for longer than 30 s (offline, then online again) is not what this
+test is about (tests/services/state_aggregator covers availability)."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -14,19 +23,23 @@ import requests
 from zeroconf import Zeroconf
 
 from firmware.host import VirtualProbe
+from shared.timeutil import parse_iso
 from tests.firmware.hub import TOKEN, NetnsHub, isolated
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
+SPEED = 10.0  # the probes' clocks against the host's
+INTERVAL_MS = 2000  # the hub's PROBE_INTERVAL_MS, in the probes' time (200 ms of the host's)
+OUTAGE_S = 60  # in the probes' time
 
 
 def test_discovered_provisioned_buffered_and_delivered_once(tmp_path: Path) -> None:
     def body() -> None:
-        hub = NetnsHub(tmp_path)
+        hub = NetnsHub(tmp_path, probe_interval_ms=INTERVAL_MS)
         zc = Zeroconf(interfaces=["127.0.0.1"])
         probes = [VirtualProbe(f"probe-fw-{i}", tmp_path / "probes", bind="127.0.0.1",
-                               zeroconf=zc, advertise_ip="127.0.0.1",
-                               master=False).start() for i in (1, 2)]
+                               zeroconf=zc, advertise_ip="127.0.0.1", master=False,
+                               speed=SPEED).start() for i in (1, 2)]
         try:
             scenario(hub, probes)
         finally:
@@ -51,17 +64,27 @@ def scenario(hub: NetnsHub, probes: list[VirtualProbe]) -> None:
 
         wait_for(provisioned, timeout=120, what=f"{p.id} provisioned")
         st = status(p)
-        assert (st["server_url"], st["interval_ms"]) == (hub.api.removesuffix("/api"), 500)
+        assert (st["server_url"], st["interval_ms"]) == (hub.api.removesuffix("/api"), INTERVAL_MS)
         assert p.probe is not None and p.probe.token == TOKEN
         hub.sub.wait(f"{hub.root}/devices/{p.id}/state", timeout=30)
     state = hub.states(first.id)[-1]
     assert isinstance(state["temperature_c"], float) and state["device_id"] == first.id
     assert hub.sub.wait(f"{hub.root}/devices/{first.id}/availability").text == "online"
 
-    # The LAN API goes away: readings pile up in the ring, then all go out in order.
+    # The LAN API goes away for a minute of the probes' lives: readings pile up in the ring,
+    # then all go out in order.
     program = hub.lan_program()
+    stopped_at = time.time()  # before: the program refuses connections before it has stopped
     assert "stopped" in hub.instance.supervisorctl("stop", program).stdout
-    wait_for(lambda: int(status(first)["buffered"]) >= 6, timeout=30, what="readings buffered")
+    away_from = int(status(first)["uptime_s"])
+    wait_for(lambda: int(status(first)["uptime_s"]) >= away_from + OUTAGE_S, timeout=60,
+             what=f"{OUTAGE_S} s of the probe's time")
+    buffered = int(status(first)["buffered"])
+    # 30 intervals: the ring holds about as many (a sample in flight when the API went away
+    # may have been delivered or buffered)
+    assert buffered >= OUTAGE_S * 1000 // INTERVAL_MS - 2, status(first)
+    assert "upload to" in str(status(first)["last_error"])
+    restarted_at = time.time()
     assert "started" in hub.instance.supervisorctl("start", program).stdout
     wait_for(lambda: status(first)["buffered"] == 0 and status(probes[1])["buffered"] == 0,
              timeout=60, what="the buffers to drain")
@@ -76,7 +99,7 @@ def scenario(hub: NetnsHub, probes: list[VirtualProbe]) -> None:
         wait_for(arrived, timeout=30, what=f"sample {taken} of {p.id} on MQTT")
         # The hub may republish a state it already published (the bridge resyncs when the LAN
         # process comes back): the same sample with the same timestamp. A second delivery by
-        # the probe would be a second ingest: another timestamp and another CSV row.
+        # the probe would be a second CSV row (and for a single reading another timestamp).
         seen = Counter(n for n, _ts in {(s["sample"], s["timestamp"]) for s in hub.states(p.id)})
         rows = Counter(json.loads(r["readings"])["sample"] for r in hub.csv_rows() if r["probe_id"] == p.id)
         # The CSV row is written when the hub accepts the POST: what the probe delivered.
@@ -87,6 +110,11 @@ def scenario(hub: NetnsHub, probes: list[VirtualProbe]) -> None:
         lost = set(range(2, taken + 1)) - set(seen)
         assert not lost, f"{p.id}: accepted by the hub (CSV) but never on MQTT: {sorted(lost)}"
         assert max(seen.values()) == 1, f"{p.id}: duplicated {[k for k, v in seen.items() if v > 1]}"
+    # What the first probe buffered went up in batches stamped when each reading was sampled,
+    # so its states carry times from the outage, not the moment they arrived.
+    during = [s for s in hub.states(first.id)
+              if stopped_at < parse_iso(str(s["timestamp"])) < restarted_at]
+    assert len(during) >= buffered, f"{len(during)} states stamped during the outage"
 
 
 def test_a_provisioned_probe_phones_home_over_the_lan_port(tmp_path: Path) -> None:

@@ -26,6 +26,13 @@ PROBE_READING = {"type": "object", "required": ["temperature_c"], "properties": 
     "temperature_c": {"type": "number"}, "probe_id": {"type": "string"},
     "token": {"type": "string"}, "humidity": {"type": "number"}, "rssi": {"type": "number"},
     "uptime_s": {"type": "number"}}}
+PROBE_BATCH = {"type": "object", "required": ["batch"], "properties": {
+    "probe_id": {"type": "string"}, "token": {"type": "string"},
+    "batch": {"type": "array", "minItems": 1, "maxItems": 500, "items": {
+        "type": "object", "required": ["temperature_c"], "properties": {
+            **PROBE_READING["properties"],  # type: ignore[dict-item]
+            "timestamp": {"oneOf": [{"type": "string", "format": "date-time"},
+                                    {"type": "number"}]}}}}}}
 AUTH = {401: "token missing", 403: "wrong token"}
 
 
@@ -70,7 +77,8 @@ def health() -> Response:
 
 
 @bp.route("/ingest", methods=["GET", "POST"])
-@describe(body=PROBE_READING, query={"token": str, "probe_id": str, "temperature_c": str},
+@describe(body={"oneOf": [PROBE_READING, PROBE_BATCH]},
+          query={"token": str, "probe_id": str, "temperature_c": str},
           responses={200: "accepted", 400: "not JSON", **AUTH, 422: "no usable temperature",
                      503: "the hub is not ready"})
 def ingest() -> Response:

@@ -55,13 +55,15 @@ class Esp32Hal(Hal):
         return str(os.uname().machine)  # e.g. "Generic ESP32 module with ESP32"
 
     def ticks_ms(self) -> int:
-        return int(time.ticks_ms())  # type: ignore[attr-defined]
+        # The stubs type ticks as opaque (_TicksMs); on the device they are small ints, which the
+        # HAL hands out: both ignores, one per type checker (CPython's time has no ticks).
+        return int(time.ticks_ms())  # type: ignore[attr-defined, call-overload, no-any-return]
 
     def ticks_diff(self, a: int, b: int) -> int:
         return int(time.ticks_diff(a, b))  # type: ignore[attr-defined]
 
     def ticks_add(self, a: int, delta: int) -> int:
-        return int(time.ticks_add(a, delta))  # type: ignore[attr-defined]
+        return int(time.ticks_add(a, delta))  # type: ignore[attr-defined, type-var]
 
     def time_s(self) -> float:
         now = int(time.time()) + self.epoch
@@ -80,7 +82,8 @@ class Esp32Hal(Hal):
     def read(self, name: str) -> bytes | None:
         try:
             with open(self._path(name), "rb") as f:
-                return f.read()
+                data: bytes = f.read()
+                return data
         except OSError:
             return None
 
@@ -215,7 +218,8 @@ class Esp32Hal(Hal):
     # firmware images: the next OTA partition
     def image_begin(self) -> None:
         import esp32  # type: ignore[import-not-found]
-        self.image = esp32.Partition(esp32.Partition.RUNNING).get_next_update()
+        # Partition(RUNNING) is MicroPython's documented call; the stubs take only a label (str)
+        self.image = esp32.Partition(esp32.Partition.RUNNING).get_next_update()  # type: ignore[arg-type]
         self.pending = b""
         self.block = 0
 
@@ -234,7 +238,7 @@ class Esp32Hal(Hal):
 
     def image_rollback(self) -> None:
         import esp32
-        esp32.Partition(esp32.Partition.RUNNING).get_next_update().set_boot()
+        esp32.Partition(esp32.Partition.RUNNING).get_next_update().set_boot()  # type: ignore[arg-type]
 
     def image_mark_good(self) -> None:
         import esp32

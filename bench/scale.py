@@ -129,7 +129,7 @@ PROFILED = 5  # the five programs (a gunicorn program's worker; its master does 
 def _profile(where: Path) -> None:
     """Ask every process for its tracemalloc top and wait until they have written it."""
     (where / "request").write_text("cycles\n")
-    wait_until(lambda: len(list(where.glob("*-cycles.txt"))) >= PROFILED, timeout=120,
+    wait_until(lambda: len(list(where.glob("*-cycles.txt"))) >= PROFILED, timeout=900,
                what="every process's memory profile", interval=0.5)
     log.info("memory profiles in %s", where)
 

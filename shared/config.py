@@ -43,6 +43,7 @@ def load_config(process: str) -> tuple[Settings, Instance]:
     Call it first thing in a program's ``main``, before importing Flask, gunicorn or paho: a
     program that exits within supervisord's ``startsecs`` counts as a failed start, so a bad
     configuration ends in FATAL at once instead of a restart loop."""
+    memprofile.install(process)  # a no-op unless MEMPROFILE_DIR is set (bench --profile)
     try:
         settings, instance = check_config()
     except ConfigError as exc:
@@ -50,7 +51,6 @@ def load_config(process: str) -> tuple[Settings, Instance]:
         raise SystemExit(CONFIG_ERROR_EXIT) from exc
     setup_logging(process, settings.effective_log_level,
                   development=settings.mode == "development")
-    memprofile.install(process)
     return settings, instance
 
 

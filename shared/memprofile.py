@@ -13,7 +13,7 @@ import tracemalloc
 from pathlib import Path
 
 ENV = "MEMPROFILE_DIR"
-FRAMES = 4
+FRAMES = 3
 TOP = 40
 
 

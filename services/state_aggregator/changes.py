@@ -5,7 +5,7 @@ changes as have piled up, so the bridge makes a constant number of calls however
 there are.
 
 The shared change models (``StateChange`` ...) are built once when the change happens and kept
-as their JSON (one ``bytes`` each, about a fifth of the model with its dicts): ``/changes``
+as their JSON (one ``bytes`` each, a small part of the model with its dicts): ``/changes``
 joins them as they are, and nothing is encoded again per reader. The log is bounded by count
 and by bytes (``CHANGELOG_MAX``, ``CHANGELOG_MAX_MB``): past either, the oldest changes go (down
 to three quarters of the bound, so trimming is rare), and a reader that falls behind them gets
@@ -68,7 +68,9 @@ class ChangeLog:
         frozen, so the number goes in as it is built) and wake the waiting readers."""
         with self._cond:
             change = make(self._seq + 1)
-            data = to_json(change)
+            # A copy of exactly its length: orjson's own result keeps its whole 4 KB buffer
+            # (measured with tracemalloc: 4,098 B for a 100-byte change, 108 B copied).
+            data = bytes(memoryview(to_json(change)))
             self._seq += 1
             self._items.append(data)
             self._bytes += len(data)

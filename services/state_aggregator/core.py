@@ -72,7 +72,9 @@ class Aggregator:
         store: RegistryStore | None = None,
         max_devices: int = 1000,
     ) -> None:
-        self.instance = instance
+        # Only its id is kept: the instance file's sensor models (about 2.3 KB a sensor) are
+        # turned into the registry below and left to the collector.
+        self.instance_id = instance.instance_id
         self.handlers = dict(handlers)
         self.clock = clock
         self.started = clock()

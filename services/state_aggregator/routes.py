@@ -60,7 +60,7 @@ def health() -> Response:
         and (stored is None or stored["state"] == "ok") else "degraded",
         "history": stored,
         "service": "state-aggregator",
-        "instance": agg.instance.instance_id,
+        "instance": agg.instance_id,
         "uptime": round(agg.clock() - agg.started, 1),
         "handlers": handlers,
         "devices": agg.counts(),

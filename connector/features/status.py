@@ -115,12 +115,15 @@ class StatusFeature(Feature):
                                     {**health, "timestamp": iso()}, qos=1, retain=True)
 
     def _write_status_file(self) -> None:
-        """``{HUB_RUN_DIR}/mqtt-bridge.json``: read by ``python -m shared.healthcheck``."""
+        """``{HUB_RUN_DIR}/mqtt-bridge.json``: read by ``python -m shared.healthcheck`` and the
+        dashboard's hub page."""
         path = self.ctx.settings.hub_run_dir / "mqtt-bridge.json"
         tmp = path.with_suffix(".tmp")
         try:
+            # The outbox too: the dashboard's hub page reads this file, not MQTT.
             tmp.write_bytes(dumps({"connected": self.connected, "client_id": self.ctx.client_id,
-                                   "pid": os.getpid(), "updated": time.time()}))
+                                   "pid": os.getpid(), "updated": time.time(),
+                                   "outbox": self._state.outbox()}))
             tmp.replace(path)
         except OSError as exc:
             log.warning("cannot write %s: %s", path, exc)

@@ -3,8 +3,8 @@ broker, with the demo instance file (its HTTP motion sensor pointed at a real de
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,14 +86,18 @@ def stop_supervisord(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def demo_instance(mosquitto: Broker, tmp: Path, **extra_env: str) -> Iterator[Instance]:
+def demo_instance(mosquitto: Broker, tmp: Path, *, extra_sensors: list[dict[str, Any]] | None = None,
+                  **extra_env: str) -> Iterator[Instance]:
     """The demo instance (its HTTP motion sensor served here) under the real supervisord, once
-    its retained ``online`` is out; its output is kept in ``tmp/instance.log`` afterwards."""
+    its retained ``online`` is out; its output is kept in ``tmp/instance.log`` afterwards.
+    ``extra_sensors`` join the instance file's sensors (a static probe, say)."""
     sensors = make_server("127.0.0.1", free_port())
     threading.Thread(target=sensors.serve_forever, daemon=True).start()
     instances = tmp / "instances"
     instances.mkdir()
-    shutil.copy(ROOT / "instances" / "demo.json", instances)
+    demo = json.loads((ROOT / "instances" / "demo.json").read_text())
+    demo["config"]["sensors"] += extra_sensors or []
+    (instances / "demo.json").write_text(json.dumps(demo))
     env = instance_env(mosquitto, tmp, instances, "demo")
     env.update(DEMO_SENSORS_PORT=str(sensors.server_address[1]), **extra_env)
     proc, output = start_supervisord(env)

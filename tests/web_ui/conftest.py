@@ -16,6 +16,7 @@ import pytest
 
 from tests.e2e.conftest import Instance, demo_instance
 from tests.helpers import Broker
+from tests.probe_fixtures.servers import FakeProbe
 
 CHROMIUM = Path("/usr/bin/chromium")
 KEY = "ui-test-management-key"
@@ -30,10 +31,22 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 
 @pytest.fixture(scope="module")
-def hub(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
-    """The demo instance with a management key and room for 3 live views."""
-    with demo_instance(mosquitto, tmp_path_factory.mktemp("ui"), MASTER_API_KEY=KEY,
-                       DASHBOARD_STREAMS="3") as inst:
+def probe() -> Iterator[FakeProbe]:
+    """A probe on this host (a real HTTP server speaking the probe protocol), which the
+    instance knows from its instance file."""
+    p = FakeProbe(probe_id="probe_static", name="Static probe")
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module")
+def hub(mosquitto: Broker, probe: FakeProbe,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
+    """The demo instance with a management key, room for 3 live views and a static probe."""
+    static = {"sensor_id": probe.probe_id, "sensor_type": "temperature",
+              "source": {"type": "probe", "ip": "127.0.0.1", "port": probe.port}}
+    with demo_instance(mosquitto, tmp_path_factory.mktemp("ui"), extra_sensors=[static],
+                       MASTER_API_KEY=KEY, DASHBOARD_STREAMS="3") as inst:
         yield inst
 
 

@@ -6,7 +6,9 @@ a screenshot (docs/screenshots/, shown in the README)."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,10 @@ import pytest
 import requests
 
 from tests.e2e.conftest import Instance
-from tests.helpers import wait_for
+from tests.helpers import Broker, wait_for
+from tests.probe_fixtures.servers import FakeProbe
 
+from . import sse
 from .conftest import KEY, SCREENSHOTS, lan
 
 pytestmark = pytest.mark.e2e
@@ -124,6 +128,11 @@ def test_hub_and_master_pages(hub: Instance, browser: Any) -> None:
     wait_for(lambda: page.reload() and page.inner_text("#mqtt").strip() == "connected",
              timeout=20, what="the bridge's MQTT connection on the hub page")
     assert page.locator("#processes td:text-is('RUNNING')").count() == 5
+    # the bridge's outbox (from its status file) and the readings history's retention figures
+    assert page.inner_text("#outbox td[data-key=pending]").strip().isdigit()
+    assert page.inner_text("#history-state").strip() == "ok"
+    assert page.inner_text("#history td[data-key=stored]").strip().isdigit()
+    assert page.locator("#last-retention").count() == 1
     shot(page, "hub")
     # a sensor that phones home shows on the master page with its status
     answer = requests.post(f"http://127.0.0.1:{hub.env['STATE_AGGREGATOR_PORT']}/master/register",
@@ -161,7 +170,7 @@ def test_live_streams_are_capped_and_the_lan_api_still_answers(hub: Instance) ->
 
 
 def test_first_page_is_under_200_kb(hub: Instance) -> None:
-    html = requests.get(lan(hub) + "/", timeout=5)
+    html = requests.get(lan(hub) + "/", timeout=30)  # the first look waits for the feed's sync
     assets = re.findall(r'(?:href|src)="(/ui/static/[^"]+)"', html.text)
     total = len(html.content) + sum(len(requests.get(lan(hub) + a, timeout=5).content)
                                     for a in assets)
@@ -197,7 +206,7 @@ def test_a_template_edit_from_the_page_reaches_a_virtual_sensor(hub: Instance,
     page.fill("#template-form input[name=target]", "ui_climate")
     page.fill("#template-form textarea[name=config_data]", '{"report_interval": 42}')
     with page.expect_response(lambda r: r.url.endswith("/ui/master/templates")) as refused:
-        page.click("#template-form button")
+        page.click("#template-form button[type=submit]")
     assert refused.value.status == 401
     assert sensor_config(hub, before["config_hash"]).status_code == 304
     # with the key: JSON checked first, then saved, and the sensor's next fetch gets it
@@ -207,17 +216,29 @@ def test_a_template_edit_from_the_page_reaches_a_virtual_sensor(hub: Instance,
     page.fill("#template-form input[name=config_name]", "ui-interval")
     page.fill("#template-form input[name=target]", "ui_climate")
     page.fill("#template-form textarea[name=config_data]", '{"report_interval": ')
-    page.click("#template-form button")
-    assert "not valid JSON" in page.inner_text("#outcome")
+    # checked as it is typed: the page says why and does not send the form
+    page.wait_for_selector("#json-problem:visible >> text=not valid JSON")
+    assert page.evaluate("document.querySelector('#template-form form').checkValidity()") is False
+    # the hub checks it too (a form sent past the page's check: submit() skips it)
+    page.evaluate("document.querySelector('#template-form form').submit()")
+    page.wait_for_load_state()
+    assert "not valid JSON" in page.inner_text("#outcome.problem")
     page.fill("#template-form input[name=config_name]", "ui-interval")
     page.fill("#template-form input[name=target]", "ui_climate")
     page.fill("#template-form textarea[name=config_data]", '{"report_interval": 42}')
-    page.click("#template-form button")
+    # the preview: which sensors the save would change, and their new config hash
+    page.click("#preview-button")
+    page.wait_for_selector("#preview-sensors tr[data-id=esp_tpl]")
+    assert "1 sensor(s) a new config" in page.inner_text("#preview-summary")
+    previewed = page.inner_text("#preview-sensors tr[data-id=esp_tpl] code.hash").strip()
+    assert sensor_config(hub, before["config_hash"]).status_code == 304  # nothing saved yet
+    shot(page, "master-preview")
+    page.click("#template-form button[type=submit]")
     assert "1 sensor(s) get a new config" in page.inner_text("#outcome.ok")
     after = sensor_config(hub, before["config_hash"])
     assert after.status_code == 200, after.text
     assert after.json()["config"]["report_interval"] == 42
-    assert after.json()["config_hash"] != before["config_hash"]
+    assert after.json()["config_hash"] == previewed != before["config_hash"]
     # a command queued from the page, then canceled from it
     page.click("#command-form summary")
     page.fill("#command-form input[name=sensor_id]", "esp_tpl")
@@ -232,11 +253,26 @@ def test_a_template_edit_from_the_page_reaches_a_virtual_sensor(hub: Instance,
     page.close()
 
 
-def test_probes_page_lists_probe_devices_and_serves_the_csv_log(hub: Instance,
-                                                                 browser: Any) -> None:
+def test_probes_page_lists_probe_devices_and_serves_the_csv_log(hub: Instance, browser: Any,
+                                                                 probe: FakeProbe) -> None:
     ingest(hub, 19.5)
+    browser.clear_cookies()
     page = browser.new_page()
+    # the static probe: what it says it is (/whoami), its /status, the last provisioning
+    wait_for(lambda: probe.provisions, timeout=30, what="the hub to provision the static probe")
+    row = f"#probes tr[data-id={probe.probe_id}]"
+    wait_for(lambda: page.goto(f"{lan(hub)}/ui/probes") and "fw 1.0.0-test" in page.inner_text(
+        f"{row} .whoami").replace("\n", " "), timeout=20, what="the probe's whoami on the page")
+    assert "mac 24:6F:28:00:00:01" in page.inner_text(f"{row} .whoami").replace("\n", " ")
+    assert f"boot_id {probe.boot_id}" in page.inner_text(f"{row} .status-of").replace("\n", " ")
+    assert page.inner_text(f"{row} .provision").startswith("ok: sent http://")
+    # provisioning again is a change: with the key, the button does it and says so
+    before = len(probe.provisions)
+    log_in(page, hub)
     page.goto(f"{lan(hub)}/ui/probes")
+    page.click(f"{row} button:text-is('Provision again')")
+    assert f"{probe.probe_id} provisioned" in page.inner_text("#outcome.ok")
+    assert len(probe.provisions) == before + 1
     page.wait_for_selector(f"#probe-devices a:text-is('{PROBE}')")
     with page.expect_download() as download:
         page.click("#csv")
@@ -247,3 +283,100 @@ def test_probes_page_lists_probe_devices_and_serves_the_csv_log(hub: Instance,
     assert refused.status_code == 403
     shot(page, "probes")
     page.close()
+
+
+def test_a_command_from_another_mqtt_client_shows_its_response_on_the_device_page(
+        hub: Instance, browser: Any, mosquitto: Broker) -> None:
+    page = browser.new_page()
+    page.goto(f"{lan(hub)}/ui/device/heater_relay")
+    page.wait_for_selector("#live.on")
+    subprocess.run(["mosquitto_pub", "-h", mosquitto.host, "-p", str(mosquitto.port), "-q", "1",
+                    "-t", f"{hub.root_topic}/devices/heater_relay/cmd",
+                    "-m", '{"id": "from-mqtt-1", "values": {"state": "off"}}'],
+                   check=True, timeout=10)
+    page.wait_for_selector("#recent li.command[data-cmd=from-mqtt-1][data-status=success]",
+                           timeout=15_000)
+    assert '{"state":"off"}' in page.inner_text("#recent li[data-cmd=from-mqtt-1]")
+    page.wait_for_selector("tr[data-id=heater_relay] .values >> text=/state \"?off/",
+                           timeout=15_000)
+    # and it is still there after a reload (the page renders what the feed kept)
+    page.reload()
+    page.wait_for_selector("#recent li.command[data-cmd=from-mqtt-1][data-status=success]")
+    page.close()
+
+
+def test_sensor_page_explains_its_config_rolls_back_and_edits_groups(hub: Instance,
+                                                                     browser: Any) -> None:
+    sensor = "esp_hist"
+    answer = requests.post(f"{lan(hub)}/api/sensor-master/register", timeout=5, json={
+        "sensor_id": sensor, "sensor_name": "History test", "sensor_type": "ui_hist"})
+    assert answer.ok, answer.text
+    headers = {"X-API-Key": KEY}
+    for interval in (10, 20):  # two template versions: the sensor gets v2, then v3
+        made = requests.post(f"{lan(hub)}/api/sensor-master/configs", headers=headers, timeout=5,
+                             json={"config_name": f"hist-{interval}", "sensor_type": "ui_hist",
+                                   "config_data": {"report_interval": interval},
+                                   "priority": 200 - interval})
+        assert made.ok, made.text
+    browser.clear_cookies()
+    page = browser.new_page()
+    log_in(page, hub)
+    page.goto(f"{lan(hub)}/ui/master")
+    page.click(f"#sensors tr[data-id={sensor}] a")
+    # which template won, and why the other lost
+    assert "'hist-20'" in page.inner_text("#reason")
+    assert "priority 180 beats 190" in page.inner_text("#candidates")
+    assert page.locator("#history tr[data-version]").count() == 3
+    shot(page, "sensor")
+    # roll back to the first version: pinned, and the sensor's next fetch gets it
+    page.click("#history tr[data-version='2'] button:text-is('Roll back to this')")
+    assert "rolled back to version 2" in page.inner_text("#outcome.ok")
+    assert "pinned to version 4" in page.inner_text("#reason")
+    fetched = requests.get(f"{lan(hub)}/api/sensor-master/config/{sensor}", timeout=5).json()
+    assert fetched["config"]["report_interval"] == 10
+    assert fetched["config_hash"] == page.inner_text("#hash").strip()
+    page.click("#unpin")
+    assert "follows its templates again" in page.inner_text("#outcome.ok")
+    fetched = requests.get(f"{lan(hub)}/api/sensor-master/config/{sensor}", timeout=5).json()
+    assert fetched["config"]["report_interval"] == 20
+    # groups: made on the master page with a member, then left from the sensor's page
+    page.goto(f"{lan(hub)}/ui/master")
+    page.click("#group-form summary")
+    page.fill("#group-form input[name=group_name]", "ui_floor")
+    page.fill("#group-form input[name=sensors]", f"{sensor}, esp_tpl")
+    page.click("#group-form button")
+    assert "created with 2 sensor(s)" in page.inner_text("#outcome.ok")
+    members = page.locator("#groups tr[data-id=ui_floor] input[name=sensors]")
+    assert members.input_value() == f"{sensor} esp_tpl"
+    members.fill(sensor)
+    page.click("#groups tr[data-id=ui_floor] button:text-is('Save members')")
+    assert "now has 1 sensor(s)" in page.inner_text("#outcome.ok")
+    page.goto(f"{lan(hub)}/ui/master/sensor/{sensor}")
+    assert page.inner_text("#groups").startswith("ui_floor")
+    page.click("#groups button:text-is('Take out')")
+    assert "taken out of group 'ui_floor'" in page.inner_text("#outcome.ok")
+    assert page.inner_text("#groups").strip() == "In no group."
+    page.close()
+
+
+def test_a_reconnect_with_last_event_id_gets_what_changed_meanwhile(hub: Instance) -> None:
+    """What a browser's EventSource does on a reconnect, by hand: ``Last-Event-ID`` is the id of
+    the last event it had; it wins over the page's ``since`` (here from another epoch, which
+    alone would ask for a reload)."""
+    since = re.search(r'data-since="([^"]+)"', requests.get(lan(hub) + "/", timeout=5).text)
+    assert since is not None
+    with requests.get(f"{lan(hub)}/ui/events", params={"since": since.group(1)}, stream=True,
+                      timeout=30) as stream:
+        ingest(hub, 30.25)
+        seen = sse.first(stream, "devices")
+    assert seen.id and seen.id.startswith(since.group(1).split(":")[0] + ":")
+    ingest(hub, 31.5)  # while no stream is open
+    with requests.get(f"{lan(hub)}/ui/events", params={"since": "gone:1"}, stream=True,
+                      headers={"Last-Event-ID": seen.id}, timeout=30) as again:
+        replayed = sse.first(again, "devices")
+    rows = {r["device_id"]: r for r in json.loads(replayed.data)["devices"]}
+    assert rows[PROBE]["values"]["temperature_c"] == 31.5
+    # an id the feed cannot replay (another epoch: the aggregator restarted) asks for a reload
+    with requests.get(f"{lan(hub)}/ui/events", stream=True, timeout=30,
+                      headers={"Last-Event-ID": "another-epoch:3"}) as stale:
+        assert sse.first(stale, "reset").data == "{}"

@@ -11,7 +11,7 @@ from flask import Flask
 from shared.rest import RestClient
 from shared.settings import Settings
 
-from . import manage, probes  # noqa: F401  (their routes join the blueprint)
+from . import manage, probes, sensor  # noqa: F401  (their routes join the blueprint)
 from .auth import Keys
 from .feed import Feed
 from .routes import Dashboard, bp

@@ -285,12 +285,15 @@ class Feed:
                                                   if k in change["values"]})))
         elif kind == "availability":
             row["online"] = bool(change["online"])
-        elif kind in ("error", "event"):
+        elif kind in ("error", "event", "command"):
             entry = {"kind": kind, "ts": change["ts"]}
             if kind == "error":
                 entry.update(error_code=change.get("error_code"), message=change.get("message"),
                              severity=change.get("severity"))
                 row["error"] = entry
-            else:
+            elif kind == "event":
                 entry.update(event=change.get("event"), data=change.get("data"))
+            else:  # a command's result, whoever sent it (MQTT, this page, another browser)
+                entry.update({k: change.get(k) for k in ("cmd_id", "values", "status", "result",
+                                                         "error")})
             self.recent.setdefault(device_id, deque(maxlen=RECENT)).append(entry)

@@ -1,7 +1,8 @@
 """What the hub page shows, free of Flask: the programs as supervisord reports them (its socket in
-``HUB_RUN_DIR``), the MQTT connection as the bridge writes it to its status file there, and the
-aggregator's own health and counters. Each part that cannot be read says why instead of failing
-the page."""
+``HUB_RUN_DIR``), the MQTT connection and the outbox backlog as the bridge writes them to its
+status file there, and the aggregator's own health and counters, with the readings history's
+size and retention figures. Each part that cannot be read says why instead of failing the
+page."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from shared.errors import ServiceError
 from shared.jsonutil import JSONDecodeError, loads
 from shared.processes import MQTT_BRIDGE, PROCESS_NAMES
 from shared.rest import RestClient
+from shared.timeutil import iso
 
 
 def processes(run_dir: Path) -> tuple[list[dict[str, Any]], str | None]:
@@ -39,8 +41,10 @@ def mqtt(run_dir: Path) -> dict[str, Any]:
     except (OSError, JSONDecodeError) as exc:
         return {"connected": False, "problem": f"no bridge status in {path.name}: {exc}"}
     age = time.time() - float(status.get("updated", 0))
+    outbox = status.get("outbox")
     return {"connected": bool(status.get("connected")), "client_id": status.get("client_id"),
-            "age_s": round(age, 1), "problem": "status is stale (bridge stuck?)" if age > 30 else None}
+            "age_s": round(age, 1), "outbox": outbox if isinstance(outbox, dict) else None,
+            "problem": "status is stale (bridge stuck?)" if age > 30 else None}
 
 
 def aggregator(client: RestClient) -> dict[str, Any]:
@@ -52,3 +56,21 @@ def aggregator(client: RestClient) -> dict[str, Any]:
                 "problem": None}
     except ServiceError as exc:
         return {"health": {}, "cache": {}, "counters": {}, "problem": str(exc)}
+
+
+def history(health: dict[str, Any]) -> dict[str, Any] | None:
+    """The readings history's figures from the aggregator's ``/health`` (``None`` without one):
+    its state and reasons, size, the writer's counters and what retention last did."""
+    found = health.get("history")
+    if not isinstance(found, dict):
+        return None
+    last = found.get("last_retention") if isinstance(found.get("last_retention"), dict) else None
+    figures = {k: v for k, v in found.items()
+               if k not in ("state", "reasons", "path", "last_retention")}
+    return {"state": found.get("state"), "reasons": found.get("reasons") or [],
+            "path": found.get("path"), "figures": figures,
+            "last_retention": {**last, "at": _when(last.get("at"))} if last else None}
+
+
+def _when(ts: Any) -> str | None:
+    return iso(float(ts)) if isinstance(ts, int | float) else None

@@ -178,8 +178,9 @@ def page_device(device_id: str) -> str:
 def page_hub() -> str:
     dash = _dash()
     procs, problem = hub.processes(dash.run_dir)
+    agg = hub.aggregator(dash.aggregator)
     return render_template("dashboard/hub.html", processes=procs, supervisor_problem=problem,
-                           mqtt=hub.mqtt(dash.run_dir), agg=hub.aggregator(dash.aggregator),
+                           mqtt=hub.mqtt(dash.run_dir), agg=agg, history=hub.history(agg["health"]),
                            feed={"subscribers": len(dash.feed.subscribers),
                                  "streams_max": dash.streams, "applied": dash.feed.applied})
 

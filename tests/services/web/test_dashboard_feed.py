@@ -102,3 +102,16 @@ def test_an_updated_device_keeps_its_values_and_takes_the_new_units() -> None:
     assert (row["units"], row["values"], row["ts"]) == ({"t": "°F"}, {"t": 14.0}, 14.0)
     feed._apply({"kind": "device", "seq": 17, "device_id": "b", "ts": 17.0, "action": "removed"})
     assert "b" not in feed.rows
+
+
+def test_a_command_result_joins_the_device_recent_list_and_wakes_its_page() -> None:
+    feed = fed()
+    sub = feed.subscribe("e1:15", device="a")
+    feed._apply({"kind": "command", "seq": 16, "device_id": "a", "ts": 16.0, "cmd_id": "mqtt-1",
+                 "values": {"state": "on"}, "status": "success", "result": None, "error": None})
+    assert feed.subscribe("e1:15", device="a").take(0) == ["a"]  # replayed from the ring
+    row = feed.device("a")
+    assert row is not None and row["recent"][-1] == {
+        "kind": "command", "ts": 16.0, "cmd_id": "mqtt-1", "values": {"state": "on"},
+        "status": "success", "result": None, "error": None}
+    assert sub.take(0) == []  # _apply alone marks nobody: _follow does, after the batch

@@ -56,7 +56,10 @@ const hub = (() => {
       es.onopen = () => { dot.className = "live on"; };
       es.addEventListener("devices", (e) => {
         params.since = e.lastEventId;
-        onDevices(JSON.parse(e.data).devices);
+        const devices = JSON.parse(e.data).devices;
+        onDevices(devices);
+        // For whatever else watches the page (the browser tests count updates per device).
+        document.dispatchEvent(new CustomEvent("hub:devices", { detail: devices }));
       });
       es.addEventListener("reset", () => location.reload());
       es.onerror = () => {
@@ -127,7 +130,12 @@ const hub = (() => {
         const ul = $("#recent");
         ul.replaceChildren(...(d.recent || []).slice().reverse().map((e) => {
           const li = document.createElement("li"); li.className = e.kind;
-          li.textContent = `${e.kind}: ${e.event || e.error_code} ${e.message || (e.data ? JSON.stringify(e.data) : "")}`;
+          if (e.kind === "command") {
+            li.dataset.cmd = e.cmd_id; li.dataset.status = e.status;
+            li.textContent = `command ${e.cmd_id}: ${JSON.stringify(e.values)} → ${e.status}${e.error ? " " + e.error : ""}${e.result ? " " + JSON.stringify(e.result) : ""}`;
+          } else {
+            li.textContent = `${e.kind}: ${e.event || e.error_code} ${e.message || (e.data ? JSON.stringify(e.data) : "")}`;
+          }
           return li;
         }), ...$$("li.past", ul));
       }
@@ -149,5 +157,45 @@ const hub = (() => {
       if (r.status === 401) out.insertAdjacentHTML("beforeend", `\n<a href="/ui/login?next=${encodeURIComponent(location.pathname)}">Enter the management key</a>`);
     });
   }
-  return { devicesPage, devicePage };
+  // Master control: the template editor checks its JSON as it is typed (the form is not sent
+  // while it is invalid), previews what a save would change, and loads a template to edit.
+  function masterPage() {
+    const form = $("#template-form form");
+    if (!form) return;
+    const area = $("textarea[name=config_data]", form), problem = $("#json-problem");
+    const check = () => {
+      let why = "";
+      try { const v = JSON.parse(area.value); if (v === null || typeof v !== "object" || Array.isArray(v)) why = "the config must be a JSON object"; }
+      catch (e) { why = `not valid JSON: ${e.message}`; }
+      area.setCustomValidity(why); problem.textContent = why; problem.hidden = !why;
+      return !why;
+    };
+    area.addEventListener("input", check);
+    const button = $("#preview-button"), out = $("#preview");
+    button.addEventListener("click", async () => {
+      if (!check()) return;
+      out.textContent = "computing…";
+      const r = await fetch(button.dataset.action, { method: "POST", credentials: "same-origin",
+        headers: { "X-CSRF-Token": csrf() }, body: new FormData(form) });
+      const type = r.headers.get("Content-Type") || "";
+      if (type.startsWith("text/html")) out.innerHTML = await r.text();
+      else out.textContent = (await r.json()).message || `the hub answered ${r.status}`;
+    });
+    for (const b of $$("#templates button.edit")) {
+      b.addEventListener("click", () => {
+        const t = JSON.parse(b.closest("tr").dataset.template);
+        $("#template-form").open = true;
+        form.elements.template_id.value = t.id;
+        form.elements.config_name.value = t.config_name;
+        form.elements.applies_to.value = { sensor: "sensor_id", group: "group", type: "sensor_type" }[t.applies_to];
+        form.elements.target.value = t.sensor_id || t.group || t.sensor_type;
+        form.elements.priority.value = t.priority;
+        form.elements.is_active.checked = t.is_active;
+        area.value = JSON.stringify(t.config_data, null, 2);
+        check(); out.replaceChildren();
+        form.scrollIntoView();
+      });
+    }
+  }
+  return { devicesPage, devicePage, masterPage };
 })();

@@ -363,16 +363,22 @@ def test_a_reconnect_with_last_event_id_gets_what_changed_meanwhile(hub: Instanc
     """What a browser's EventSource does on a reconnect, by hand: ``Last-Event-ID`` is the id of
     the last event it had; it wins over the page's ``since`` (here from another epoch, which
     alone would ask for a reload)."""
-    since = re.search(r'data-since="([^"]+)"', requests.get(lan(hub) + "/", timeout=5).text)
+    since = re.search(r'data-since="([^"]+)"', requests.get(lan(hub) + "/", timeout=30).text)
     assert since is not None
+    # the other tests' pages are closed; their streams end at their next keep-alive
+    wait_for(lambda: live_views(hub) == "0 of 3", timeout=40, what="the pages' streams to end")
     with requests.get(f"{lan(hub)}/ui/events", params={"since": since.group(1)}, stream=True,
                       timeout=30) as stream:
+        assert stream.status_code == 200, stream.text
         ingest(hub, 30.25)
         seen = sse.first(stream, "devices")
     assert seen.id and seen.id.startswith(since.group(1).split(":")[0] + ":")
-    ingest(hub, 31.5)  # while no stream is open
+    ingest(hub, 31.5)  # while no stream is open; the dashboard's feed has it once its page does
+    wait_for(lambda: re.search(r'"temperature_c": ?31\.5\b', requests.get(
+        f"{lan(hub)}/ui/device/{PROBE}", timeout=30).text), timeout=20, what="the feed to have it")
     with requests.get(f"{lan(hub)}/ui/events", params={"since": "gone:1"}, stream=True,
                       headers={"Last-Event-ID": seen.id}, timeout=30) as again:
+        assert again.status_code == 200, again.text
         replayed = sse.first(again, "devices")
     rows = {r["device_id"]: r for r in json.loads(replayed.data)["devices"]}
     assert rows[PROBE]["values"]["temperature_c"] == 31.5

@@ -174,6 +174,7 @@ const hub = (() => {
     const button = $("#preview-button"), out = $("#preview");
     button.addEventListener("click", async () => {
       if (!check()) return;
+      $("#outcome")?.remove(); // the last save's outcome is not about this template
       out.textContent = "computing…";
       const r = await fetch(button.dataset.action, { method: "POST", credentials: "same-origin",
         headers: { "X-CSRF-Token": csrf() }, body: new FormData(form) });

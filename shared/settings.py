@@ -159,9 +159,47 @@ class Settings(BaseSettings):
     history_check_interval: float = Field(default=300.0, gt=0, le=86400)  # seconds
     history_queue: int = Field(default=100_000, ge=100)  # readings waiting for the disk, at most
 
+    # postgresql://user:password@host:port/dbname: the history lives on that server instead of
+    # HISTORY_DB (docs: README "Readings history").
+    database_url: SecretStr | None = None
+    # Forwarding to a central store: unsynced readings go to POST {FORWARD_URL}/readings/bulk.
+    forward_url: str | None = None
+    forward_token: SecretStr | None = None
+    forward_batch: int = Field(default=360, ge=1, le=1000)  # a sensor-hub takes 1,000 at most
+    forward_retry_max: float = Field(default=60.0, gt=0, le=3600)  # seconds between retries, at most
+
     @property
     def history_db_path(self) -> Path:
         return self.data_dir / self.history_db
+
+    @property
+    def history_location(self) -> Path | str:
+        """Where the history lives: the PostgreSQL URL when ``DATABASE_URL`` names one, else
+        the SQLite file."""
+        return self.database_url.get_secret_value() if self.database_url else self.history_db_path
+
+    @field_validator("database_url", "forward_url", "forward_token", mode="before")
+    @classmethod
+    def _empty_url_is_unset(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (unset: the history is the SQLite "
+                             "file HISTORY_DB under DATA_DIR)")
+        return v
+
+    @field_validator("forward_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            if not v.startswith(("http://", "https://")):
+                raise ValueError("must be an http:// or https:// URL, e.g. "
+                                 "http://central:8088/api for another sensor-hub")
+            v = v.rstrip("/")
+        return v
 
     # --- the dashboard on the LAN port (issue 13) ---------------------------------------------------
     dashboard_auth: bool = False  # true: reading the dashboard needs the management key too

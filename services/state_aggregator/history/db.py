@@ -1,5 +1,5 @@
-"""Opening the history's SQLite file the way master control opens its own (``master/db.py``):
-WAL, ``synchronous=NORMAL``, a busy timeout, numbered migrations recorded in
+"""The history's SQLite backend: a file opened the way master control opens its own
+(``master/db.py``): WAL, ``synchronous=NORMAL``, a busy timeout, numbered migrations recorded in
 ``schema_migrations``, each in one transaction, and a newer schema than this code knows refused.
 
 Two differences, both for a file that grows without bound: ``auto_vacuum=INCREMENTAL`` is set
@@ -12,12 +12,42 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from shared.sqlite import migrate
+from shared.sqlite import migrate, rollback
+
+from .store import StoreError
 
 log = logging.getLogger(__name__)
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, """
+    CREATE TABLE readings (
+        id INTEGER PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        ts_us INTEGER NOT NULL,
+        ts_local TEXT NOT NULL,
+        rkey TEXT NOT NULL,
+        payload TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX readings_key ON readings(device_id, rkey);
+    CREATE INDEX readings_device_ts ON readings(device_id, ts_us);
+    CREATE INDEX readings_ts ON readings(ts_us);
+    -- Every device that has readings: /latest for all devices is one indexed lookup per device
+    -- instead of a scan of the whole table.
+    CREATE TABLE devices (device_id TEXT PRIMARY KEY) WITHOUT ROWID
+    """),
+    (2, """
+    -- Where each reader of the history (the forwarder) has got to: the last row id it has
+    -- handed on. Row ids only grow (store.py), so what comes after is what it has not seen.
+    CREATE TABLE reader_cursors (reader TEXT PRIMARY KEY, last_id INTEGER NOT NULL) WITHOUT ROWID
+    """),
+]
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -51,3 +81,110 @@ def open_db(path: Path, migrations: list[tuple[int, str]]) -> sqlite3.Connection
         else:
             raise
     return conn
+
+
+def _error(exc: sqlite3.Error, path: Path) -> StoreError:
+    return StoreError(f"{path}: {exc}", full="full" in str(exc).lower())
+
+
+class _SqliteTx:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+        return self.conn.execute(sql, args).rowcount
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        return self.conn.executemany(sql, rows).rowcount
+
+    def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, args).fetchall()
+
+
+class SqliteBackend:
+    """One writing connection behind a lock (SQLite allows one writer anyway) and one for the
+    queries."""
+
+    kind = "sqlite"
+    payload_sql = "r.payload"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.where = str(path)
+        self.local_dir: Path | None = path.parent
+        try:
+            self.conn = open_db(path, MIGRATIONS)
+            # Queries read on a connection of their own: in WAL mode a reader runs beside the
+            # writer, so a page is not held up by a batch insert or a retention transaction.
+            self._reader = connect(path)
+        except sqlite3.Error as exc:
+            raise _error(exc, path) from exc
+        self.lock = threading.RLock()
+        self._read_lock = threading.Lock()
+
+    def close(self) -> None:
+        with self.lock, self._read_lock:
+            self._reader.close()
+            self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[_SqliteTx]:
+        with self.lock:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield _SqliteTx(self.conn)
+                except BaseException:
+                    rollback(self.conn)
+                    raise
+                self.conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                rollback(self.conn)
+                raise _error(exc, self.path) from exc
+
+    def read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            with self._read_lock:
+                return self._reader.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise _error(exc, self.path) from exc
+
+    def _pragma(self, name: str) -> int:
+        return int(self.conn.execute(f"PRAGMA {name}").fetchone()[0])
+
+    def used_bytes(self) -> int:
+        """Bytes the history's pages hold (the file less its free pages, plus the WAL)."""
+        with self.lock:
+            try:
+                used = (self._pragma("page_count") - self._pragma("freelist_count")) \
+                    * self._pragma("page_size")
+            except sqlite3.Error as exc:
+                raise _error(exc, self.path) from exc
+        wal = Path(f"{self.path}-wal")
+        return used + (wal.stat().st_size if wal.exists() else 0)
+
+    def file_bytes(self) -> int:
+        return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal"))
+                   if p.exists())
+
+    def after_delete(self) -> None:
+        self._checkpoint("PASSIVE")
+
+    def give_back(self, step_pages: int = 256) -> None:
+        """Hand free pages back to the filesystem, a few at a time with a checkpoint between,
+        so the WAL never needs much room; then shrink the WAL file itself."""
+        with self.lock:
+            try:
+                while self._pragma("freelist_count") > 0:
+                    self.conn.execute(f"PRAGMA incremental_vacuum({int(step_pages)})").fetchall()
+                    self._checkpoint("PASSIVE")
+                self._checkpoint("TRUNCATE")
+            except sqlite3.Error as exc:
+                raise _error(exc, self.path) from exc
+
+    def _checkpoint(self, mode: str) -> None:
+        with self.lock:
+            try:
+                self.conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+            except sqlite3.Error as exc:
+                raise _error(exc, self.path) from exc

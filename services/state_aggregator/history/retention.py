@@ -1,6 +1,7 @@
 """Retention: every ``interval`` (5 minutes; at once when a write found the disk full) the
 history is measured against ``HISTORY_MAX_MB`` and ``DISK_USAGE_THRESHOLD`` (percent of the
-filesystem that holds DATA_DIR); past either, readings are thinned evenly across time (the seed's
+filesystem that holds DATA_DIR; for a history in PostgreSQL only ``HISTORY_MAX_MB``, the
+server's disk being the server's); past either, readings are thinned evenly across time (the seed's
 stratified deletion; the newest day stays whole) until both hold again, and what was deleted is
 counted for ``/health``.
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .store import HistoryStore
+from .store import HistoryStore, StoreError
 from .writer import Conditions, failure_key
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,8 @@ class Retention:
         while not self._stop.is_set():
             try:
                 self.check()
-            except sqlite3.Error as exc:
-                self._conditions.set(failure_key(exc), f"retention could not thin "
-                                     f"{self._store.path}: {exc}")
+            except StoreError as exc:
+                self._conditions.set(failure_key(exc), f"retention could not thin: {exc}")
             except OSError as exc:
                 self._conditions.set("retention", f"retention could not measure the disk: {exc}")
             self._wake.wait(self._interval)
@@ -80,11 +79,13 @@ class Retention:
     def share_to_delete(self) -> tuple[float, str | None]:
         """The share of the history to thin now, and why (``None``: within both limits)."""
         used = self._store.used_bytes()
-        disk_used, disk_total = self._usage(self._store.path.parent)
         share, reason = 0.0, None
         if self._limits.max_bytes is not None and used > self._limits.max_bytes:
             share = 1 - self._limits.max_bytes * HEADROOM / used
             reason = f"history {used / 1e6:.1f} MB > HISTORY_MAX_MB {self._limits.max_bytes / 1e6:g}"
+        if self._store.local_dir is None:  # a database server: its disk is not ours to measure
+            return min(share, MAX_SHARE_PER_CHECK), reason
+        disk_used, disk_total = self._usage(self._store.local_dir)
         percent = 100 * disk_used / disk_total if disk_total else 0.0
         if percent > self._limits.disk_percent and used > 0:
             over = disk_used - disk_total * self._limits.disk_percent / 100 * HEADROOM

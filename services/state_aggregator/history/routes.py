@@ -11,7 +11,6 @@ over ``History``. The web program serves the same as ``/api/readings...`` on the
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,7 +32,7 @@ from shared.topics import ID_RE
 from shared.web import ApiError, json_object_body, json_response, validation_message
 
 from .service import History, HistoryUnavailable
-from .store import CursorError, Page
+from .store import CursorError, Page, StoreError
 
 bp = Blueprint("history", __name__, url_prefix="/history")
 EXPORT_PAGE = 5000
@@ -119,7 +118,7 @@ def latest() -> Response:
 def _store(items: list[ReadingIn]) -> Response:
     try:
         result = _history().post(items)
-    except sqlite3.Error as exc:
+    except StoreError as exc:
         raise ApiError(507, "not_stored", f"the history could not store these readings "
                        f"({exc}); nothing of this request was stored, send it again later") from exc
     return json_response(result)

@@ -1,55 +1,48 @@
-"""The readings history in SQLite, free of Flask and threads: batched idempotent inserts, range
-queries with keyset pagination, the latest reading per device, and stratified thinning.
+"""The readings history, free of Flask and threads: batched idempotent inserts, range queries
+with keyset pagination, the latest reading per device, stratified thinning, and the forwarder's
+reading of what came after its cursor. One store, two backends: a SQLite file under DATA_DIR
+(``db.py``) or a PostgreSQL server (``pg.py``, when ``DATABASE_URL`` names one). The queries are
+written once, here; a backend runs them (``?`` placeholders, standard SQL both understand) and
+owns only what differs: connecting, the schema's types, sizes and handing space back.
 
 Time is stored as integer microseconds (``ts_us``), so a keyset cursor compares exactly; a
 reading's key (``rkey``) is the sensor's reading id, or ``@<ts_us>`` when it has none, so
 ``(device_id, rkey)`` makes every insert idempotent (a replayed batch, a retrying probe, the
-warm-up's last readings again).
+warm-up's last readings again, an edge hub forwarding a batch twice).
+
+Rows are written by one connection at a time (a lock), so row ids are committed in increasing
+order: a reader that remembers the last id it saw (the forwarder's cursor) misses nothing.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import orjson
 
 from shared.jsonutil import dumps, loads
-from shared.sqlite import rollback
-
-from .db import connect, open_db
-
-MIGRATIONS: list[tuple[int, str]] = [
-    (1, """
-    CREATE TABLE readings (
-        id INTEGER PRIMARY KEY,
-        device_id TEXT NOT NULL,
-        ts_us INTEGER NOT NULL,
-        ts_local TEXT NOT NULL,
-        rkey TEXT NOT NULL,
-        payload TEXT NOT NULL
-    );
-    CREATE UNIQUE INDEX readings_key ON readings(device_id, rkey);
-    CREATE INDEX readings_device_ts ON readings(device_id, ts_us);
-    CREATE INDEX readings_ts ON readings(ts_us);
-    -- Every device that has readings: /latest for all devices is one indexed lookup per device
-    -- instead of a scan of the whole table.
-    CREATE TABLE devices (device_id TEXT PRIMARY KEY) WITHOUT ROWID
-    """),
-]
 
 DAY_US = 86_400_000_000
 
 # device_id, ts_us, ts_local, rkey, payload JSON: one row as it is inserted.
 Row = tuple[str, int, str, str, str]
+
+
+class StoreError(Exception):
+    """A write or query the database refused: a full disk, an I/O error, a server that is gone
+    or refuses. ``full`` when it was for want of space. Raised by every store method in place
+    of the driver's own exception."""
+
+    def __init__(self, message: str, *, full: bool = False) -> None:
+        super().__init__(message)
+        self.full = full
 
 
 class CursorError(ValueError):
@@ -60,6 +53,41 @@ class CursorError(ValueError):
 class Page:
     readings: list[dict[str, Any]]
     next_cursor: str | None
+
+
+class Tx(Protocol):
+    """One transaction of a backend's writing connection."""
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> int:
+        """Run a statement; the rows it changed."""
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Run a statement for each of ``rows``; the rows changed in all."""
+
+    def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+
+class Backend(Protocol):
+    kind: str  # "sqlite" or "postgresql"
+    where: str  # the file, or the server without credentials: for logs and /health
+    local_dir: Path | None  # the directory whose filesystem holds it; None for a server
+    payload_sql: str  # the payload column as JSON text
+
+    def transaction(self) -> AbstractContextManager[Tx]:
+        """A transaction on the writing connection, held by one thread at a time."""
+
+    def read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """A query on the reading connection: never waits for a write transaction."""
+
+    def used_bytes(self) -> int: ...
+    def file_bytes(self) -> int: ...
+    def after_delete(self) -> None:
+        """After each thinning transaction (SQLite: a WAL checkpoint)."""
+
+    def give_back(self) -> None:
+        """Return freed space to the filesystem."""
+
+    def close(self) -> None: ...
 
 
 def to_us(ts: float) -> int:
@@ -92,67 +120,60 @@ class Rows:
         return (device_id, ts_us, local, reading_id or f"@{ts_us}", dumps(values).decode())
 
 
-def _iso_us(ts_us: int) -> str:
+def iso_us(ts_us: int, *, digits: int = 3) -> str:
     """``shared.timeutil.iso`` for integer microseconds, about 3x faster (it is most of what a
-    page of readings costs)."""
+    page of readings costs); ``digits=6`` keeps every microsecond (what the forwarder sends,
+    so two readings a few microseconds apart stay two readings on the central hub)."""
     sec, us = divmod(ts_us, 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{us // 1000:03d}Z"
+    frac = f"{us // 1000:03d}" if digits == 3 else f"{us:06d}"
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac}Z"
 
 
 def _reading(row: tuple[Any, ...], *, raw: bool) -> dict[str, Any]:
     """A stored reading; with ``raw`` its payload stays the stored JSON text (an
     ``orjson.Fragment``), written into an answer as it is instead of decoded and encoded again."""
     row_id, device_id, ts_us, ts_local, rkey, payload = row
-    return {"id": row_id, "device_id": device_id, "ts_utc": _iso_us(ts_us), "ts_local": ts_local,
+    return {"id": row_id, "device_id": device_id, "ts_utc": iso_us(ts_us), "ts_local": ts_local,
             "reading_id": None if rkey.startswith("@") else rkey,
             "payload": orjson.Fragment(payload) if raw else loads(payload)}
 
 
-_COLUMNS = "r.id, r.device_id, r.ts_us, r.ts_local, r.rkey, r.payload"
-
-
 class HistoryStore:
-    """One writing connection behind a lock (SQLite allows one writer anyway) and one for the
-    queries."""
+    """The history on ``location``: a SQLite file (a path), or a PostgreSQL server (a
+    ``postgresql://`` URL)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn = open_db(path, MIGRATIONS)
-        self._lock = threading.RLock()
-        # Queries read on a connection of their own: in WAL mode a reader runs beside the
-        # writer, so a page is not held up by a batch insert or a retention transaction.
-        self._reader = connect(path)
-        self._read_lock = threading.Lock()
+    def __init__(self, location: Path | str) -> None:
+        if isinstance(location, str) and location.startswith(("postgresql://", "postgres://")):
+            from .pg import PostgresBackend
+
+            self.backend: Backend = PostgresBackend(location)
+        else:
+            from .db import SqliteBackend
+
+            self.backend = SqliteBackend(Path(location))
+        self.where = self.backend.where
+        self.local_dir = self.backend.local_dir
+        self._columns = f"r.id, r.device_id, r.ts_us, r.ts_local, r.rkey, {self.backend.payload_sql}"
 
     def close(self) -> None:
-        with self._lock, self._read_lock:
-            self._reader.close()
-            self._conn.close()
+        self.backend.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                rollback(self._conn)
-                raise
-            self._conn.execute("COMMIT")
+    def _tx(self) -> Iterator[Tx]:
+        with self.backend.transaction() as tx:
+            yield tx
 
     # --- writing -------------------------------------------------------------------------------
     def add(self, rows: Sequence[Row]) -> int:
         """Insert ``rows`` in one transaction; the number new (the rest were stored already).
-        ``sqlite3.Error`` (a full disk among them) leaves nothing of the batch behind."""
+        ``StoreError`` (a full disk among them) leaves nothing of the batch behind."""
         if not rows:
             return 0
-        with self._tx() as conn:
-            before = conn.total_changes
-            conn.executemany("INSERT OR IGNORE INTO readings (device_id, ts_us, ts_local, rkey, "
-                             "payload) VALUES (?, ?, ?, ?, ?)", rows)
-            added = conn.total_changes - before
-            conn.executemany("INSERT OR IGNORE INTO devices VALUES (?)",
-                             [(d,) for d in {r[0] for r in rows}])
+        with self._tx() as tx:
+            added = tx.executemany("INSERT INTO readings (device_id, ts_us, ts_local, rkey, "
+                                   "payload) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
+            tx.executemany("INSERT INTO devices (device_id) VALUES (?) ON CONFLICT DO NOTHING",
+                           sorted({(r[0],) for r in rows}))
         return added
 
     # --- reading -------------------------------------------------------------------------------
@@ -177,9 +198,8 @@ class HistoryStore:
             args.extend(decode_cursor(cursor))
         # Only this function's fixed clauses are joined in; every value is a bound parameter.
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        sql = f"SELECT {_COLUMNS} FROM readings r {clause} ORDER BY ts_us, id LIMIT ?"  # noqa: S608
-        with self._read_lock:
-            rows = self._reader.execute(sql, (*args, limit + 1)).fetchall()
+        sql = f"SELECT {self._columns} FROM readings r {clause} ORDER BY ts_us, id LIMIT ?"  # noqa: S608
+        rows = self.backend.read(sql, (*args, limit + 1))
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = encode_cursor(rows[-1][2], rows[-1][0]) if more else None
@@ -189,43 +209,58 @@ class HistoryStore:
         """The newest reading of one device, or of every device that has any: one indexed
         lookup per device, all in one statement (a Python loop of them cost 10x more)."""
         where, args = ("WHERE d.device_id = ?", (device_id,)) if device_id else ("", ())
-        sql = (f"SELECT {_COLUMNS} FROM devices d JOIN readings r ON r.id = (SELECT id FROM "  # noqa: S608
+        sql = (f"SELECT {self._columns} FROM devices d JOIN readings r ON r.id = (SELECT id FROM "  # noqa: S608
                "readings WHERE device_id = d.device_id ORDER BY ts_us DESC, id DESC LIMIT 1) "
                f"{where} ORDER BY d.device_id")
-        with self._read_lock:
-            rows = self._reader.execute(sql, args).fetchall()
-        return [_reading(r, raw=raw) for r in rows]
+        return [_reading(r, raw=raw) for r in self.backend.read(sql, args)]
+
+    def after(self, last_id: int, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` readings stored after row ``last_id``, in the order they were stored
+        (the forwarder's batches), each with its exact ``ts_us``; payloads as stored JSON."""
+        sql = f"SELECT {self._columns} FROM readings r WHERE id > ? ORDER BY id LIMIT ?"  # noqa: S608
+        return [{**_reading(r, raw=True), "ts_us": r[2]}
+                for r in self.backend.read(sql, (last_id, limit))]
+
+    def count_after(self, last_id: int) -> int:
+        """Readings stored after row ``last_id`` (the forward backlog)."""
+        return int(self.backend.read("SELECT COUNT(*) FROM readings WHERE id > ?",
+                                     (last_id,))[0][0])
+
+    # --- cursors of readers (the forwarder) ---------------------------------------------------
+    def cursor_of(self, reader: str) -> int:
+        """The last row id ``reader`` committed; 0 before its first."""
+        found = self.backend.read("SELECT last_id FROM reader_cursors WHERE reader = ?", (reader,))
+        return int(found[0][0]) if found else 0
+
+    def commit_cursor(self, reader: str, last_id: int) -> None:
+        with self._tx() as tx:
+            tx.execute("INSERT INTO reader_cursors (reader, last_id) VALUES (?, ?) ON CONFLICT "
+                       "(reader) DO UPDATE SET last_id = excluded.last_id", (reader, last_id))
 
     # --- size and thinning ---------------------------------------------------------------------
     def used_bytes(self) -> int:
-        """Bytes the history's pages hold (the file less its free pages, plus the WAL)."""
-        with self._lock:
-            page = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
-            count = int(self._conn.execute("PRAGMA page_count").fetchone()[0])
-            free = int(self._conn.execute("PRAGMA freelist_count").fetchone()[0])
-        wal = Path(f"{self.path}-wal")
-        return (count - free) * page + (wal.stat().st_size if wal.exists() else 0)
+        """Bytes the history holds on its disk."""
+        return self.backend.used_bytes()
 
     def file_bytes(self) -> int:
-        return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal"))
-                   if p.exists())
+        return self.backend.file_bytes()
 
     def count(self) -> int:
-        with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
+        return int(self.backend.read("SELECT COUNT(*) FROM readings")[0][0])
 
     def span(self) -> tuple[int, int] | None:
         """The oldest and newest ``ts_us`` stored."""
-        with self._lock:
-            lo, hi = self._conn.execute("SELECT MIN(ts_us), MAX(ts_us) FROM readings").fetchone()
+        lo, hi = self.backend.read("SELECT MIN(ts_us), MAX(ts_us) FROM readings")[0]
         return None if lo is None else (int(lo), int(hi))
 
     def thin(self, fraction: float, *, stratum_us: int = DAY_US) -> int:
         """Delete about ``fraction`` of the readings older than the newest day, evenly across
         time: each device's readings of each stratum (a day) lose the same share, every
         n-th of them (or all but every n-th past one half), so the time distribution is kept.
-        The newest day stays whole. One transaction per stratum keeps the writer's waits short.
-        Returns the number deleted; ``give_back`` returns the freed pages to the filesystem."""
+        The newest day stays whole, and so does the row with the highest id, so ids are never
+        handed out twice (SQLite reuses a deleted highest rowid) and a reader's cursor stays
+        true. One transaction per stratum keeps the writer's waits short. Returns the number
+        deleted; ``give_back`` returns the freed space to the filesystem."""
         span = self.span()
         if span is None or fraction <= 0:
             return 0
@@ -233,34 +268,25 @@ class HistoryStore:
         cutoff = newest - DAY_US
         if fraction >= 0.5:
             keep_every = max(2, round(1 / (1 - min(fraction, 0.99))))
-            condition = f"rn % {keep_every} != 0"
+            condition = f"rn % {keep_every} <> 0"
         else:
             condition = f"rn % {max(2, round(1 / fraction))} = 0"
         deleted = 0
         for lo in range(oldest - oldest % stratum_us, cutoff, stratum_us):
             hi = min(lo + stratum_us, cutoff)
-            with self._tx() as conn:
-                cur = conn.execute(
+            with self._tx() as tx:
+                deleted += tx.execute(
                     "DELETE FROM readings WHERE id IN (SELECT id FROM (SELECT id, row_number() "  # noqa: S608
                     "OVER (PARTITION BY device_id ORDER BY ts_us, id) AS rn FROM readings "
-                    f"WHERE ts_us >= ? AND ts_us < ?) WHERE {condition})",  # the condition holds only ints
+                    f"WHERE ts_us >= ? AND ts_us < ?) AS stratum WHERE {condition}) "  # only ints
+                    "AND id < (SELECT MAX(id) FROM readings)",
                     (lo, hi))
-                deleted += cur.rowcount
-            # Deleting touches nearly every page; without a checkpoint per stratum the WAL
-            # would grow by the size of the history, on the disk that is already too full.
-            self._checkpoint("PASSIVE")
+            # SQLite: deleting touches nearly every page; without a checkpoint per stratum the
+            # WAL would grow by the size of the history, on the disk that is already too full.
+            self.backend.after_delete()
         return deleted
 
-    def give_back(self, step_pages: int = 256) -> None:
-        """Hand free pages back to the filesystem, a few at a time with a checkpoint between,
-        so the WAL never needs much room; then shrink the WAL file itself."""
-        with self._lock:
-            while int(self._conn.execute("PRAGMA freelist_count").fetchone()[0]) > 0:
-                self._conn.execute(f"PRAGMA incremental_vacuum({int(step_pages)})").fetchall()
-                self._checkpoint("PASSIVE")
-            self._checkpoint("TRUNCATE")
-
-    def _checkpoint(self, mode: str) -> None:
-        with self._lock:
-            self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+    def give_back(self) -> None:
+        """Hand freed space back to the filesystem."""
+        self.backend.give_back()
 

@@ -2,21 +2,21 @@
 aggregator just accepted and returns; one thread writes what has piled up in one transaction.
 
 Nothing here may stop live data: a queue full past ``max_pending`` readings drops the batch
-(counted), and a write that fails (``database or disk is full``, an I/O error) drops that batch
-too, counted, with one log line when the condition starts and one when it ends.
+(counted), and a write that fails (``database or disk is full``, an I/O error, a database
+server that is gone) drops that batch too, counted, with one log line when the condition
+starts and one when it ends.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 
 from shared.models import ReadingObs
 
-from .store import HistoryStore, Row, Rows
+from .store import HistoryStore, Row, Rows, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,8 @@ class Conditions:
             return dict(self._active)
 
 
-def failure_key(exc: sqlite3.Error) -> str:
-    text = str(exc).lower()
-    return "disk_full" if "full" in text else "write_failed"
+def failure_key(exc: StoreError) -> str:
+    return "disk_full" if exc.full else "write_failed"
 
 
 class HistoryWriter:
@@ -133,10 +132,10 @@ class HistoryWriter:
         rows: list[Row] = [self._rows.row(r.device_id, r.ts, r.values) for r in readings]
         try:
             added = self._store.add(rows)
-        except sqlite3.Error as exc:
+        except StoreError as exc:
             key = failure_key(exc)
             self.counters["failed"] += len(rows)
-            self._conditions.set(key, f"{self._store.path}: {exc}; live data still flows, "
+            self._conditions.set(key, f"{exc}; live data still flows, "
                                  "these readings are not in the history")
             if key == "disk_full" and self._on_full is not None:
                 self._on_full()

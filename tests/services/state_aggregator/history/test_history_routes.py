@@ -1,10 +1,12 @@
-"""The history behind the aggregator: readings the real ``Aggregator`` accepts reach the SQLite
-file through the writer thread, and the internal routes answer through the Flask test client."""
+"""The history behind the aggregator: readings the real ``Aggregator`` accepts reach the store
+(a SQLite file, and a real PostgreSQL server: every test runs on both) through the writer
+thread, and the internal routes answer through the Flask test client."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from flask.testing import FlaskClient
 
 from services.state_aggregator.app import create_app
 from services.state_aggregator.core import Aggregator
+from services.state_aggregator.history.db import SqliteBackend
 from services.state_aggregator.history.retention import Limits
 from services.state_aggregator.history.service import History
 from shared.instance import parse_instance
@@ -29,8 +32,8 @@ INSTANCE = parse_instance({
 
 
 @pytest.fixture
-def history(tmp_path: Path) -> Iterator[History]:
-    hist = History(tmp_path / "history.db", tz="UTC",
+def history(history_location: Path | str) -> Iterator[History]:
+    hist = History(history_location, tz="UTC",
                    limits=Limits(max_bytes=None, disk_percent=100))
     hist.start()
     yield hist
@@ -137,16 +140,21 @@ def test_export_csv_streams_every_page(agg: Aggregator, history: History,
     rows = list(csv.reader(io.StringIO(resp.get_data(as_text=True))))
     assert rows[0] == ["id", "device_id", "ts_utc", "ts_local", "reading_id", "payload"]
     assert len(rows) == 1 + 4000
-    assert rows[1][1] == "s0" and rows[1][5] == '{"t":0}'
+    assert rows[1][1] == "s0" and json.loads(rows[1][5]) == {"t": 0}
 
 
-def test_a_full_disk_never_stops_ingest(tmp_path: Path, agg: Aggregator,
-                                        history: History, client: FlaskClient) -> None:
+def test_a_full_disk_never_stops_ingest(tmp_path: Path, agg: Aggregator) -> None:
+    history = History(tmp_path / "history.db", tz="UTC",
+                      limits=Limits(max_bytes=None, disk_percent=100))
+    history.start()
+    client = create_app(agg, history=history).test_client()
     # A real SQLITE_FULL ("database or disk is full"): the file may not grow past its pages.
     assert history.store is not None
-    with history.store._lock:
-        pages = history.store._conn.execute("PRAGMA page_count").fetchone()[0]
-        history.store._conn.execute(f"PRAGMA max_page_count={pages + 2}")
+    backend = history.store.backend
+    assert isinstance(backend, SqliteBackend)
+    with backend.lock:
+        pages = backend.conn.execute("PRAGMA page_count").fetchone()[0]
+        backend.conn.execute(f"PRAGMA max_page_count={pages + 2}")
     _ingest(agg, history, 3000)
     assert agg.device("s2").state is not None  # live data flows
     health = client.get("/health").get_json()
@@ -157,10 +165,11 @@ def test_a_full_disk_never_stops_ingest(tmp_path: Path, agg: Aggregator,
     resp = client.post("/history/readings/bulk", json=[
         {"device_id": "x", "ts_utc": T0 + s, "payload": {"v": "w" * 500}} for s in range(500)])
     assert resp.status_code == 507 and resp.get_json()["error"] == "not_stored"
-    with history.store._lock:
-        history.store._conn.execute("PRAGMA max_page_count=1073741823")
+    with backend.lock:
+        backend.conn.execute("PRAGMA max_page_count=1073741823")
     _ingest(agg, history, 30, start=T0 + 10_000)
     assert client.get("/health").get_json()["history"]["state"] == "ok"
     with sqlite3.connect(history.path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM readings WHERE ts_us >= ?",
                             (int((T0 + 10_000) * 1e6),)).fetchone()[0] == 30
+    history.stop()

@@ -1,12 +1,16 @@
-"""The history store on real SQLite files: idempotent batched inserts, keyset pages, latest per
-device, stratified thinning that keeps the time distribution and the newest day."""
+"""The history store on real SQLite files and a real PostgreSQL server (the same tests on both,
+``conftest.py``): idempotent batched inserts, keyset pages, latest per device, stratified
+thinning that keeps the time distribution and the newest day, readers' cursors; then what is
+each backend's own (SQLite's file, PostgreSQL's schema)."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from services.state_aggregator.history.store import (
@@ -14,6 +18,7 @@ from services.state_aggregator.history.store import (
     CursorError,
     HistoryStore,
     Rows,
+    StoreError,
 )
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
@@ -21,12 +26,21 @@ ROWS = Rows("Europe/Berlin")
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> HistoryStore:
-    return HistoryStore(tmp_path / "history.db")
+def store(history_location: Path | str) -> Iterator[HistoryStore]:
+    opened = HistoryStore(history_location)
+    yield opened
+    opened.close()
 
 
-def test_wal_indexes_and_incremental_vacuum(store: HistoryStore) -> None:
-    conn = sqlite3.connect(store.path)
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[HistoryStore]:
+    opened = HistoryStore(tmp_path / "history.db")
+    yield opened
+    opened.close()
+
+
+def test_wal_indexes_and_incremental_vacuum(sqlite_store: HistoryStore) -> None:
+    conn = sqlite3.connect(sqlite_store.where)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
     indexes = {r[0]: r[1] for r in conn.execute(
@@ -119,7 +133,8 @@ def test_thinning_most_keeps_every_nth(store: HistoryStore) -> None:
     assert store.span() is not None
 
 
-def test_thinning_gives_pages_back(store: HistoryStore) -> None:
+def test_thinning_gives_pages_back(sqlite_store: HistoryStore) -> None:
+    store = sqlite_store
     store.add([ROWS.row("a", T0 + s, {"x": "y" * 200}) for s in range(0, 5 * DAY_US // 10**6, 30)])
     before = store.file_bytes()
     store.thin(0.5)
@@ -137,9 +152,85 @@ def test_a_file_that_is_not_a_database_is_moved_aside(tmp_path: Path) -> None:
 
 def test_queries_do_not_wait_for_an_open_write_transaction(store: HistoryStore) -> None:
     store.add([ROWS.row("a", T0 + i, {"i": i}) for i in range(10)])
-    with store._tx() as conn:  # a retention stratum or a big batch in progress
-        conn.execute("DELETE FROM readings WHERE device_id = 'a'")
+    with store._tx() as tx:  # a retention stratum or a big batch in progress
+        tx.execute("DELETE FROM readings WHERE device_id = 'a'")
         # The reader sees the last committed state at once, without the writer's lock.
         assert len(store.query(start=None, end=None, device_id="a", limit=100).readings) == 10
         assert store.latest("a")[0]["payload"] == {"i": 9}
     assert store.query(start=None, end=None, device_id="a", limit=100).readings == []
+
+
+def test_thinning_never_deletes_the_highest_id(store: HistoryStore) -> None:
+    # A backfill of old readings is stored last: its rows have the highest ids. Thinning may
+    # take them, but never the very last row, so no id is handed out twice and a reader whose
+    # cursor points past the deleted rows still sees every new one.
+    store.add([ROWS.row("a", T0 + 5 * 86400 + m * 60, {"m": m}) for m in range(100)])
+    store.add([ROWS.row("old", T0 + s, {"s": s}) for s in range(11)])
+    newest = store.after(0, 1000)[-1]["id"]
+    # Every 10th kept: rows 1-9 and 11 would go, the 11th (the highest id) stays.
+    assert store.thin(0.9) == 9
+    assert [r["payload"]["s"] for r in store.query(start=None, end=None, device_id="old",
+                                                    limit=100).readings] == [9, 10]
+    store.add([ROWS.row("a", T0 + 6 * 86400, {"m": "new"})])
+    (fresh,) = store.after(newest, 10)
+    assert fresh["id"] > newest and fresh["device_id"] == "a"
+
+
+def test_after_and_reader_cursors(store: HistoryStore) -> None:
+    store.add([ROWS.row("a", T0 + i, {"i": i}, f"r{i}" if i % 2 else None) for i in range(10)])
+    assert store.cursor_of("forward x") == 0
+    first = store.after(0, 4)
+    assert [r["device_id"] for r in first] == ["a"] * 4
+    assert [r["ts_us"] for r in first] == [round((T0 + i) * 1e6) for i in range(4)]
+    assert [r["reading_id"] for r in first] == [None, "r1", None, "r3"]
+    store.commit_cursor("forward x", first[-1]["id"])
+    store.commit_cursor("forward x", first[-1]["id"])  # committing again is an update
+    assert store.cursor_of("forward x") == first[-1]["id"]
+    assert store.cursor_of("forward y") == 0
+    assert store.count_after(first[-1]["id"]) == 6
+    rest = store.after(store.cursor_of("forward x"), 100)
+    assert len(rest) == 6 and rest[0]["id"] > first[-1]["id"]
+
+
+def test_sqlite_raises_store_error_for_its_own_errors(sqlite_store: HistoryStore) -> None:
+    with pytest.raises(StoreError, match="no such table"), sqlite_store._tx() as tx:
+        tx.execute("DELETE FROM nothing_here")
+
+
+def test_postgresql_schema_jsonb_indexes_and_identity(postgres_store: HistoryStore) -> None:
+    store = postgres_store
+    store.add([ROWS.row("a", T0 + 0.5, {"t": 1.5, "nested": {"on": True}})])
+    url = store.backend.url  # type: ignore[attr-defined]
+    with psycopg.connect(url) as conn:
+        types: dict[str, str] = dict(conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = 'readings'").fetchall())
+        assert types["payload"] == "jsonb" and types["ts_utc"] == "timestamp with time zone"
+        indexes: dict[str, str] = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes "
+                                    "WHERE tablename = 'readings'").fetchall())
+        assert "(device_id, ts_us)" in indexes["readings_device_ts"]
+        assert "(ts_us)" in indexes["readings_ts"]
+        assert "UNIQUE" in indexes["readings_key"] and "(device_id, rkey)" in indexes["readings_key"]
+        row = conn.execute("SELECT ts_utc, payload->'nested'->'on' FROM readings").fetchone()
+        assert row is not None
+        ts_utc, flag = row
+        assert ts_utc.timestamp() == T0 + 0.5 and flag is True
+    assert store.where.startswith("postgresql://hub@127.0.0.1:")  # no password shown
+
+
+def test_postgresql_migrates_once_and_refuses_a_newer_schema(postgres_store: HistoryStore) -> None:
+    url = postgres_store.backend.url  # type: ignore[attr-defined]
+    HistoryStore(url).close()  # a second hub on the same server: nothing to apply
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM schema_migrations").fetchone() == (2,)
+        conn.execute("INSERT INTO schema_migrations VALUES (99, 0)")
+    with pytest.raises(StoreError, match="newer than this code knows"):
+        HistoryStore(url)
+
+
+def test_postgresql_unreachable_is_a_store_error() -> None:
+    from tests.helpers import free_port
+
+    with pytest.raises(StoreError, match=r"127\.0\.0\.1") as refused:
+        HistoryStore(f"postgresql://hub:secret@127.0.0.1:{free_port()}/nothing")
+    assert "secret" not in str(refused.value)

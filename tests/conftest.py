@@ -1,5 +1,6 @@
 """Fixtures shared by the whole suite: a real mosquitto on a free port (one per session), a
-unique base topic per test, and a recording subscriber."""
+unique base topic per test, a recording subscriber, and a throwaway PostgreSQL server (one per
+session, started only when a test asks for it)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import Broker, Subscriber, start_broker, unique_base
+from tests.postgres import Postgres, start_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,3 +33,10 @@ def subscriber(mosquitto: Broker) -> Iterator[Subscriber]:
     sub = Subscriber(mosquitto.host, mosquitto.port)
     yield sub
     sub.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    server = start_postgres()
+    yield server
+    server.stop()

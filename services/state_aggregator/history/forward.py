@@ -96,6 +96,7 @@ class Forwarder:
         if not readings:
             self._backlog = 0
             return 0
+        self._count_backlog(force=self._backlog is None)  # while failing too: /health shows it
         answer = self._send(readings)
         last = int(readings[-1]["id"])
         self._cursor = last
@@ -110,7 +111,8 @@ class Forwarder:
             # Kept in memory; after a restart this batch is sent again and the central store
             # counts it as duplicates, which is why resending is safe.
             log.warning("forward cursor not saved (%s); continuing from memory", exc)
-        self._count_backlog(force=False)
+        if self._backlog is not None:
+            self._backlog = max(0, self._backlog - len(readings))
         return len(readings)
 
     def _send(self, readings: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Every history test that is not about one backend's files runs twice: on a SQLite file and on
-a real PostgreSQL server (a throwaway cluster for the session, a fresh database per test; see
-``tests/postgres.py``)."""
+a real PostgreSQL server (the session's throwaway cluster, ``tests/conftest.py``, a fresh
+database per test)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.state_aggregator.history.store import HistoryStore
-from tests.postgres import Postgres, start_postgres
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    server = start_postgres()
-    yield server
-    server.stop()
+from tests.postgres import Postgres
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

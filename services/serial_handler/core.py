@@ -38,12 +38,16 @@ class SerialHandler:
         self._errors_lock = threading.Lock()
         self.errors: deque[dict[str, Any]] = deque(maxlen=MAX_ERRORS)
         self.error_counts: dict[str, int] = defaultdict(int)
-        self.sensors = {s.sensor_id: s for s in instance.sensors_of("serial")}
+        # Only what /sensors shows of each sensor (type, name), in the instance file's order;
+        # the instance file's models (about 2.3 KB a sensor) are not kept.
+        self.sensors: dict[str, tuple[str, str]] = {}
         by_port: dict[str, list[SensorSlot]] = defaultdict(list)
         configs: dict[str, SerialSource] = {}
-        for sensor in self.sensors.values():
+        for sensor in instance.sensors_of("serial"):
             src = sensor.source
             assert isinstance(src, SerialSource)
+            self.sensors[sensor.sensor_id] = (sensor.sensor_type,
+                                              sensor.friendly_name or sensor.sensor_id)
             configs.setdefault(src.port, src)
             by_port[src.port].append(SensorSlot(
                 sensor_id=sensor.sensor_id,
@@ -104,11 +108,11 @@ class SerialHandler:
     def sensor_view(self, sensor_id: str) -> dict[str, Any]:
         worker = self._worker(sensor_id)
         slot = worker.slots[sensor_id]
-        sensor = self.sensors[sensor_id]
+        sensor_type, friendly_name = self.sensors[sensor_id]
         last = slot.last
         return {
-            "sensor_id": sensor_id, "sensor_type": sensor.sensor_type,
-            "friendly_name": sensor.friendly_name or sensor_id, "port": worker.url,
+            "sensor_id": sensor_id, "sensor_type": sensor_type,
+            "friendly_name": friendly_name, "port": worker.url,
             "port_up": worker.is_up, "down_reason": worker.down_reason,
             "mode": worker.config.mode, "writable": slot.writable, "interval": slot.interval,
             "bad_lines": slot.bad_lines, **worker.sensor_status(sensor_id),

@@ -44,7 +44,7 @@ STABLE_AFTER = 10.0  # s a port must stay open before the retry delay starts aga
 FRESH_READ_CAP = FRESH_READ_TIMEOUT_S
 
 
-@dataclass
+@dataclass(slots=True)
 class SensorSlot:
     sensor_id: str
     interval: float

@@ -164,6 +164,12 @@ class Hub:
                         "pss_mb": round(sum(m["pss_mb"] for m in out.values()), 1)}
         return out
 
+    def memory_split(self) -> dict[str, list[float]]:
+        """PSS MB of each process of each program, parent first (a gunicorn program: its
+        master, then its worker)."""
+        return {name: [procs.smaps_rollup(pid)["pss_mb"] for pid in pids]
+                for name, pids in self.pids().items()}
+
     def get(self, service: str, path: str) -> Any:
         resp = requests.get(f"{self.url(service)}{path}", timeout=5)
         resp.raise_for_status()

@@ -101,8 +101,13 @@ def write(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     return jpath, mpath
 
 
-def _mem_rows(mem: dict[str, dict[str, float]]) -> list[str]:
-    return [f"| {name} | {m['rss_mb']:.1f} | {m['pss_mb']:.1f} |" for name, m in mem.items()]
+def _mem_rows(mem: dict[str, dict[str, float]],
+              split: dict[str, list[float]] | None = None) -> list[str]:
+    if split is None:
+        return [f"| {name} | {m['rss_mb']:.1f} | {m['pss_mb']:.1f} |" for name, m in mem.items()]
+    return [f"| {name} | {m['rss_mb']:.1f} | {m['pss_mb']:.1f} | "
+            + (" + ".join(f"{x:.1f}" for x in split[name]) if len(split.get(name, [])) > 1
+               else "") + " |" for name, m in mem.items()]
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -182,11 +187,12 @@ def markdown(r: dict[str, Any]) -> str:
                   f"{len(s['devices'])} devices): **{s['startup_s']:.2f} s** "
                   f"(`online` alone: {s['online_s']:.2f} s); graceful stop (SIGTERM to supervisord "
                   f"until it exits): {s['stop_s']:.1f} s",
-                  "", "| process | RSS MB idle | PSS MB idle |", "|---|---|---|"]
-        lines += _mem_rows(s["idle_memory"])
+                  "", "| process | RSS MB idle | PSS MB idle | PSS MB master + worker |",
+                  "|---|---|---|---|"]
+        lines += _mem_rows(s["idle_memory"], s.get("idle_split", {}))
         lines.append(f"| (mosquitto, not counted; holds every retained message of the run) | "
                      f"{s['mosquitto_memory']['rss_mb']:.1f} | "
-                     f"{s['mosquitto_memory']['pss_mb']:.1f} |")
+                     f"{s['mosquitto_memory']['pss_mb']:.1f} | |")
     if "scale" in r and r["scale"]["sizes"]:
         big = r["scale"]["sizes"][-1]
         lines += ["", f"Memory at {big['devices']:,} devices:", "",

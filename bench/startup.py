@@ -58,6 +58,11 @@ def run(broker: Broker, mode: Mode) -> dict[str, Any]:
         "stop_s": runs[0]["stop_s"],
         "idle_memory": {p: {k: round(median([r["idle_memory"][p][k] for r in runs]), 1)
                             for k in ("rss_mb", "pss_mb")} for p in procs},
+        # per program: the median PSS of its master and of its worker (gunicorn programs)
+        "idle_split": {p: [round(median([r["idle_split"][p][i] for r in runs
+                                         if len(r["idle_split"].get(p, [])) > i]), 1)
+                           for i in range(len(runs[0]["idle_split"].get(p, [])))]
+                       for p in procs if p != "total"},
         "mosquitto_memory": memory_of([broker.pid]),
     }
 
@@ -86,7 +91,7 @@ def _one(broker: Broker, doc: dict[str, Any], devices: list[str], *,
         complete = online is not None and all(firsts)
         startup = (max(done) - t0) / 1e9 if complete else float("nan")
         time.sleep(SETTLE_S)
-        memory = hub.memory()
+        memory, split = hub.memory(), hub.memory_split()
         s0 = time.monotonic()
         hub.stop(graceful=graceful_stop)
         stop_s = time.monotonic() - s0 if graceful_stop else None
@@ -97,4 +102,5 @@ def _one(broker: Broker, doc: dict[str, Any], devices: list[str], *,
             "online_s": round((online - t0) / 1e9, 3) if online else float("nan"),
             "first_state_s": {d: round((t - t0) / 1e9, 3) if t else None
                               for d, t in zip(devices, firsts, strict=True)},
-            "idle_memory": memory, "stop_s": None if stop_s is None else round(stop_s, 2)}
+            "idle_memory": memory, "idle_split": split,
+            "stop_s": None if stop_s is None else round(stop_s, 2)}

@@ -18,7 +18,9 @@ def main() -> None:
     gc.freeze()
     gc.set_threshold(20_000, 10, 10)
     wait_for_health([settings.state_aggregator])
-    Bridge(settings, instance).run_forever()
+    bridge = Bridge(settings, instance)
+    del instance  # the bridge keeps what it needs of it (see Bridge.__init__)
+    bridge.run_forever()
 
 
 if __name__ == "__main__":

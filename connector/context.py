@@ -50,6 +50,8 @@ class Mirror:
 @dataclass
 class BridgeContext:
     settings: Settings
+    # Without its sensors once the features are built (``bridge.slim``): the devices come
+    # from the aggregator, their declared properties are discovery's.
     instance: Instance
     topics: Topics
     client: MqttClient

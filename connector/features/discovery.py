@@ -48,7 +48,9 @@ class DiscoveryFeature(Feature):
         self.builder = Builder(ctx.topics, self.discovery, ctx.instance.friendly_name,
                                Origin(CONNECTOR_TYPE, __version__, settings.ha_support_url))
         self.ledger: Ledger | None = None
-        self._specs = {s.sensor_id: s for s in ctx.instance.config.sensors}
+        # What the instance file declares of each sensor's properties: all discovery needs of
+        # it (the bridge does not keep the sensors' other settings).
+        self._declared = {s.sensor_id: s.properties for s in ctx.instance.config.sensors}
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -147,8 +149,7 @@ class DiscoveryFeature(Feature):
             values: dict[str, Any] = rec.state.values if rec.state else {}
             if not values and device_id in ledgered:
                 frozen.add(device_id)
-            sensor = self._specs.get(device_id)
-            props = infer(values, sensor.properties if sensor else {}, info.units)
+            props = infer(values, self._declared.get(device_id, {}), info.units)
             events = {e for p in props for e in p.events} | set(SOURCE_EVENTS.get(info.source, ()))
             views.append(DeviceView(info.model_copy(update={"online": False, "last_seen": None}),
                                     props, tuple(sorted(events))))

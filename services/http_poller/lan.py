@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import ServiceError
 from shared.instance import Instance, ProbeSource
@@ -18,9 +18,11 @@ from shared.processes import STATE_AGGREGATOR
 from shared.rest import RestClient
 from shared.settings import Settings
 
-from .discovery import ProbeBrowser, interfaces_from
 from .probes import Probe, ProbeDirectory
 from .provisioner import Provisioner, public_base
+
+if TYPE_CHECKING:
+    from .discovery import ProbeBrowser
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,10 @@ def build_probe_side(settings: Settings, instance: Instance,
     url = public_base(settings.public_base, host=settings.host, port=settings.port)
     provisioner = Provisioner(directory, server_url=url, interval_ms=settings.probe_interval_ms,
                               token=token, on_reboot=reboot_announcer(aggregator, emit))
-    browser = (ProbeBrowser(directory, interfaces=interfaces_from(settings.mdns_interfaces))
-               if settings.probe_discovery else None)
+    browser = None
+    if settings.probe_discovery:
+        # zeroconf only where it browses: PROBE_DISCOVERY=false leaves it unloaded (3.7 MB)
+        from .discovery import ProbeBrowser, interfaces_from
+
+        browser = ProbeBrowser(directory, interfaces=interfaces_from(settings.mdns_interfaces))
     return ProbeSide(directory, provisioner, browser)

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     # state/{property} topics: when the value changed (and all on (re)connect, rebirth and for
     # a new device), for every reading, or never.
     mqtt_property_topics: Literal["changed", "all", "off"] = "changed"
+    # Their QoS: 0 by default. They repeat what the state topic (MQTT_QOS) carries, and a QoS 1
+    # message costs paho about twice the CPU of a QoS 0 one (the PUBACK's decoding and
+    # bookkeeping): two of every three messages of a reading are property topics.
+    mqtt_property_qos: Literal[0, 1, 2] = 0
     # Seconds; a command asking for a longer ``timeout`` is answered ``rejected``.
     command_timeout_max: float = Field(default=COMMAND_TIMEOUT_MAX_S, gt=0, le=3600)
 

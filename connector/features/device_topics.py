@@ -54,6 +54,7 @@ class DeviceTopics:
     def __init__(self, ctx: BridgeContext) -> None:
         self.ctx = ctx
         self.policy: PropertyTopics = ctx.settings.mqtt_property_topics
+        self.property_qos = ctx.settings.mqtt_property_qos
         self._later: list[tuple[str, Any]] = []  # (topic, value) of the batch's properties
 
     # --- whole mirror ---------------------------------------------------------------------------
@@ -106,9 +107,9 @@ class DeviceTopics:
     def flush(self) -> None:
         """Publish the per-property topics held back so far."""
         later, self._later = self._later, []
-        pub = self.ctx.publisher
+        pub, qos = self.ctx.publisher, self.property_qos
         for topic, value in later:
-            pub.json(topic, value, retain=True)
+            pub.json(topic, value, qos=qos, retain=True)
 
     def replay(self, changes: list[Change], snap: Snapshot) -> None:
         """Publish what ``snap`` took in and cannot carry, before it is loaded: the events and

@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,6 +129,25 @@ def test_property_topics_follow_the_policy(broker: Broker, hub: Hub, tmp_path: P
         assert state.json()["seq"] == 3
         if policy != "off":
             assert json.loads(sub.wait(f"{hub.root}/devices/s1/state/temperature").payload) == 20.0
+    finally:
+        sub.close()
+
+
+@pytest.mark.parametrize("property_qos", [0, 1])
+def test_property_topics_go_at_their_own_qos(broker: Broker, hub: Hub, tmp_path: Path,
+                                             property_qos: int) -> None:
+    """The state topic at MQTT_QOS (1), the property topics at MQTT_PROPERTY_QOS (default 0):
+    they repeat the state's values, and two of a reading's three messages are property topics.
+    The subscriber asks for QoS 1, so it gets what the bridge published with."""
+    sub = Subscriber(broker.host, broker.port).subscribe(f"{hub.root}/devices/s1/#")
+    try:
+        overrides: dict[str, Any] = {} if property_qos == 0 else {"mqtt_property_qos": property_qos}
+        hub.bridge(broker, tmp_path, **overrides)
+        hub.agg.ingest([reading("s1", temperature=20.0, humidity=40.0)])
+        prop = sub.wait(f"{hub.root}/devices/s1/state/humidity",
+                        where=lambda m: json.loads(m.payload) == 40.0 and not m.retain)
+        state = sub.wait(f"{hub.root}/devices/s1/state", where=lambda m: not m.retain)
+        assert (state.qos, prop.qos) == (1, property_qos)
     finally:
         sub.close()
 

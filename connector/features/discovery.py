@@ -15,6 +15,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from shared import CONNECTOR_TYPE, __version__
@@ -23,7 +24,7 @@ from shared.topics import DiscoveryTopics, Route, RouteKind
 
 from ..context import BridgeContext
 from ..ha.builder import ERROR_KEY, EVENT_KEY, Builder, DeviceView, Origin
-from ..ha.ledger import FILE_NAME, Ledger, fingerprint, plan
+from ..ha.ledger import FILE_NAME, Entry, Ledger, absent, fingerprint, plan
 from ..ha.props import infer
 from .base import Feature, Inbound
 
@@ -33,6 +34,7 @@ CHECK_EVERY_S = 1.0  # how soon a new device or property is discovered
 HA_ONLINE_DELAY_S = (0.5, 3.0)  # random delay before answering Home Assistant's "online"
 SPREAD_S = 3.0  # a full republish for Home Assistant is paced over this long
 CHUNK = 100
+DEVICES_PER_CHUNK = 200  # configs are built this many devices at a time
 # Events a device of a source emits whatever its properties say (see services/http_poller/lan.py).
 SOURCE_EVENTS = {"probe": ("probe_rebooted",)}
 
@@ -160,38 +162,71 @@ class DiscoveryFeature(Feature):
     def reconcile(self, views: list[DeviceView], frozen: frozenset[str], *, full: bool,
                   spread: float = 0.0) -> tuple[int, int]:
         """Publish what changed (everything when ``full``), clear what is gone; returns the
-        number of configs published and cleared."""
+        number of configs published and cleared.
+
+        The configs are built a few devices at a time, twice: first to learn which topics
+        should exist (what is gone is cleared before anything new is published, so a mode
+        change never shows Home Assistant two configs of one entity) and which differ from
+        what was published, then again only for the devices that have something to send.
+        All configs of 10,000 devices at once were about 40 MB, and a Python process keeps
+        such a peak."""
         assert self.ledger is not None
-        desired: dict[str, tuple[str, dict[str, Any]]] = {}
-        if self.mode != "off":
-            for topic, payload in self.builder.hub_messages(self.mode).items():
-                desired[topic] = ("", payload)
-            for view in views:
-                for topic, payload in self.builder.device_messages(self.mode, view).items():
-                    desired[topic] = (view.info.device_id, payload)
+        ledger = self.ledger.entries
         # Off clears everything, whether or not a device's properties are known again.
-        todo = plan(desired, self.ledger.entries, frozen=frozen if desired else frozenset(),
-                    previous=None if full else self._published)
+        keep = frozen if self.mode != "off" else frozenset()
+        previous = None if full else self._published
+        wanted: set[str] = set()
+        entries: dict[str, Entry] = {}
+        send: set[str] = set()
+        to_send: set[str] = set()  # the devices (``""``: the hub) with configs in ``send``
+        for desired in self._desired(views):
+            todo = plan(desired, ledger, frozen=keep, previous=previous, clears=False)
+            wanted.update(desired)
+            entries.update(todo.entries)
+            send.update(todo.publish)
+            to_send.update(desired[topic][0] for topic in todo.publish)
+        clear = absent(wanted, ledger, keep)
         pub = self.ctx.publisher
-        for topic in todo.clear:
+        for topic in clear:
             pub.raw(topic, b"", qos=1, retain=True)
             self._published.pop(topic, None)
         present = {v.info.device_id for v in views}
-        for topic in self._leftovers(todo.clear, present):
+        for topic in self._leftovers(clear, present):
             pub.raw(topic, b"", qos=1, retain=True)
-        items = list(todo.publish.items())
-        pause = spread / max(1, len(items) // CHUNK) if spread else 0.0
-        for i, (topic, payload) in enumerate(items):
-            if pause and i and i % CHUNK == 0 and self._stop.wait(pause):
+        pause = spread / max(1, len(send) // CHUNK) if spread else 0.0
+        sent = 0
+        for desired in self._desired(views, only=to_send):
+            todo = plan({t: d for t, d in desired.items() if t in send}, ledger, frozen=keep,
+                        clears=False)
+            for topic, payload in todo.publish.items():
+                if pause and sent and sent % CHUNK == 0 and self._stop.wait(pause):
+                    break
+                pub.json(topic, payload, qos=1, retain=True)
+                self._published[topic] = fingerprint(payload)
+                sent += 1
+            if self._stop.is_set():
                 break
-            pub.json(topic, payload, qos=1, retain=True)
-            self._published[topic] = fingerprint(payload)
-        self.ledger.update(todo.entries, todo.clear)
+        self.ledger.update(entries, clear)
         self.rounds += 1
-        if todo.publish or todo.clear:
+        if send or clear:
             log.info("discovery (%s): %d configs published, %d cleared", self.mode,
-                     len(todo.publish), len(todo.clear))
-        return len(todo.publish), len(todo.clear)
+                     len(send), len(clear))
+        return len(send), len(clear)
+
+    def _desired(self, views: list[DeviceView], *, only: set[str] | None = None
+                 ) -> Iterator[dict[str, tuple[str, dict[str, Any]]]]:
+        """What should be on the broker (``{topic: (device, config)}``, the hub's as device
+        ``""``), ``DEVICES_PER_CHUNK`` devices at a time; with ``only``, of those devices."""
+        if self.mode == "off":
+            return
+        if only is None or "" in only:
+            yield {topic: ("", payload)
+                   for topic, payload in self.builder.hub_messages(self.mode).items()}
+        chosen = views if only is None else [v for v in views if v.info.device_id in only]
+        for i in range(0, len(chosen), DEVICES_PER_CHUNK):
+            yield {topic: (view.info.device_id, payload)
+                   for view in chosen[i:i + DEVICES_PER_CHUNK]
+                   for topic, payload in self.builder.device_messages(self.mode, view).items()}
 
     def _leftovers(self, cleared: list[str], present: set[str]) -> list[str]:
         """The retained device topics of devices that are gone from the instance since an

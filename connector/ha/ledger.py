@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,8 +110,8 @@ class Plan:
 
 
 def plan(desired: Mapping[str, tuple[str, dict[str, Any]]], ledger: Mapping[str, Entry], *,
-         frozen: frozenset[str] = frozenset(), previous: Mapping[str, int] | None = None
-         ) -> Plan:
+         frozen: frozenset[str] = frozenset(), previous: Mapping[str, int] | None = None,
+         clears: bool = True) -> Plan:
     """What to publish and clear so that the broker holds exactly ``desired``
     (``{topic: (device, payload)}``).
 
@@ -119,7 +119,8 @@ def plan(desired: Mapping[str, tuple[str, dict[str, Any]]], ledger: Mapping[str,
     a device whose properties are not known yet after a restart). ``previous`` payloads (what
     this process already published, by their ``fingerprint``) are not sent again. A device
     config that loses entities declares each lost one with its platform alone, which is how
-    Home Assistant's device discovery removes a component.
+    Home Assistant's device discovery removes a component. Without ``clears`` (``desired`` is
+    only a part of what should exist) nothing is planned for clearing.
     """
     out = Plan()
     previous = previous or {}
@@ -139,7 +140,13 @@ def plan(desired: Mapping[str, tuple[str, dict[str, Any]]], ledger: Mapping[str,
         out.entries[topic] = Entry(device, entities)
         if old is None or old.entities != entities or previous.get(topic) != fingerprint(body):
             out.publish[topic] = body
-    for topic, entry in ledger.items():
-        if topic not in desired and entry.device not in frozen:
-            out.clear.append(topic)
+    if clears:
+        out.clear = absent(desired, ledger, frozen)
     return out
+
+
+def absent(desired: Collection[str], ledger: Mapping[str, Entry], frozen: frozenset[str]
+         ) -> list[str]:
+    """The ledger's topics that are not ``desired`` (and not of a ``frozen`` device)."""
+    return [topic for topic, entry in ledger.items()
+            if topic not in desired and entry.device not in frozen]

@@ -156,7 +156,7 @@ def groups() -> Response:
 @bp.get("/snapshot")
 @describe(responses={200: "every device and its state, and the change log's position"})
 def snapshot() -> Response:
-    return _models_response(_agg().snapshot())
+    return Response(_agg().snapshot_json(), mimetype="application/json")
 
 
 @bp.get("/changes")

@@ -259,6 +259,13 @@ def test_snapshot_and_changes_carry_the_shared_models(client: FlaskClient, agg: 
     assert states["relay"] is None and snap.seq == agg.changes.seq
 
 
+def test_the_snapshot_json_made_in_chunks_is_the_snapshot(agg: Aggregator, clock: Clock) -> None:
+    agg.ingest([ReadingObs(device_id="temp", ts=clock.now, values={"t": 20}),
+                ReadingObs(device_id="relay", ts=clock.now, values={"state": "on"})])
+    for chunk in (1, 2, 500):
+        assert Snapshot.model_validate_json(agg.snapshot_json(chunk=chunk)) == agg.snapshot()
+
+
 def test_changes_with_another_epoch_asks_for_resync(client: FlaskClient) -> None:
     assert body(client.get("/changes?since=0&epoch=stale"))["resync"] is True
     assert client.get("/changes?since=x").status_code == 400

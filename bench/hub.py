@@ -21,6 +21,8 @@ from typing import Any
 
 import requests
 
+from shared.internal import HEADER, new_secret
+
 from . import procs
 from .broker import free_port, wait_until
 
@@ -66,7 +68,8 @@ class Hub:
         self.workdir = Path(tempfile.mkdtemp(prefix="sensor-hub-bench-"))
         (self.workdir / "instances").mkdir()
         (self.workdir / "data").mkdir()
-        (self.workdir / "run").mkdir()
+        # The internal REST answers only with the instance's secret: made here, as ./hub run does.
+        self.secret = new_secret(self.workdir / "run")
         (self.workdir / "instances" / f"{self.name}.json").write_text(json.dumps(self.instance))
         self.ports = {"serial": free_port(), "http": free_port(), "aggregator": free_port(),
                       "ingest": free_port()}
@@ -118,6 +121,7 @@ class Hub:
     def wait_healthy(self, timeout: float = 60.0) -> None:
         session = requests.Session()
         session.trust_env = False
+        session.headers[HEADER] = self.secret
 
         def ok(port: int) -> bool:
             try:
@@ -171,7 +175,8 @@ class Hub:
                 for name, pids in self.pids().items()}
 
     def get(self, service: str, path: str) -> Any:
-        resp = requests.get(f"{self.url(service)}{path}", timeout=5)
+        headers = {HEADER: self.secret} if service != "ingest" else {}
+        resp = requests.get(f"{self.url(service)}{path}", timeout=5, headers=headers)
         resp.raise_for_status()
         return resp.json()
 

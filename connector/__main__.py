@@ -17,7 +17,7 @@ def main() -> None:
     # keep what is loaded at start out of the walk.
     gc.freeze()
     gc.set_threshold(20_000, 10, 10)
-    wait_for_health([settings.state_aggregator])
+    wait_for_health([settings.state_aggregator], secret=settings.internal_secret)
     bridge = Bridge(settings, instance)
     del instance  # the bridge keeps what it needs of it (see Bridge.__init__)
     bridge.run_forever()

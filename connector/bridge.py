@@ -63,7 +63,8 @@ class Bridge:
         self.ctx = BridgeContext(
             settings=settings, instance=instance, topics=topics, client=self.client,
             publisher=publisher, answers=Answers(publisher),
-            aggregator=RestClient(settings.state_aggregator, name="state-aggregator"),
+            aggregator=RestClient(settings.state_aggregator, name="state-aggregator",
+                                  secret=settings.internal_secret),
             client_id=client_id,
         )
         self.state = StateFeature(self.ctx)

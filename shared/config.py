@@ -46,6 +46,7 @@ def load_config(process: str) -> tuple[Settings, Instance]:
     memprofile.install(process)  # a no-op unless MEMPROFILE_DIR is set (bench --profile)
     try:
         settings, instance = check_config()
+        settings.internal_secret  # noqa: B018  (made or checked now: a bad one stops here)
     except ConfigError as exc:
         print(f"{process}: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(CONFIG_ERROR_EXIT) from exc
@@ -54,12 +55,16 @@ def load_config(process: str) -> tuple[Settings, Instance]:
     return settings, instance
 
 
-def wait_for_health(urls: Sequence[str], *, deadline_s: float = 60.0) -> None:
-    """Poll each ``{url}/health`` until it answers 200; exit 1 when the deadline passes."""
+def wait_for_health(urls: Sequence[str], *, secret: str, deadline_s: float = 60.0) -> None:
+    """Poll each internal service's ``{url}/health`` (with the instance's ``secret``) until it
+    answers 200; exit 1 when the deadline passes."""
     import requests  # here, not at the top: load_config runs before any heavy import
+
+    from shared.internal import HEADER
 
     session = requests.Session()
     session.trust_env = False
+    session.headers[HEADER] = secret
     for url in urls:
         end = time.monotonic() + deadline_s
         while True:

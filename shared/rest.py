@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from shared.errors import ServiceError
+from shared.internal import HEADER
 from shared.jsonutil import JSONDecodeError, dumps, loads
 
 _JSON = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -29,7 +30,10 @@ _DROPPED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeErro
 
 
 class RestClient:
-    def __init__(self, base_url: str, *, name: str, timeout: float = 5.0) -> None:
+    def __init__(self, base_url: str, *, name: str, timeout: float = 5.0,
+                 secret: str | None = None) -> None:
+        """``secret``: the instance's internal secret (``Settings.internal_secret``), sent with
+        every request; the internal services answer nothing without it."""
         self.base_url = base_url.rstrip("/")
         self.name = name
         self.timeout = timeout
@@ -40,6 +44,7 @@ class RestClient:
         self._host = parts.hostname
         self._port = parts.port or (443 if self._https else 80)
         self._prefix = parts.path
+        self._headers = {**_JSON, HEADER: secret} if secret else _JSON
         self._local = threading.local()
 
     def _connection(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
@@ -119,7 +124,7 @@ class RestClient:
             reused = False
             try:
                 conn, reused = self._connection(limit)
-                conn.request(method, target, body=payload, headers=_JSON)
+                conn.request(method, target, body=payload, headers=self._headers)
                 resp = conn.getresponse()
                 content = resp.read()
                 if resp.will_close:

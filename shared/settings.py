@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
+from shared.internal import load_secret
 from shared.processes import COMMAND_TIMEOUT_MAX_S
 from shared.topics import validate_base_topic, validate_id
 
@@ -128,6 +129,12 @@ class Settings(BaseSettings):
     @cached_property
     def state_aggregator(self) -> str:
         return self._url(self.state_aggregator_url, self.state_aggregator_port)
+
+    @cached_property
+    def internal_secret(self) -> str:
+        """The secret the internal REST asks for (``shared.internal``), made when missing;
+        ``ConfigError`` when its file is not private to this user."""
+        return load_secret(self.hub_run_dir)
 
     @property
     def instance_file(self) -> Path:

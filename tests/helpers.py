@@ -9,7 +9,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -18,6 +18,8 @@ import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from shared.internal import HEADER, secret_path
+
 T = TypeVar("T")
 
 
@@ -25,6 +27,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def internal_headers(env: Mapping[str, str]) -> dict[str, str]:
+    """The header that opens the internal REST of the instance ``env`` runs (its secret in
+    HUB_RUN_DIR), for tests that call the aggregator, serial handler or poller directly."""
+    return {HEADER: secret_path(Path(env["HUB_RUN_DIR"])).read_text().strip()}
 
 
 def wait_for(condition: Callable[[], T | Literal[False] | None], *, timeout: float = 10.0,

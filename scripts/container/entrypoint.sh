@@ -5,4 +5,6 @@
 # Then it becomes supervisord (exec: PID 1, so `docker stop` signals it directly).
 set -e
 python -m shared.instance
+# A new secret for the internal REST (0600 in HUB_RUN_DIR, a tmpfs in a read-only container).
+python -m shared.internal new
 exec supervisord -c /app/supervisord.conf -n "$@"

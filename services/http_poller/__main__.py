@@ -10,7 +10,7 @@ def prepare() -> Spec:
     from shared.config import load_config, wait_for_health
 
     settings, _ = load_config(HTTP_POLLER.name)
-    wait_for_health([settings.state_aggregator])
+    wait_for_health([settings.state_aggregator], secret=settings.internal_secret)
     return Spec(bind=f"{settings.service_host}:{settings.http_poller_port}")
 
 

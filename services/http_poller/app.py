@@ -6,6 +6,7 @@ from flask import Flask
 
 from shared import openapi
 from shared.config import load_config
+from shared.internal import protect
 from shared.processes import HTTP_POLLER, STATE_AGGREGATOR
 from shared.pusher import Pusher
 from shared.rest import RestClient
@@ -16,13 +17,17 @@ from .lan import ProbeSide, build_probe_side
 from .routes import bp
 
 
-def create_app(poller: HttpPoller | None = None, probes: ProbeSide | None = None) -> Flask:
+def create_app(poller: HttpPoller | None = None, probes: ProbeSide | None = None, *,
+               secret: str | None = None) -> Flask:
     """The app; without a ``poller`` it builds one (and the probe side) from the environment
-    and starts them."""
+    and starts them, behind the instance's internal secret (a test's app answers only with
+    ``secret`` when it gives one)."""
     app = Flask(__name__)
     if poller is None:
         settings, instance = load_config(HTTP_POLLER.name)
-        pusher = Pusher(RestClient(settings.state_aggregator, name=STATE_AGGREGATOR.name),
+        secret = settings.internal_secret
+        pusher = Pusher(RestClient(settings.state_aggregator, name=STATE_AGGREGATOR.name,
+                                   secret=secret),
                         source=HTTP_POLLER.name)
         poller = HttpPoller(instance, pusher.emit, poll_interval=settings.poll_interval,
                             workers=settings.poll_workers)
@@ -33,6 +38,8 @@ def create_app(poller: HttpPoller | None = None, probes: ProbeSide | None = None
         probes.start()
     if probes is not None:
         app.extensions["probes"] = probes
+    if secret is not None:
+        protect(app, secret)
     app.extensions["http_poller"] = poller
     app.register_blueprint(bp)
     install_error_handlers(app)

@@ -83,7 +83,8 @@ def build_probe_side(settings: Settings, instance: Instance,
         if isinstance(src, ProbeSource) and src.ip:
             directory.upsert(sensor.sensor_id, name=sensor.friendly_name, host=None, ip=src.ip,
                              port=src.port, via="static")
-    aggregator = RestClient(settings.state_aggregator, name=STATE_AGGREGATOR.name)
+    aggregator = RestClient(settings.state_aggregator, name=STATE_AGGREGATOR.name,
+                            secret=settings.internal_secret)
     token = settings.server_token.get_secret_value() if settings.server_token else None
     url = public_base(settings.public_base, host=settings.host, port=settings.port)
     provisioner = Provisioner(directory, server_url=url, interval_ms=settings.probe_interval_ms,

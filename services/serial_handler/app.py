@@ -6,6 +6,7 @@ from flask import Flask
 
 from shared import openapi
 from shared.config import load_config
+from shared.internal import protect
 from shared.pusher import Pusher
 from shared.rest import RestClient
 from shared.web import install_error_handlers
@@ -14,18 +15,23 @@ from .core import SerialHandler
 from .routes import bp
 
 
-def create_app(handler: SerialHandler | None = None) -> Flask:
+def create_app(handler: SerialHandler | None = None, *, secret: str | None = None) -> Flask:
     """The app; without a ``handler`` it builds one from the environment, pushing to the
-    aggregator, and starts its port workers."""
+    aggregator, and starts its port workers, behind the instance's internal secret (a test's
+    app answers only with ``secret`` when it gives one)."""
     app = Flask(__name__)
     if handler is None:
         settings, instance = load_config("serial-handler")
-        pusher = Pusher(RestClient(settings.state_aggregator, name="state-aggregator"),
+        secret = settings.internal_secret
+        pusher = Pusher(RestClient(settings.state_aggregator, name="state-aggregator",
+                                   secret=secret),
                         source="serial-handler")
         handler = SerialHandler(instance, pusher.emit, update_interval=settings.update_interval)
         pusher.start()
         handler.start()
         app.extensions["pusher"] = pusher
+    if secret is not None:
+        protect(app, secret)
     app.extensions["serial_handler"] = handler
     app.register_blueprint(bp)
     install_error_handlers(app)

@@ -10,6 +10,7 @@ from flask import Flask
 from shared import openapi
 from shared.config import load_config
 from shared.instance import Instance
+from shared.internal import protect
 from shared.rest import RestClient
 from shared.settings import Settings
 from shared.web import install_error_handlers
@@ -28,8 +29,10 @@ def build_aggregator(settings: Settings, instance: Instance) -> Aggregator:
     return Aggregator(
         instance,
         handlers={
-            "serial": RestClient(settings.serial_handler, name="serial-handler"),
-            "http": RestClient(settings.http_poller, name="http-poller"),
+            "serial": RestClient(settings.serial_handler, name="serial-handler",
+                                 secret=settings.internal_secret),
+            "http": RestClient(settings.http_poller, name="http-poller",
+                               secret=settings.internal_secret),
         },
         cache_ttl=settings.cache_ttl if settings.cache_ttl is not None else instance.config.cache_ttl,
         poll_interval=settings.poll_interval,
@@ -42,12 +45,15 @@ def build_aggregator(settings: Settings, instance: Instance) -> Aggregator:
 
 
 def create_app(aggregator: Aggregator | None = None,
-               master: MasterControl | None = None, history: History | None = None) -> Flask:
+               master: MasterControl | None = None, history: History | None = None, *,
+               secret: str | None = None) -> Flask:
     """The app; without an ``aggregator`` it builds one (and master control and the readings
-    history) from the environment and starts it."""
+    history) from the environment and starts it, behind the instance's internal secret (a
+    test's app answers only with ``secret`` when it gives one)."""
     system: SystemSampler | None = None
     if aggregator is None:
         settings, instance = load_config("state-aggregator")
+        secret = settings.internal_secret
         aggregator = build_aggregator(settings, instance)
         aggregator.start()
         system = SystemSampler(aggregator, data_dir=settings.data_dir,
@@ -63,6 +69,8 @@ def create_app(aggregator: Aggregator | None = None,
     if history is not None:
         aggregator.history_sink = history.append
     app = Flask(__name__)
+    if secret is not None:
+        protect(app, secret)
     app.extensions["aggregator"] = aggregator
     if system is not None:
         app.extensions["hub_system"] = system

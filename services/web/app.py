@@ -37,10 +37,12 @@ MAX_BODY = 64 * 1024  # a probe's reading is a few hundred bytes
 def build_context(settings: Settings) -> tuple[WebContext, Pusher]:
     """The routes' context from the environment, and the pusher that carries the readings (the
     same batching pusher the handlers use; its source name is what the aggregator checks)."""
-    aggregator = RestClient(settings.state_aggregator, name=STATE_AGGREGATOR.name)
+    secret = settings.internal_secret
+    aggregator = RestClient(settings.state_aggregator, name=STATE_AGGREGATOR.name, secret=secret)
     pusher = Pusher(aggregator, source=WEB.name)
     upstream = Upstream(aggregator=aggregator,
-                        poller=RestClient(settings.http_poller, name=HTTP_POLLER.name))
+                        poller=RestClient(settings.http_poller, name=HTTP_POLLER.name,
+                                          secret=secret))
     token = settings.server_token.get_secret_value() if settings.server_token else None
     ingest = Ingest(emit=pusher.emit, upstream=upstream,
                     csv=CsvLog(resolve(settings.csv_file, settings.data_dir)), token=token,
@@ -62,7 +64,8 @@ def create_app(ctx: WebContext | None = None, *, master_api_key: SecretStr | Non
         app.extensions["pusher"] = pusher
         master_api_key = settings.master_api_key
         dashboard = build_dashboard(settings, RestClient(settings.state_aggregator,
-                                                         name=STATE_AGGREGATOR.name))
+                                                         name=STATE_AGGREGATOR.name,
+                                                         secret=settings.internal_secret))
         dashboard.feed.start()
     app.extensions["web"] = ctx
     app.register_blueprint(bp)

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from services.demo_sensors.__main__ import make_server
+from shared.internal import new_secret
 from tests.conftest import ROOT
 from tests.helpers import Broker, free_port, retained, unique_base
 
@@ -41,7 +42,7 @@ class Instance:
 
 def instance_env(broker: Broker, tmp: Path, instances: Path, name: str) -> dict[str, str]:
     run_dir = tmp / "run"
-    run_dir.mkdir(exist_ok=True)
+    new_secret(run_dir)  # as ./hub run and the container's entrypoint do at every start
     return {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",

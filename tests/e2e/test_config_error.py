@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.e2e.conftest import Instance, instance_env, start_supervisord, stop_supervisord
-from tests.helpers import Broker, retained, wait_for
+from tests.helpers import Broker, internal_headers, retained, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -30,9 +30,10 @@ def conf_programs() -> list[str]:
     return [s.partition(":")[2] for s in parser.sections() if s.startswith("program:")]
 
 
-def healthy(port: int) -> bool:
+def healthy(port: int, headers: dict[str, str]) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
+        ask = urllib.request.Request(f"http://127.0.0.1:{port}/health", headers=headers)
+        with urllib.request.urlopen(ask, timeout=2) as answer:
             return bool(answer.status == 200)
     except OSError:
         return False
@@ -87,7 +88,7 @@ def test_a_program_restarted_on_a_broken_file_stops_for_good_and_the_others_run_
         # Up, not only RUNNING: a service's worker reads the file again when it boots, which
         # takes seconds on a busy machine.
         for port in ("SERIAL_HANDLER_PORT", "HTTP_POLLER_PORT", "STATE_AGGREGATOR_PORT"):
-            wait_for(partial(healthy, int(env[port])), timeout=90, interval=0.2,
+            wait_for(partial(healthy, int(env[port]), internal_headers(env)), timeout=90, interval=0.2,
                      what=f"/health on {port}")
         retained(mosquitto.host, mosquitto.port, f"{env['MQTT_BASE_TOPIC']}/v1/instances/lab/status",
                  timeout=60, where=lambda m: m.text == "online")

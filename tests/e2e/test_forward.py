@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import demo_instance, instance_env, start_supervisord, stop_supervisord
-from tests.helpers import Broker, wait_for
+from tests.helpers import Broker, internal_headers, wait_for
 from tests.postgres import Postgres
 
 pytestmark = pytest.mark.e2e
@@ -98,8 +98,9 @@ def test_every_edge_reading_reaches_the_central_history_once(
         lan, internal = edge.env["PORT"], edge.env["STATE_AGGREGATOR_PORT"]
 
         def forward() -> dict[str, Any]:
-            health: dict[str, Any] = requests.get(f"http://127.0.0.1:{internal}/health",
-                                                  timeout=10).json()["history"]["forward"]
+            health: dict[str, Any] = requests.get(
+                f"http://127.0.0.1:{internal}/health", timeout=10,
+                headers=internal_headers(edge.env)).json()["history"]["forward"]
             return health
 
         wait_for(lambda: forward()["forwarded"] > 0, timeout=60, what="a first forwarded batch")

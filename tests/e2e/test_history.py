@@ -14,7 +14,7 @@ import requests
 
 from shared.timeutil import iso
 from tests.e2e.conftest import Instance
-from tests.helpers import Broker, Subscriber, publish, wait_for
+from tests.helpers import Broker, Subscriber, internal_headers, publish, wait_for
 
 pytestmark = pytest.mark.e2e
 DEVICE = "temp_living_room"
@@ -77,7 +77,7 @@ def test_posted_readings_survive_an_aggregator_restart(demo: Instance) -> None:
     assert again["duplicates"] == 50  # the same file: nothing stored twice
     assert len(stored(demo, "edge_e2e")) == 50
     health = requests.get(f"http://127.0.0.1:{demo.env['STATE_AGGREGATOR_PORT']}/health",
-                          timeout=5).json()
+                          timeout=5, headers=internal_headers(demo.env)).json()
     assert health["history"]["state"] == "ok", health["history"]
     assert health["history"]["deleted"] == 0
 

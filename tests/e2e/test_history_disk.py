@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import Instance, demo_instance
-from tests.helpers import Broker, Subscriber, wait_for
+from tests.helpers import Broker, Subscriber, internal_headers, wait_for
 
 pytestmark = pytest.mark.e2e
 DEVICE = "temp_living_room"
@@ -40,7 +40,8 @@ def small(mosquitto: Broker, tmp_path: Path) -> Iterator[Instance]:
 
 def health(inst: Instance) -> dict[str, Any]:
     body: dict[str, Any] = requests.get(
-        f"http://127.0.0.1:{inst.env['STATE_AGGREGATOR_PORT']}/health", timeout=5).json()
+        f"http://127.0.0.1:{inst.env['STATE_AGGREGATOR_PORT']}/health", timeout=5,
+        headers=internal_headers(inst.env)).json()
     return body
 
 

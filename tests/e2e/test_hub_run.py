@@ -8,10 +8,14 @@ from its arguments or environment."""
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import re
 import signal
+import stat
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -151,6 +155,38 @@ def test_ctl_for_an_instance_that_is_not_running_says_so(tmp_path: Path) -> None
     assert done.returncode == 2
     assert "instance 'nosuch' is not running here" in done.stderr
     assert "./hub run nosuch" in done.stderr
+
+
+def test_hub_curl_asks_an_internal_service_with_the_instance_secret(demo: HubRun) -> None:
+    run_dir = Path(demo.env["HUB_RUN_DIR"])
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((run_dir / "internal.secret").stat().st_mode) == 0o600
+
+    def curl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([HUB, "curl", *args], env=demo.env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    devices = curl("aggregator", "/devices")
+    assert devices.returncode == 0, devices.stderr
+    found = {d["device_id"] for d in json.loads(devices.stdout)["devices"]}
+    assert set(DEMO_DEVICES) <= found, found
+    sensors = curl("demo", "serial", "/sensors")  # the instance named, as for ./hub ctl
+    assert sensors.returncode == 0 and "temp_living_room" in sensors.stdout, sensors.stderr
+    missing = curl("aggregator", "/device/nosuch")
+    assert missing.returncode == 1 and '"unknown_device"' in missing.stdout, missing
+    # Without the secret, the same service refuses.
+    port = demo.env["STATE_AGGREGATOR_PORT"]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/devices", timeout=10)
+    assert refused.value.code == 401
+
+
+def test_hub_curl_for_an_instance_that_is_not_running_says_so(tmp_path: Path) -> None:
+    env = pasted_env(dict(os.environ)) | {"HUB_RUN_DIR": str(tmp_path)}
+    done = subprocess.run([HUB, "curl", "nosuch", "aggregator", "/devices"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "instance 'nosuch' is not running here" in done.stderr
 
 
 def test_readme_poking_it_works_as_printed(demo: HubRun, tmp_path: Path) -> None:

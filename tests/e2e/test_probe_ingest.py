@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import Instance
-from tests.helpers import Broker, retained, wait_for
+from tests.helpers import Broker, internal_headers, retained, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -67,7 +67,9 @@ def test_a_probe_id_of_another_device_is_refused_and_that_device_untouched(demo:
                              timeout=5)
         assert resp.status_code == 409, resp.text
         assert resp.json()["error"] == "device_conflict" and taken in resp.json()["message"]
-        info = requests.get(f"{aggregator}/devices/{taken}", timeout=5).json()
+        info = requests.get(f"{aggregator}/devices/{taken}", timeout=5,
+                            headers=internal_headers(demo.env)).json()
         assert info["source"] != "probe"
-        state = requests.get(f"{aggregator}/device/{taken}", timeout=5).json()["state"]
+        state = requests.get(f"{aggregator}/device/{taken}", timeout=5,
+                             headers=internal_headers(demo.env)).json()["state"]
         assert "temperature_c" not in state

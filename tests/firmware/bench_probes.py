@@ -78,7 +78,7 @@ def main() -> None:
     sub.connect(broker.host, broker.port)
     sub.subscribe(f"{hub.root}/devices/+/state", qos=1)
     sub.loop_start()
-    probes = [VirtualProbe(f"bench-{i}", tmp / "probes", bind="127.0.0.1", masters=[hub.base],
+    probes = [VirtualProbe(f"bench-{i}", tmp / "probes", bind="127.0.0.1", masters=[hub.secondary_url],
                            sensor_type="bench", interval_ms=int(args.interval * 1000),
                            master_options={"default_check_in_s": 30}).start()
               for i in range(args.probes)]

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import Instance, instance_env, start_supervisord, stop_supervisord
-from tests.helpers import Broker, Subscriber, start_broker, wait_for
+from tests.helpers import Broker, Subscriber, internal_headers, start_broker, wait_for
 from tests.probe_fixtures.netns import run_in_private_netns
 
 TOKEN = "fw-token"
@@ -46,6 +46,7 @@ class NetnsHub:
         self.env = env
         self.api = f"http://127.0.0.1:{env['PORT']}/api"
         self.master = f"http://127.0.0.1:{env['STATE_AGGREGATOR_PORT']}/master"  # management
+        self.internal = internal_headers(env)  # what the aggregator's REST asks for
         self.sub = Subscriber(self.broker.host, self.broker.port)
         proc, output = start_supervisord(env)
         self.instance = Instance(env, f"{env['MQTT_BASE_TOPIC']}/v1/instances/fw", proc, output)

@@ -1,8 +1,8 @@
 """The real hub's master control for the firmware tests: the instance under the real supervisord
-(master control lives in the state aggregator; the sensor routes are on its REST under
-``/master``, which the ``web`` program will serve on the LAN as ``/api/sensor-master``), two
-master entries that reach it (the primary through a TCP relay the test can cut, the secondary
-directly), and a plain HTTP server for OTA images."""
+(master control lives in the state aggregator; the test manages it on the aggregator's internal
+REST under ``/master``, with the instance's secret), two master entries that reach its sensor
+routes on the LAN port as ``/api/sensor-master`` (the primary through a TCP relay the test can
+cut, the secondary directly), and a plain HTTP server for OTA images."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Any
 import requests
 
 from tests.e2e.conftest import Instance, instance_env, start_supervisord, stop_supervisord
-from tests.helpers import Broker, wait_for
+from tests.helpers import Broker, internal_headers, wait_for
 
 
 def port_below_ephemeral() -> int:
@@ -142,33 +142,36 @@ class MasterHub:
         proc, output = start_supervisord(env)
         self.instance = Instance(env, f"{env['MQTT_BASE_TOPIC']}/v1/instances/mc", proc, output)
         self.root = self.instance.root_topic
-        self.port = int(env["STATE_AGGREGATOR_PORT"])
-        self.base = f"http://127.0.0.1:{self.port}/master"
+        self.base = f"http://127.0.0.1:{env['STATE_AGGREGATOR_PORT']}/master"  # management
+        self.internal = internal_headers(env)
+        lan_port = int(env["PORT"])  # what the sensors reach, as on a real LAN
         try:
             wait_for(self.up, timeout=60, what="master control in the aggregator")
         except AssertionError:
             stop_supervisord(proc)
             raise AssertionError("no master control:\n" + self.instance.log()) from None
-        self.relay = Relay(self.port)
-        self.primary_url = f"http://127.0.0.1:{self.relay.port}/master"
+        self.relay = Relay(lan_port)
+        self.primary_url = f"http://127.0.0.1:{self.relay.port}/api/sensor-master"
         self.call("POST", "/instances", {"name": "primary", "api_endpoint": self.primary_url,
                                          "priority": 1})
+        self.secondary_url = f"http://127.0.0.1:{lan_port}/api/sensor-master"
         self.secondary_id = self.call("POST", "/instances", {
-            "name": "secondary", "api_endpoint": self.base, "priority": 2})["id"]
+            "name": "secondary", "api_endpoint": self.secondary_url, "priority": 2})["id"]
 
     def up(self) -> bool:
         try:
-            return requests.get(f"{self.base}/instances", timeout=2).ok
+            return requests.get(f"{self.base}/instances", headers=self.internal, timeout=2).ok
         except requests.RequestException:  # not listening yet, or busy starting
             return False
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
-        resp = requests.request(method, self.base + path, json=body, timeout=10)
+        resp = requests.request(method, self.base + path, json=body, headers=self.internal,
+                                timeout=10)
         assert resp.status_code < 300, f"{method} {path}: {resp.status_code} {resp.text}"
         return resp.json()
 
     def sensor(self, sensor_id: str) -> dict[str, Any] | None:
-        resp = requests.get(f"{self.base}/sensors/{sensor_id}", timeout=5)
+        resp = requests.get(f"{self.base}/sensors/{sensor_id}", headers=self.internal, timeout=5)
         return resp.json() if resp.ok else None
 
     def command(self, sensor_id: str, command_type: str, data: dict[str, Any]) -> str:

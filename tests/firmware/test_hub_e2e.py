@@ -125,7 +125,7 @@ def test_a_provisioned_probe_phones_home_over_the_lan_port(tmp_path: Path) -> No
         zc = Zeroconf(interfaces=["127.0.0.1"])
         probe = None
         try:
-            made = requests.post(f"{hub.master}/configs", timeout=10, json={
+            made = requests.post(f"{hub.master}/configs", headers=hub.internal, timeout=10, json={
                 "config_name": "lan probes", "sensor_type": "esp32_probe", "priority": 1,
                 "config_data": {"check_in_interval": 1, "polling_interval": 0.5,
                                 "sensor_mappings": [{"sensor_name": "temperature_c",
@@ -154,17 +154,18 @@ def phones_home(hub: NetnsHub, probe: VirtualProbe, template_id: int) -> None:
         raise AssertionError(f"{exc}; the probe's master control: {status(probe)['master']}; "
                              f"the hub said: {lines}") from None
     assert st["master"]["master"] == "provisioning hub" and st["interval_ms"] == 500
-    row = requests.get(f"{hub.master}/sensors/probe-lan", timeout=5).json()
+    row = requests.get(f"{hub.master}/sensors/probe-lan", headers=hub.internal, timeout=5).json()
     assert row["sensor_type"] == "esp32_probe" and row["firmware_version"] == st["fw"]
     state = hub.sub.wait(f"{hub.root}/devices/probe-lan/state", timeout=30,
                          where=lambda m: "temperature" in m.json()).json()
     assert isinstance(state["temperature"], float)  # the config's mapping: the master data path
-    requests.patch(f"{hub.master}/configs/{template_id}", timeout=10, json={
+    requests.patch(f"{hub.master}/configs/{template_id}", headers=hub.internal, timeout=10, json={
         "config_data": {"check_in_interval": 1, "polling_interval": 0.7}}).raise_for_status()
     wait_for(lambda: status(probe)["interval_ms"] == 700, timeout=10, what="the template edit")
-    made = requests.post(f"{hub.master}/command", timeout=10, json={
+    made = requests.post(f"{hub.master}/command", headers=hub.internal, timeout=10, json={
         "sensor_id": "probe-lan", "command_type": "set_target_temp", "command_data": {"target": 19}})
     cid = made.json()["command_id"]
-    done = wait_for(lambda: (c := requests.get(f"{hub.master}/commands/{cid}", timeout=5).json())
+    done = wait_for(lambda: (c := requests.get(f"{hub.master}/commands/{cid}",
+                                               headers=hub.internal, timeout=5).json())
                     ["status"] in ("completed", "failed") and c, what="the command acknowledged")
     assert done["status"] == "completed" and status(probe)["master"]["target_temp"] == 19

@@ -41,7 +41,7 @@ def sub(mosquitto: Broker, hub: MasterHub) -> Iterator[Subscriber]:
 
 
 def start(hub: MasterHub, tmp: Path, sensor_id: str, *, sensor_type: str, **options: Any) -> VirtualProbe:
-    return VirtualProbe(sensor_id, tmp, bind="127.0.0.1", masters=[hub.primary_url, hub.base],
+    return VirtualProbe(sensor_id, tmp, bind="127.0.0.1", masters=[hub.primary_url, hub.secondary_url],
                         sensor_type=sensor_type, master_options={**FAST, **options}).start()
 
 

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import Instance
-from tests.helpers import Broker, wait_for
+from tests.helpers import Broker, internal_headers, wait_for
 from tests.probe_fixtures.servers import FakeProbe
 
 from . import sse
@@ -137,7 +137,8 @@ def test_hub_and_master_pages(hub: Instance, browser: Any) -> None:
     # a sensor that phones home shows on the master page with its status
     answer = requests.post(f"http://127.0.0.1:{hub.env['STATE_AGGREGATOR_PORT']}/master/register",
                            json={"sensor_id": "esp_ui", "sensor_name": "UI test sensor",
-                                 "sensor_type": "climate"}, timeout=5)
+                                 "sensor_type": "climate"}, timeout=5,
+                           headers=internal_headers(hub.env))
     assert answer.ok, answer.text
     page.goto(f"{lan(hub)}/ui/master")
     page.wait_for_selector("#sensors tr[data-id=esp_ui]")

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import Instance, demo_instance
-from tests.helpers import Broker, wait_for
+from tests.helpers import Broker, internal_headers, wait_for
 
 from .conftest import lan
 
@@ -34,22 +34,25 @@ def big(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     with demo_instance(mosquitto, tmp_path_factory.mktemp("ui-scale"), MAX_DEVICES="2000",
                        DASHBOARD_STREAMS="3") as inst:
         agg = f"http://127.0.0.1:{inst.env['STATE_AGGREGATOR_PORT']}"
-        have = len(requests.get(f"{agg}/devices", timeout=10).json()["devices"])
+        have = len(requests.get(f"{agg}/devices", timeout=10,
+                                headers=internal_headers(inst.env)).json()["devices"])
         with requests.Session() as s:
+            s.headers.update(internal_headers(inst.env))
             for n in range(DEVICES - have):
                 answer = s.post(f"{agg}/devices/register", timeout=10, json={
                     "device_id": f"load_{n:04d}", "source": "probe", "interval": 3600,
                     "units": {"temperature_c": "°C"}})
                 assert answer.ok, answer.text
-        assert len(requests.get(f"{agg}/devices", timeout=10).json()["devices"]) == DEVICES
+        assert len(requests.get(f"{agg}/devices", timeout=10,
+                                headers=internal_headers(inst.env)).json()["devices"]) == DEVICES
         readings(inst, 0.5)
         yield inst
 
 
 def load_ids(inst: Instance) -> list[str]:
     agg = f"http://127.0.0.1:{inst.env['STATE_AGGREGATOR_PORT']}"
-    return [d["device_id"] for d in requests.get(f"{agg}/devices", timeout=10).json()["devices"]
-            if d["device_id"].startswith("load_")]
+    answer = requests.get(f"{agg}/devices", timeout=10, headers=internal_headers(inst.env))
+    return [d["device_id"] for d in answer.json()["devices"] if d["device_id"].startswith("load_")]
 
 
 def readings(inst: Instance, value: float) -> None:
@@ -58,7 +61,8 @@ def readings(inst: Instance, value: float) -> None:
     now = time.time()
     items = [{"kind": "reading", "device_id": d, "ts": now, "values": {"temperature_c": value}}
              for d in load_ids(inst)]
-    answer = requests.post(f"{agg}/ingest", json={"source": "probe", "items": items}, timeout=30)
+    answer = requests.post(f"{agg}/ingest", json={"source": "probe", "items": items}, timeout=30,
+                           headers=internal_headers(inst.env))
     assert answer.ok and answer.json()["accepted"] == len(items), answer.text
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import requests
 
+from shared.internal import HEADER, new_secret
 from tests.helpers import free_port, wait_for
 
 
@@ -33,11 +34,13 @@ def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="master-measure-"))
     env = {**os.environ, "INSTANCE_NAME": "demo", "DATA_DIR": str(data), "LOG_LEVEL": "WARNING",
            "STATE_AGGREGATOR_PORT": str(port), "SERIAL_HANDLER_PORT": str(free_port()),
-           "HTTP_POLLER_PORT": str(free_port())}
+           "HTTP_POLLER_PORT": str(free_port()), "HUB_RUN_DIR": str(data / "run")}
+    secret = {HEADER: new_secret(data / "run")}  # the internal REST's, as ./hub run makes it
     proc = subprocess.Popen([sys.executable, "-m", "services.state_aggregator"], env=env)
     base = f"http://127.0.0.1:{port}/master"
     local = requests.Session()
     local.trust_env = False
+    local.headers.update(secret)
     try:
         wait_for(lambda: _up(local, base), timeout=30, what="the aggregator")
         sessions: dict[int, requests.Session] = {}
@@ -48,6 +51,7 @@ def main() -> None:
             if s is None:
                 s = sessions[threading.get_ident()] = requests.Session()
                 s.trust_env = False
+                s.headers.update(secret)
             return s
 
         def register(i: int) -> None:

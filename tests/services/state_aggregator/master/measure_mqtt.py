@@ -31,6 +31,7 @@ import paho.mqtt.client as paho
 import requests
 from paho.mqtt.enums import CallbackAPIVersion
 
+from shared.internal import HEADER, new_secret
 from tests.helpers import free_port, start_broker, unique_base, wait_for
 from tests.services.state_aggregator.master.measure import _rss_kib, _up
 
@@ -55,11 +56,13 @@ def main() -> None:
            "SERIAL_HANDLER_PORT": str(free_port()), "HTTP_POLLER_PORT": str(free_port()),
            "MQTT_HOST": broker.host, "MQTT_PORT": str(broker.port), "MQTT_BASE_TOPIC": base,
            "HUB_RUN_DIR": str(tmp)}
+    secret = {HEADER: new_secret(tmp)}  # the internal REST's, as ./hub run makes it
     agg = subprocess.Popen([sys.executable, "-m", "services.state_aggregator"], env=env)
     bridge: subprocess.Popen[bytes] | None = None
     root = f"{base}/v1/instances/demo"
     http = requests.Session()
     http.trust_env = False
+    http.headers.update(secret)
     api = f"http://127.0.0.1:{port}/master"
     sent: dict[str, float] = {}
     mqtt_lat: list[float] = []
@@ -93,7 +96,7 @@ def main() -> None:
         http_ids = [f"h{i:05d}" for i in range(n_http)]
         for sid in http_ids:
             http.post(f"{api}/register", json={"sensor_id": sid, "sensor_type": "esp32"})
-        wait_for(lambda: requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok, timeout=30)
+        wait_for(lambda: http.get(f"http://127.0.0.1:{port}/health", timeout=2).ok, timeout=30)
 
         http_lat: list[float] = []
         local = threading.local()
@@ -103,6 +106,7 @@ def main() -> None:
             if session is None:
                 session = local.s = requests.Session()
                 session.trust_env = False
+                session.headers.update(secret)
             t0 = time.perf_counter()
             session.post(f"{api}/heartbeat", json={"sensor_id": sid, "metrics": {"uptime": 1}})
             with lock:

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import Instance, demo
-from tests.helpers import Broker, Subscriber, publish, retained, wait_for
+from tests.helpers import Broker, Subscriber, internal_headers, publish, retained, wait_for
 
 pytestmark = pytest.mark.e2e
 __all__ = ["demo"]  # the module-scoped instance fixture, shared with tests/e2e
@@ -24,10 +24,11 @@ SID = "esp32_e2e_001"
 class VirtualSensor:
     """A sensor as firmware would drive it, over plain HTTP."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, headers: dict[str, str] | None = None) -> None:
         self.base = base
         self.http = requests.Session()
         self.http.trust_env = False
+        self.http.headers.update(headers or {})
 
     def call(self, method: str, path: str, **kw: Any) -> requests.Response:
         return self.http.request(method, f"{self.base}{path}", timeout=10, **kw)
@@ -35,7 +36,8 @@ class VirtualSensor:
 
 @pytest.fixture
 def sensor(demo: Instance) -> VirtualSensor:
-    return VirtualSensor(f"http://127.0.0.1:{demo.env['STATE_AGGREGATOR_PORT']}/master")
+    return VirtualSensor(f"http://127.0.0.1:{demo.env['STATE_AGGREGATOR_PORT']}/master",
+                         internal_headers(demo.env))
 
 
 @pytest.fixture

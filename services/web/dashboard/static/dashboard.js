@@ -112,6 +112,18 @@ const hub = (() => {
       for (const [ts, v] of series) if (p in v) { data[p][0].push(ts); data[p][1].push(v[p]); }
       chart(p);
     }
+    // The range's min/max/mean go on rolling with each live reading.
+    function stats(p, ys) {
+      let tr = $(`#stats tr[data-prop="${CSS.escape(p)}"]`);
+      if (!tr) {
+        tr = document.createElement("tr"); tr.dataset.prop = p;
+        tr.append(...[0, 1, 2, 3, 4].map(() => document.createElement("td")));
+        $("#stats tbody").append(tr);
+      }
+      const sum = ys.reduce((a, b) => a + b, 0);
+      const cells = [p, Math.min(...ys).toFixed(2), Math.max(...ys).toFixed(2), (sum / ys.length).toFixed(2), String(ys.length)];
+      [...tr.children].forEach((td, i) => { td.textContent = cells[i]; });
+    }
     let lastTs = series.length ? series[series.length - 1][0] : 0;
     live({ since: table.dataset.since, device: id }, (devices) => {
       for (const d of devices) {
@@ -125,6 +137,7 @@ const hub = (() => {
             data[p][0].push(d.ts); data[p][1].push(n);
             if (data[p][0].length > 3600) { data[p][0].shift(); data[p][1].shift(); }
             charts[p].setData(data[p]);
+            stats(p, data[p][1]);
           }
         }
         const ul = $("#recent");

@@ -60,15 +60,17 @@ def aggregator(client: RestClient) -> dict[str, Any]:
 
 def history(health: dict[str, Any]) -> dict[str, Any] | None:
     """The readings history's figures from the aggregator's ``/health`` (``None`` without one):
-    its state and reasons, size, the writer's counters and what retention last did."""
+    its state and reasons, size, the writer's counters, what retention last did and, when it
+    forwards to a central store, the forwarder's own figures."""
     found = health.get("history")
     if not isinstance(found, dict):
         return None
     last = found.get("last_retention") if isinstance(found.get("last_retention"), dict) else None
+    forward = found.get("forward") if isinstance(found.get("forward"), dict) else None
     figures = {k: v for k, v in found.items()
-               if k not in ("state", "reasons", "path", "last_retention")}
+               if k not in ("state", "reasons", "path", "last_retention", "forward")}
     return {"state": found.get("state"), "reasons": found.get("reasons") or [],
-            "path": found.get("path"), "figures": figures,
+            "path": found.get("path"), "figures": figures, "forward": forward,
             "last_retention": {**last, "at": _when(last.get("at"))} if last else None}
 
 

@@ -116,19 +116,29 @@ class MasterClient:
         now = self.hal.ticks_ms()
         try:
             if not self.registered:
+                self.http.hub_token = self.probe.token  # from the hub's provisioning
                 answer = self.transport.register(master, self.register_body())
                 self.registered = True
                 self.ever_registered = True
             else:
+                if self.transport.refresh_due(master):
+                    self.transport.refresh(master)
                 answer = self.transport.heartbeat(master, self.heartbeat_body())
             self.after_answer(master, answer)
         except Refused as exc:
             # It answered, so it is not down; a hub without master control answers 404 to
             # everything: ask again at the normal pace, not every few seconds.
             self.last_error = "%s: %s" % (master["name"], exc)
+            pace = self.check_in_s * 1000
             if exc.status == 404:
                 self.registered = False  # it forgot us (or never knew): register next time
-            self.next_ms = self.hal.ticks_add(now, self.check_in_s * 1000)
+            elif exc.status == 401 and self.registered:
+                # Our sensor token expired or was revoked: register again (with the hub
+                # token) soon. A refused registration waits the normal pace.
+                self.registered = False
+                self.transport.forget_token(master)
+                pace = self.retry_ms
+            self.next_ms = self.hal.ticks_add(now, pace)
             return
         except Unreachable as exc:
             self.last_error = "%s: %s" % (master["name"], exc)
@@ -166,8 +176,10 @@ class MasterClient:
         try:
             self.transport.config(first, self.probe.id, self.config_hash)
             ok = True
-        except (Unreachable, Refused):
+        except Unreachable:
             ok = False
+        except Refused as exc:
+            ok = exc.status == 401  # it answers (we hold no token of its yet): it is back
         if self.masters.higher_answered(ok):
             self.registered = False  # register with the first again on the next check-in
             self.next_ms = self.hal.ticks_ms()
@@ -265,7 +277,7 @@ class MasterClient:
         try:
             self.transport.data(master, {"sensor_id": self.probe.id, "batch": batch}, url)
         except Refused as exc:
-            if exc.status == 404:
+            if exc.status in (401, 404):  # register again (a new token); the readings wait
                 self.registered = False
                 return 0
             self.probe.rejected += len(readings)  # the master will never take these

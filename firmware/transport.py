@@ -3,7 +3,14 @@
 speaks ``B/sensors/{s}/...``. Both offer the same calls, so one state machine drives either.
 
 Errors: ``Unreachable`` when the master did not answer usefully (network, 5xx, garbage; counts
-toward fail-over), ``Refused`` for a 4xx (the master answered: the request was wrong)."""
+toward fail-over), ``Refused`` for a 4xx (the master answered: the request was wrong).
+
+Credentials over HTTP: ``register`` sends the hub token the probe was provisioned with
+(``X-Token``); a hub that locks its LAN port answers with a sensor token of the probe's own
+(``token``, ``token_expires_in``), which every later call to that master sends as
+``Authorization: Bearer``. Tokens are kept per master (fail-over registers with the next one
+first) and in RAM only: a rebooted probe registers again and gets a new one. Half-way through
+its life the token is refreshed (``token/refresh``); a 401 makes the client register again."""
 
 import json
 
@@ -43,6 +50,35 @@ class HttpTransport:
     def __init__(self, hal: Hal, *, timeout_s: float = 3.0) -> None:
         self.hal = hal
         self.timeout_s = timeout_s
+        self.hub_token = ""  # set by the client from the probe's provisioning
+        self.tokens: dict[str, Any] = {}  # API base -> [sensor token, refresh at (ticks ms)]
+
+    def _auth(self, master: "dict[str, Any]") -> "dict[str, Any]":
+        held = self.tokens.get(api_base(master["api_endpoint"]))
+        return {"Authorization": "Bearer " + held[0]} if held else {}
+
+    def _keep_token(self, master: "dict[str, Any]", answer: "dict[str, Any]") -> None:
+        token = answer.get("token")
+        if not isinstance(token, str) or not token:
+            return  # a hub that issues none (an older one, or the internal routes)
+        life = answer.get("token_expires_in")
+        life_ms = int(life * 1000) if isinstance(life, (int, float)) and life > 0 else 3600000
+        due = self.hal.ticks_add(self.hal.ticks_ms(), life_ms // 2)
+        self.tokens[api_base(master["api_endpoint"])] = [token, due]
+
+    def refresh_due(self, master: "dict[str, Any]") -> bool:
+        held = self.tokens.get(api_base(master["api_endpoint"]))
+        if not held:
+            return False
+        return bool(self.hal.ticks_diff(self.hal.ticks_ms(), held[1]) >= 0)
+
+    def refresh(self, master: "dict[str, Any]") -> None:
+        """A new sensor token for the one held (which stays good for a while at the hub)."""
+        url = api_base(master["api_endpoint"]) + "/token/refresh"
+        self._keep_token(master, self._call("POST", url, {}, self._auth(master))[1])
+
+    def forget_token(self, master: "dict[str, Any]") -> None:
+        self.tokens.pop(api_base(master["api_endpoint"]), None)
 
     def _call(self, method: str, url: str, body: "Any" = None,
               headers: "dict[str, Any] | None" = None) -> "tuple[int, Any]":
@@ -68,26 +104,34 @@ class HttpTransport:
         return resp.status, doc
 
     def register(self, master: "dict[str, Any]", body: "dict[str, Any]") -> "dict[str, Any]":
-        return dict(self._call("POST", api_base(master["api_endpoint"]) + "/register", body)[1])
+        headers = {"X-Token": self.hub_token} if self.hub_token else None
+        answer = dict(self._call("POST", api_base(master["api_endpoint"]) + "/register", body,
+                                 headers)[1])
+        self._keep_token(master, answer)
+        return answer
 
     def config(self, master: "dict[str, Any]", sensor_id: str,
                etag: str | None) -> "dict[str, Any] | None":
         """The config document, or ``None`` when the master says it is unchanged (304)."""
-        headers = {"If-None-Match": '"%s"' % etag} if etag else None
+        headers = self._auth(master)
+        if etag:
+            headers["If-None-Match"] = '"%s"' % etag
         url = api_base(master["api_endpoint"]) + "/config/" + sensor_id
         status, doc = self._call("GET", url, None, headers)
         return None if status == 304 else dict(doc)
 
     def heartbeat(self, master: "dict[str, Any]", body: "dict[str, Any]") -> "dict[str, Any]":
-        return dict(self._call("POST", api_base(master["api_endpoint"]) + "/heartbeat", body)[1])
+        return dict(self._call("POST", api_base(master["api_endpoint"]) + "/heartbeat", body,
+                               self._auth(master))[1])
 
     def ack(self, master: "dict[str, Any]", command_id: str, body: "dict[str, Any]") -> None:
         url = api_base(master["api_endpoint"]) + "/commands/" + command_id + "/ack"
-        self._call("POST", url, body)
+        self._call("POST", url, body, self._auth(master))
 
     def data(self, master: "dict[str, Any]", body: "dict[str, Any]",
              url: str | None = None) -> "dict[str, Any]":
-        return dict(self._call("POST", url or api_base(master["api_endpoint"]) + "/data", body)[1])
+        return dict(self._call("POST", url or api_base(master["api_endpoint"]) + "/data", body,
+                               self._auth(master))[1])
 
     def incoming(self) -> "list[Any]":
         """Commands that arrived on their own (MQTT); HTTP has them on the answers instead."""
@@ -117,6 +161,12 @@ class MqttTransport:
         self.client.callback = self._message
         self.doc: dict[str, Any] | None = None
         self.queue: list[Any] = []
+
+    def refresh_due(self, master: "dict[str, Any]") -> bool:
+        return False  # the broker's own credentials, not sensor tokens (see the hub's README)
+
+    def forget_token(self, master: "dict[str, Any]") -> None:
+        pass
 
     def same_broker(self, host: str, port: int, base: str) -> bool:
         return (self.host, self.port, self.base) == (

@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     web_connections: int = Field(default=256, ge=1, le=100_000)  # open LAN connections at most
     web_request_timeout: float = Field(default=10.0, gt=0, le=600)  # a request must arrive within
     max_devices: int = Field(default=1000, ge=1, le=1_000_000)  # devices registered at run time
+    # Per-client request budgets on the LAN port (``limits`` notation): pushing readings and
+    # sensor check-ins; management (and the dashboard's login and forms).
+    rate_limit_ingest: str = "1200/minute"
+    rate_limit_management: str = "120/minute"
 
     # --- Home Assistant MQTT discovery ----------------------------------------------------------
     ha_discovery_prefix: str = "homeassistant"
@@ -99,6 +103,17 @@ class Settings(BaseSettings):
     @classmethod
     def _ha_prefix(cls, v: str) -> str:
         return validate_base_topic(v)
+
+    @field_validator("rate_limit_ingest", "rate_limit_management")
+    @classmethod
+    def _rate_limit(cls, v: str) -> str:
+        from limits import parse  # only the web program needs it; keep other processes lean
+
+        try:
+            parse(v)
+        except ValueError as exc:
+            raise ValueError(f"{v!r} is not a rate limit like '1200/minute': {exc}") from exc
+        return v
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -151,6 +166,10 @@ class Settings(BaseSettings):
     master_max_commands: int = Field(default=100, ge=1, le=10_000)  # undelivered, per sensor
     master_command_ttl: float = Field(default=3600.0, gt=0)  # seconds, when a command names none
     master_db: Path = Path("master.db")  # under DATA_DIR unless absolute
+    # Sensor tokens (LAN registration): their life, and how long the previous ones stay good
+    # after a refresh or a new registration.
+    sensor_token_ttl: float = Field(default=7 * 86400.0, ge=60, le=366 * 86400)
+    sensor_token_overlap: float = Field(default=600.0, ge=0, le=86400)
 
     @field_validator("master_api_key", mode="before")
     @classmethod

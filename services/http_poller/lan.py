@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import ServiceError
+from shared.hub_token import hub_token
 from shared.instance import Instance, ProbeSource
 from shared.models import EventObs
 from shared.processes import STATE_AGGREGATOR
@@ -85,7 +86,9 @@ def build_probe_side(settings: Settings, instance: Instance,
                              port=src.port, via="static")
     aggregator = RestClient(settings.state_aggregator, name=STATE_AGGREGATOR.name,
                             secret=settings.internal_secret)
-    token = settings.server_token.get_secret_value() if settings.server_token else None
+    # The hub token every probe must send; generated and stored under DATA_DIR when
+    # SERVER_TOKEN is unset (the web program reads the same one).
+    token = hub_token(settings)
     url = public_base(settings.public_base, host=settings.host, port=settings.port)
     provisioner = Provisioner(directory, server_url=url, interval_ms=settings.probe_interval_ms,
                               token=token, on_reboot=reboot_announcer(aggregator, emit))

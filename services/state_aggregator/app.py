@@ -18,6 +18,7 @@ from shared.web import install_error_handlers
 from .core import Aggregator
 from .history.routes import bp as history_bp
 from .history.service import History
+from .master import token_routes  # noqa: F401  (its routes join master control's blueprint)
 from .master.routes import MasterControl, build_master
 from .master.routes import bp as master_bp
 from .persist import RegistryStore

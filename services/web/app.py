@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 from flask import Flask, Response, request
 from pydantic import SecretStr
@@ -12,19 +13,23 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from shared import openapi
 from shared.config import load_config
 from shared.errors import ServiceError
+from shared.hub_token import hub_token
 from shared.processes import HTTP_POLLER, STATE_AGGREGATOR, WEB
 from shared.pusher import Pusher
 from shared.rest import RestClient
 from shared.settings import Settings
 from shared.web import ApiError, error_response, install_error_handlers
 
+from .auth import Credentials
 from .csvlog import CsvLog, resolve
 from .dashboard import build_dashboard
 from .dashboard import install as install_dashboard
 from .errors import LanError
+from .guards import install as install_guards
 from .ingest import Ingest
 from .master import forwarded_operations
 from .master import make_blueprint as master_blueprint
+from .ratelimit import RateLimits
 from .readings import bp as readings_bp
 from .routes import WebContext, bp
 from .upstream import Upstream
@@ -43,17 +48,20 @@ def build_context(settings: Settings) -> tuple[WebContext, Pusher]:
     upstream = Upstream(aggregator=aggregator,
                         poller=RestClient(settings.http_poller, name=HTTP_POLLER.name,
                                           secret=secret))
-    token = settings.server_token.get_secret_value() if settings.server_token else None
     ingest = Ingest(emit=pusher.emit, upstream=upstream,
-                    csv=CsvLog(resolve(settings.csv_file, settings.data_dir)), token=token,
+                    csv=CsvLog(resolve(settings.csv_file, settings.data_dir)),
                     interval_s=settings.probe_interval_ms / 1000, clock=time.time)
-    return WebContext(ingest, upstream), pusher
+    key = settings.master_api_key.get_secret_value() if settings.master_api_key else None
+    creds = Credentials(hub_token=hub_token(settings), management_key=key)
+    limits = RateLimits({"ingest": settings.rate_limit_ingest,
+                         "management": settings.rate_limit_management})
+    return WebContext(ingest, upstream, creds, limits), pusher
 
 
 def create_app(ctx: WebContext | None = None, *, master_api_key: SecretStr | None = None) -> Flask:
     """The app; without a ``ctx`` it builds one from the environment and starts its pusher
     (and the dashboard's feed, which follows the change log only while someone looks).
-    ``master_api_key`` opens master control's management routes (from MASTER_API_KEY)."""
+    ``master_api_key`` replaces the context's management key (a test's app)."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     dashboard = None
@@ -62,15 +70,17 @@ def create_app(ctx: WebContext | None = None, *, master_api_key: SecretStr | Non
         ctx, pusher = build_context(settings)
         pusher.start()
         app.extensions["pusher"] = pusher
-        master_api_key = settings.master_api_key
         dashboard = build_dashboard(settings, RestClient(settings.state_aggregator,
                                                          name=STATE_AGGREGATOR.name,
                                                          secret=settings.internal_secret))
         dashboard.feed.start()
+    elif master_api_key is not None:
+        ctx = replace(ctx, creds=ctx.creds.with_management_key(master_api_key.get_secret_value()))
     app.extensions["web"] = ctx
+    install_guards(app, ctx.limits)
     app.register_blueprint(bp)
     app.register_blueprint(readings_bp)
-    app.register_blueprint(master_blueprint(ctx.upstream.aggregator, master_api_key))
+    app.register_blueprint(master_blueprint(ctx.upstream.aggregator, ctx.creds))
     install_dashboard(app, dashboard)
     install_error_handlers(app)
     install_lan_error_handlers(app)

@@ -1,4 +1,4 @@
-"""Readings that probes push to the hub (``/api/ingest``), free of Flask: the token check, the
+"""Readings that probes push to the hub (``/api/ingest``), free of Flask: the
 payload's readings, registering a new probe in the aggregator, the reading (through the pusher)
 and the CSV row. Nothing here keeps device state: the aggregator owns the registry and decides
 who may write a device (a probe may only write devices of source ``probe``).
@@ -14,7 +14,6 @@ newer firmware does not lose its readings to one new field.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 import threading
@@ -105,30 +104,15 @@ def reading_time(value: Any, now: float, where: str) -> float:
 
 class Ingest:
     def __init__(self, *, emit: Callable[[ReadingObs], None], upstream: Upstream, csv: CsvLog,
-                 token: str | None, interval_s: float, clock: Callable[[], float]) -> None:
+                 interval_s: float, clock: Callable[[], float]) -> None:
         self._emit = emit
         self._upstream = upstream
         self.csv = csv
-        self._token = token.encode() if token else None
         self._interval = interval_s
         self._clock = clock
         self._registered: dict[str, float] = {}  # probe id -> monotonic time the aggregator said yes
         self._lock = threading.Lock()
         self.accepted = 0
-
-    @property
-    def token_required(self) -> bool:
-        return self._token is not None
-
-    def check_token(self, given: str | None) -> None:
-        """``LanError(401)`` unless ``given`` is the token (compared in constant time)."""
-        if self._token is None:
-            return
-        if not given:
-            raise LanError(401, "unauthorized", "this hub requires a token: send it as the "
-                           "X-Token header, the ?token= parameter or a JSON 'token' field")
-        if not hmac.compare_digest(given.encode(), self._token):
-            raise LanError(401, "unauthorized", "the token is wrong")
 
     def probe_id_for(self, payload: Mapping[str, Any], remote_ip: str | None) -> str:
         given = payload.get("probe_id")

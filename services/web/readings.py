@@ -1,6 +1,7 @@
 """The readings history on the LAN port, ``/api/readings...``: the aggregator keeps the history
 (its internal ``/history/...`` routes); this blueprint checks the token, validates what the LAN
-sends and forwards it. With ``SERVER_TOKEN`` set every route here needs it, as ``/api/ingest``.
+sends and forwards it. Storing readings needs the hub token, reading them the hub token or the
+management key (``auth.py``).
 
 - ``GET /api/readings?start_date&end_date&device_id&limit&cursor`` (keyset: ``next_cursor``)
 - ``GET /api/readings/latest?device_id``
@@ -24,6 +25,7 @@ from shared.openapi import describe
 from shared.rest import RestClient
 from shared.web import json_object_body, json_response, validation_message
 
+from .auth import presented_key, presented_token
 from .errors import LanError
 from .routes import AUTH, WebContext
 
@@ -61,10 +63,15 @@ def _forward(method: str, path: str, *, body: Any = None,
 
 @bp.before_request
 def _authorize() -> None:
+    """Storing readings needs the hub token (a device-side client); reading them the hub token
+    or the management key."""
     if request.endpoint == "readings_api.post_bulk":
         request.max_content_length = BULK_BODY_MAX
-    token = request.headers.get("X-Token") or request.args.get("token")
-    _ctx().ingest.check_token(token)
+    token = presented_token() or request.args.get("token")
+    if request.method == "POST":
+        _ctx().creds.require_hub(token)
+    else:
+        _ctx().creds.require_hub(token, key=presented_key(), management_too=True)
 
 
 def _query() -> dict[str, str]:

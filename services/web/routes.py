@@ -1,7 +1,8 @@
 """The probe API on the LAN port: thin routes over ``Ingest`` and ``Upstream``.
 
-With ``SERVER_TOKEN`` set every route but ``/api/health`` needs the token. Answers are
-``{ok: true, ...}`` or ``{ok: false, error, message, timestamp}``.
+``/api/health`` is open; pushing readings (``/api/ingest``) needs the hub token, listing probes
+the hub token or the management key, removing and provisioning probes the management key
+(``auth.py``). Answers are ``{ok: true, ...}`` or ``{ok: false, error, message, timestamp}``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from shared.timeutil import iso
 from shared.topics import ID_RE
 from shared.web import json_object_body, json_response
 
+from .auth import Credentials, presented_key, presented_token
 from .errors import LanError
 from .ingest import Ingest
+from .ratelimit import RateLimits
 from .upstream import Upstream
 
 bp = Blueprint("probe_api", __name__, url_prefix="/api")
@@ -40,6 +43,8 @@ AUTH = {401: "token missing", 403: "wrong token"}
 class WebContext:
     ingest: Ingest
     upstream: Upstream
+    creds: Credentials
+    limits: RateLimits
 
 
 def _ctx() -> WebContext:
@@ -61,13 +66,20 @@ def _probe_id(raw: object) -> str:
 
 @bp.before_request
 def _authorize() -> None:
+    creds = _ctx().creds
     if request.endpoint == "probe_api.health":
         return
-    token = request.headers.get("X-Token") or request.args.get("token")
-    if token is None:
-        given = _body().get("token")
-        token = given if isinstance(given, str) else None
-    _ctx().ingest.check_token(token)
+    if request.endpoint == "probe_api.ingest":
+        # Probe firmware sends X-Token; a query parameter or a JSON field also do (older ones).
+        token = presented_token() or request.args.get("token")
+        if token is None and request.method == "POST":
+            given = _body().get("token")
+            token = given if isinstance(given, str) else None
+        creds.require_hub(token)
+    elif request.endpoint == "probe_api.probes":
+        creds.require_hub(presented_token(), key=presented_key(), management_too=True)
+    else:  # removing a probe's device, provisioning: management
+        creds.require_management(presented_key(), presented_token())
 
 
 @bp.get("/health")

@@ -20,7 +20,7 @@ import pytest
 from services.demo_sensors.__main__ import make_server
 from shared.internal import new_secret
 from tests.conftest import ROOT
-from tests.helpers import Broker, free_port, retained, unique_base
+from tests.helpers import Broker, free_port, retained, unique_base, wait_for
 
 
 @dataclass
@@ -38,6 +38,16 @@ class Instance:
 
     def log(self) -> str:
         return "\n".join(self.output[-200:])
+
+    @property
+    def hub_token(self) -> str:
+        """The hub token: SERVER_TOKEN, else the one the hub generated under DATA_DIR (where a
+        user finds it too)."""
+        if self.env.get("SERVER_TOKEN"):
+            return self.env["SERVER_TOKEN"]
+        path = Path(self.env["DATA_DIR"]) / "server_token"
+        return str(wait_for(lambda: path.exists() and path.read_text().strip(), timeout=30,
+                            what=f"the generated hub token in {path}"))
 
 
 def instance_env(broker: Broker, tmp: Path, instances: Path, name: str) -> dict[str, str]:

@@ -21,7 +21,8 @@ DEVICE = "temp_living_room"
 
 
 def lan(demo: Instance, path: str, **params: Any) -> Any:
-    resp = requests.get(f"http://127.0.0.1:{demo.env['PORT']}{path}", params=params, timeout=5)
+    resp = requests.get(f"http://127.0.0.1:{demo.env['PORT']}{path}", params=params, timeout=5,
+                        headers={"X-Token": demo.hub_token})
     assert resp.ok, resp.text
     return resp.json()
 
@@ -70,9 +71,10 @@ def test_posted_readings_survive_an_aggregator_restart(demo: Instance) -> None:
     base = f"http://127.0.0.1:{demo.env['PORT']}/api/readings"
     bulk = [{"device_id": "edge_e2e", "ts_utc": f"2026-01-01T00:{m:02d}:00Z", "reading_id": f"r{m}",
              "payload": {"t": m}} for m in range(50)]
-    assert requests.post(f"{base}/bulk", json=bulk, timeout=5).json()["stored"] == 50
+    auth = {"X-Token": demo.hub_token}
+    assert requests.post(f"{base}/bulk", json=bulk, timeout=5, headers=auth).json()["stored"] == 50
     assert demo.supervisorctl("restart", "state-aggregator").returncode == 0
-    again = wait_for(lambda: _post_quietly(f"{base}/bulk", bulk), timeout=30,
+    again = wait_for(lambda: _post_quietly(f"{base}/bulk", bulk, auth), timeout=30,
                      what="the restarted aggregator answering")
     assert again["duplicates"] == 50  # the same file: nothing stored twice
     assert len(stored(demo, "edge_e2e")) == 50
@@ -82,9 +84,9 @@ def test_posted_readings_survive_an_aggregator_restart(demo: Instance) -> None:
     assert health["history"]["deleted"] == 0
 
 
-def _post_quietly(url: str, body: Any) -> Any:
+def _post_quietly(url: str, body: Any, headers: dict[str, str]) -> Any:
     try:
-        resp = requests.post(url, json=body, timeout=5)
+        resp = requests.post(url, json=body, timeout=5, headers=headers)
     except requests.RequestException:
         return None
     return resp.json() if resp.ok else None

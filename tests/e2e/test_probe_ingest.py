@@ -29,7 +29,8 @@ def test_a_probe_post_becomes_mqtt_state_and_a_csv_row(mosquitto: Broker, demo: 
     api = f"http://127.0.0.1:{demo.env['PORT']}/api"
     wait_for(lambda: api_up(api), timeout=20, what="the LAN ingest API")
     resp = requests.post(f"{api}/ingest", json={"probe_id": "probe_e2e", "temperature_c": 21.75,
-                                                "humidity": 40}, timeout=5)
+                                                "humidity": 40}, timeout=5,
+                         headers={"X-Token": demo.hub_token})
     assert resp.status_code == 200, resp.text
     state = retained(mosquitto.host, mosquitto.port,
                      f"{demo.root_topic}/devices/probe_e2e/state", timeout=20).json()
@@ -51,9 +52,10 @@ def test_a_probe_post_becomes_mqtt_state_and_a_csv_row(mosquitto: Broker, demo: 
 def test_bad_ingest_bodies_are_refused_and_cost_nothing(demo: Instance) -> None:
     api = f"http://127.0.0.1:{demo.env['PORT']}/api"
     wait_for(lambda: api_up(api), timeout=20, what="the LAN ingest API")
+    auth = {"X-Token": demo.hub_token}
     assert requests.post(f"{api}/ingest", data=b"{nope", timeout=5,
-                         headers={"Content-Type": "application/json"}).status_code == 400
-    resp = requests.post(f"{api}/ingest", json={"probe_id": "probe_e2e"}, timeout=5)
+                         headers={"Content-Type": "application/json", **auth}).status_code == 400
+    resp = requests.post(f"{api}/ingest", json={"probe_id": "probe_e2e"}, timeout=5, headers=auth)
     assert resp.status_code == 422 and "temperature_c is required" in resp.json()["message"]
     assert requests.get(f"{api}/health", timeout=5).json()["ok"] is True
 
@@ -64,7 +66,7 @@ def test_a_probe_id_of_another_device_is_refused_and_that_device_untouched(demo:
     aggregator = f"http://127.0.0.1:{demo.env['STATE_AGGREGATOR_PORT']}"
     for taken in ("temp_living_room", "hub_system"):
         resp = requests.post(f"{api}/ingest", json={"probe_id": taken, "temperature_c": 99.5},
-                             timeout=5)
+                             timeout=5, headers={"X-Token": demo.hub_token})
         assert resp.status_code == 409, resp.text
         assert resp.json()["error"] == "device_conflict" and taken in resp.json()["message"]
         info = requests.get(f"{aggregator}/devices/{taken}", timeout=5,

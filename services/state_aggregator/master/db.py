@@ -106,6 +106,18 @@ MIGRATIONS: list[tuple[int, str]] = [
     ) WITHOUT ROWID;
     CREATE INDEX readings_seen_age ON readings_seen(seen_at);
     """),
+    # Sensor tokens (tokens.py): only the hash of the secret is kept; a deleted sensor's go too.
+    (2, """
+    CREATE TABLE sensor_tokens (
+        token_id TEXT PRIMARY KEY,
+        sensor_id TEXT NOT NULL REFERENCES sensors(sensor_id) ON DELETE CASCADE,
+        secret_hash TEXT NOT NULL,
+        issued_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        revoked_at REAL
+    ) WITHOUT ROWID;
+    CREATE INDEX sensor_tokens_by_sensor ON sensor_tokens(sensor_id);
+    """),
 ]
 
 

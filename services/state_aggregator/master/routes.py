@@ -37,6 +37,7 @@ from .admin import MasterAdmin
 from .db import Database
 from .errors import MasterError
 from .service import DeviceSink, MasterOptions, MasterService
+from .tokens import SensorTokens, TokenOptions
 
 bp = Blueprint("master", __name__, url_prefix="/master")
 # A batch of 10,000 readings after a long offline period fits; a 10 MB body is refused unread.
@@ -52,6 +53,7 @@ FEED_QUERY = {"since": Annotated[int, Field(ge=0)], "epoch": str,
 class MasterControl:
     service: MasterService
     admin: MasterAdmin
+    tokens: SensorTokens | None = None  # None: default options (see token_routes.py)
 
 
 def build_master(settings: Settings, sink: DeviceSink) -> MasterControl:
@@ -60,7 +62,9 @@ def build_master(settings: Settings, sink: DeviceSink) -> MasterControl:
         options=MasterOptions(default_interval=settings.master_check_in_interval,
                               max_open_commands=settings.master_max_commands,
                               command_ttl=settings.master_command_ttl))
-    return MasterControl(service, MasterAdmin(service))
+    tokens = SensorTokens(service.db, options=TokenOptions(ttl=settings.sensor_token_ttl,
+                                                           overlap=settings.sensor_token_overlap))
+    return MasterControl(service, MasterAdmin(service), tokens)
 
 
 def _master() -> MasterControl:

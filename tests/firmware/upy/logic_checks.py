@@ -88,6 +88,12 @@ class ScriptedTransport:
     def incoming(self) -> "list[dict[str, Any]]":
         return []
 
+    def refresh_due(self, master: "dict[str, Any]") -> bool:
+        return False
+
+    def forget_token(self, master: "dict[str, Any]") -> None:
+        self.calls.append((master["name"], "forget_token"))
+
     def take(self) -> "list[dict[str, Any]]":
         out, self.commands = self.commands, []
         return out
@@ -279,6 +285,65 @@ def check_http_transport_against_canned_answers() -> None:
     raises(Unreachable, t.heartbeat, master, {})
     hal.replies = [None]
     raises(Unreachable, t.register, master, {})
+
+
+def check_http_transport_sends_the_tokens_it_was_given() -> None:
+    hal = MemHal()
+    t = HttpTransport(hal)
+    t.hub_token = "hub-secret"
+    master = {"name": "m", "api_endpoint": "http://hub:8088"}
+    hal.replies = [http_reply(200, json.dumps({"status": "registered", "token": "id.s1",
+                                               "token_expires_in": 100}))]
+    t.register(master, {"sensor_id": "p1"})
+    assert b"X-Token: hub-secret\r\n" in hal.sockets[-1].sent
+    hal.replies = [http_reply(200, json.dumps({"status": "ok"}))]
+    t.heartbeat(master, {})
+    sent = hal.sockets[-1].sent
+    assert b"Authorization: Bearer id.s1\r\n" in sent and b"hub-secret" not in sent
+    assert not t.refresh_due(master)
+    hal.now += 50000  # half of its 100 s: time to refresh
+    assert t.refresh_due(master)
+    hal.replies = [http_reply(201, json.dumps({"token": "id.s2", "token_expires_in": 100}))]
+    t.refresh(master)
+    assert b"POST /api/sensor-master/token/refresh " in hal.sockets[-1].sent
+    assert b"Bearer id.s1" in hal.sockets[-1].sent and not t.refresh_due(master)
+    hal.replies = [http_reply(200, json.dumps({"status": "ok"}))]
+    t.data(master, {"batch": []})
+    assert b"Authorization: Bearer id.s2\r\n" in hal.sockets[-1].sent
+    other = {"name": "o", "api_endpoint": "http://other:8088"}  # another master: none of ours
+    hal.replies = [http_reply(200, json.dumps({"status": "ok"}))]
+    t.heartbeat(other, {})
+    assert b"Authorization" not in hal.sockets[-1].sent
+
+
+class TokenTransport(ScriptedTransport):
+    """Refuses a heartbeat with 401 once, as a hub does when the sensor token was revoked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.revoked = False
+
+    def heartbeat(self, master: "dict[str, Any]", body: "dict[str, Any]") -> "dict[str, Any]":
+        if self.revoked:
+            self.revoked = False
+            self._check(master, "heartbeat")
+            raise Refused(401, "the sensor token was revoked")
+        return super().heartbeat(master, body)
+
+
+def check_a_refused_sensor_token_means_register_again() -> None:
+    hal, t = MemHal(), TokenTransport()
+    probe, client = new_client(hal, t)
+    probe.token = "hub-secret"
+    client.tick()
+    assert client.registered and t.calls[0] == ("p", "register")
+    t.revoked = True
+    hal.now += 10000
+    client.tick()
+    assert not client.registered and t.calls[-1] == ("p", "forget_token")
+    hal.now += 100  # retry_ms, not a whole check-in interval
+    client.tick()
+    assert client.registered and t.calls[-1][1] in ("register", "config")
 
 
 def check_web_parsing() -> None:

@@ -70,6 +70,7 @@ class MemHal(Hal):
         self.now = 1000
         # canned answers for the next connect() calls, in order (None: unreachable)
         self.replies: list[bytes | None] = []
+        self.sockets: list[CannedSocket] = []  # what was sent, request by request
         self.connects: list[tuple[str, int]] = []
         self.resets = 0
         self.led = False
@@ -120,7 +121,9 @@ class MemHal(Hal):
         reply = self.replies.pop(0)
         if reply is None:
             raise OSError(113, "host unreachable")
-        return CannedSocket(reply)
+        sock = CannedSocket(reply)
+        self.sockets.append(sock)
+        return sock
 
     def advertise(self, service: str, port: int, txt: "dict[str, Any]") -> None:
         pass

@@ -35,6 +35,7 @@ from tests.probe_fixtures.servers import FakeProbe
 from tests.services.web.support import SERIAL_ID, Hub, Served, start_hub
 
 TOKEN = "s3cret-token"
+KEY = "mgmt-key"
 
 
 def advert(probe_id: str, port: int, *, label: str, ip: str = "127.0.0.1") -> ServiceInfo:
@@ -57,7 +58,7 @@ def probe() -> Iterator[FakeProbe]:
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[Hub]:
-    h = start_hub(tmp_path, token=TOKEN)
+    h = start_hub(tmp_path, token=TOKEN, key=KEY)
     yield h
     h.stop()
 
@@ -177,7 +178,7 @@ def test_provision_on_demand(hub: Hub, probe: FakeProbe) -> None:
     wait_for(lambda: probe.provisions, what="the background provisioning")
     before = len(probe.provisions)
     done = hub.api("POST", "/api/provision", json={"probe_id": "probe_kitchen"},
-                   headers={"X-Token": TOKEN})
+                   headers={"X-API-Key": KEY})
     assert done.status_code == 200 and done.json()["server_url"] == hub.web_url
     assert len(probe.provisions) == before + 1
     # what the probe said of itself and how the last provisioning went, for the probes page
@@ -199,9 +200,9 @@ def test_provision_on_demand(hub: Hub, probe: FakeProbe) -> None:
     assert listed["last_provision"]["ok"] is False
     assert "unreachable" in listed["last_provision"]["message"]
     unknown = hub.api("POST", "/api/provision", json={"probe_id": "nope"},
-                      headers={"X-Token": TOKEN})
+                      headers={"X-API-Key": KEY})
     assert unknown.status_code == 404
-    assert hub.api("POST", "/api/provision", json={}, headers={"X-Token": TOKEN}).status_code == 422
+    assert hub.api("POST", "/api/provision", json={}, headers={"X-API-Key": KEY}).status_code == 422
 
 
 def test_static_probe_from_the_instance_file_is_provisioned(
@@ -217,8 +218,13 @@ def test_static_probe_from_the_instance_file_is_provisioned(
     side.start()
     try:
         wait_for(lambda: probe.provisions, what="the static probe to be provisioned")
+        # SERVER_TOKEN unset: the hub made one, kept it under DATA_DIR (0600), and gives it out
+        stored = tmp_path / "server_token"
+        assert stored.stat().st_mode & 0o777 == 0o600
+        token = stored.read_text().strip()
+        assert len(token) >= 43
         assert probe.provisions[0] == {"server_url": "http://10.0.0.5:8088", "interval_ms": 5000,
-                                       "token": ""}
+                                       "token": token}
         assert side.status()["running"] == ["provisioner"]
     finally:
         side.stop()

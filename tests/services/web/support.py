@@ -26,6 +26,7 @@ from services.state_aggregator.core import Aggregator
 from services.web.app import build_context
 from services.web.app import create_app as web_app
 from services.web.routes import WebContext
+from shared.hub_token import hub_token
 from shared.instance import parse_instance
 from shared.pusher import Pusher
 from shared.rest import RestClient
@@ -59,7 +60,7 @@ class Hub:
     ctx: WebContext
     app: Flask
     web_url: str
-    token: str | None
+    token: str
     csv: Path
     parts: list[Any] = field(default_factory=list)
 
@@ -67,13 +68,22 @@ class Hub:
         """A request to the web program on its real socket."""
         return requests.request(method, self.web_url + path, timeout=5, **kw)
 
+    @property
+    def auth(self) -> dict[str, str]:
+        """The hub token's header."""
+        return {"X-Token": self.token}
+
     def stop(self) -> None:
         for part in reversed(self.parts):
             part.stop()
 
 
 def start_hub(tmp: Path, *, token: str | None = None, discovery: bool = False,
-              max_devices: int = 1000, poller: bool = True) -> Hub:
+              max_devices: int = 1000, poller: bool = True, key: str | None = None) -> Hub:
+    """``token``: SERVER_TOKEN (``None``: the hub generates one under ``tmp``, as a real one
+    does; ``Hub.token`` is the token in force either way). ``key``: MASTER_API_KEY."""
+    settings = Settings(data_dir=tmp, server_token=token, master_api_key=key)
+    token = hub_token(settings)
     instance = parse_instance(INSTANCE)
     agg = Aggregator(instance, handlers={}, cache_ttl=10, poll_interval=5, max_devices=max_devices)
     parts: list[Any] = []
@@ -102,7 +112,8 @@ def start_hub(tmp: Path, *, token: str | None = None, discovery: bool = False,
         parts.append(side)
 
     settings = Settings(state_aggregator_url=agg_srv.url, http_poller_url=poller_url,
-                        data_dir=tmp, server_token=token, probe_interval_ms=10_000)
+                        data_dir=tmp, server_token=token, probe_interval_ms=10_000,
+                        master_api_key=key)
     ctx, pusher = build_context(settings)
     pusher.start()
     parts.append(pusher)

@@ -21,6 +21,7 @@ from tests.helpers import free_port, wait_for
 THREADS = 4
 CONNECTIONS = 100  # fewer than the stalled clients below: the oldest make room for new ones
 REQUEST_TIMEOUT_S = 3.0
+TOKEN = "lan-process-token"
 
 
 @dataclass
@@ -60,6 +61,7 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
            "DATA_DIR": str(tmp), "HOST": "127.0.0.1", "PORT": str(port),
            "WEB_THREADS": str(THREADS), "WEB_CONNECTIONS": str(CONNECTIONS),
            "WEB_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT_S), "LOG_LEVEL": "WARNING",
+           "SERVER_TOKEN": TOKEN,
            # nothing listens there: the tests here never need the internal side
            "STATE_AGGREGATOR_URL": f"http://127.0.0.1:{free_port()}",
            "HTTP_POLLER_URL": f"http://127.0.0.1:{free_port()}"}
@@ -156,6 +158,7 @@ def test_expect_100_continue_gets_its_go_ahead(web: Web) -> None:
     body = b'{"probe_id": "p", "temperature_c": 20, "pad": "' + b"x" * 2000 + b'"}'
     with socket.create_connection(("127.0.0.1", web.port), timeout=5) as s:
         s.sendall(b"POST /api/ingest HTTP/1.1\r\nHost: hub\r\nContent-Type: application/json\r\n"
+                  b"X-Token: " + TOKEN.encode() + b"\r\n"
                   b"Expect: 100-continue\r\nConnection: close\r\n"
                   b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
         assert s.recv(1024).startswith(b"HTTP/1.1 100 Continue")

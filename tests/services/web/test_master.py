@@ -1,6 +1,6 @@
-"""Master control's LAN face (``/api/sensor-master/...`` on the web program): sensor routes open,
-management behind ``X-API-Key``, everything forwarded over real HTTP to a real aggregator with
-master control on a real SQLite file."""
+"""Master control's LAN face (``/api/sensor-master/...`` on the web program): registering with the
+hub token, the sensor's own token for its check-ins, management behind ``X-API-Key``, everything
+forwarded over real HTTP to a real aggregator with master control on a real SQLite file."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from tests.helpers import free_port
 from tests.services.web.support import INSTANCE, Served
 
 KEY = "s3cret-key"
+HUB = "hub-token"
 API = "/api/sensor-master"
 SID = "esp32_lan_001"
 TEMPLATE = {"config_name": "lan", "sensor_type": "esp32", "config_data": {"polling_interval": 60}}
@@ -33,7 +34,7 @@ TEMPLATE = {"config_name": "lan", "sensor_type": "esp32", "config_data": {"polli
 
 def make_web(agg_url: str, tmp: Path, key: str | None) -> FlaskClient:
     settings = Settings(state_aggregator_url=agg_url, http_poller_url=f"http://127.0.0.1:{free_port()}",
-                        data_dir=tmp)
+                        data_dir=tmp, server_token=HUB)
     ctx, _pusher = build_context(settings)
     app = web_app(ctx, master_api_key=SecretStr(key) if key else None)
     return app.test_client()
@@ -60,26 +61,41 @@ def admin(client: FlaskClient, method: str, path: str, **kw: Any) -> Any:
     return getattr(client, method)(f"{API}{path}", headers={"X-API-Key": KEY}, **kw)
 
 
+def register(client: FlaskClient, sensor_id: str = SID, **body: Any) -> dict[str, Any]:
+    """Register with the hub token; the answer, with the sensor's token."""
+    reg = client.post(f"{API}/register", json={"sensor_id": sensor_id, **body},
+                      headers={"X-Token": HUB})
+    assert reg.status_code == 200, reg.get_json()
+    answer: dict[str, Any] = reg.get_json()
+    return answer
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 def test_a_sensor_over_the_lan(lan: FlaskClient) -> None:
     assert admin(lan, "post", "/configs", json=TEMPLATE).status_code == 201
-    reg = lan.post(f"{API}/register", json={"sensor_id": SID, "sensor_type": "esp32"})
-    assert reg.status_code == 200
-    assert reg.get_json()["config_endpoint"] == f"{API}/config/{SID}"
-    cfg = lan.get(f"{API}/config/{SID}")
+    reg = register(lan, sensor_type="esp32")
+    assert reg["config_endpoint"] == f"{API}/config/{SID}"
+    me = bearer(reg["token"])
+    cfg = lan.get(f"{API}/config/{SID}", headers=me)
     assert cfg.status_code == 200 and cfg.headers["ETag"] == f'"{cfg.get_json()["config_hash"]}"'
-    same = lan.get(f"{API}/config/{SID}", headers={"If-None-Match": cfg.headers["ETag"]})
+    same = lan.get(f"{API}/config/{SID}", headers={"If-None-Match": cfg.headers["ETag"], **me})
     assert (same.status_code, same.data) == (304, b"")
     # a template edit: 304 before, 200 after, at the next check-in
     admin(lan, "patch", "/configs/1", json={"config_data": {"polling_interval": 15}})
-    fresh = lan.get(f"{API}/config/{SID}", headers={"If-None-Match": cfg.headers["ETag"]})
+    fresh = lan.get(f"{API}/config/{SID}", headers={"If-None-Match": cfg.headers["ETag"], **me})
     assert fresh.status_code == 200 and fresh.get_json()["config"] == {"polling_interval": 15}
     cmd = admin(lan, "post", "/command", json={"sensor_id": SID, "command_type": "restart"})
     assert cmd.status_code == 201
-    beat = lan.post(f"{API}/heartbeat", json={"sensor_id": SID, "metrics": {"uptime": 3}})
+    beat = lan.post(f"{API}/heartbeat", json={"sensor_id": SID, "metrics": {"uptime": 3}},
+                    headers=me)
     [sent] = beat.get_json()["commands"]
-    ack = lan.post(f"{API}/commands/{sent['command_id']}/ack", json={"status": "completed"})
+    ack = lan.post(f"{API}/commands/{sent['command_id']}/ack", json={"status": "completed"},
+                   headers=me)
     assert ack.get_json()["status"] == "completed"
-    data = lan.post(f"{API}/data", json={"sensor_id": SID, "readings": {"t": 1.5}})
+    data = lan.post(f"{API}/data", json={"sensor_id": SID, "readings": {"t": 1.5}}, headers=me)
     assert data.get_json()["accepted"] == 1
     listed = admin(lan, "get", f"/commands?sensor_id={SID}&status=completed").get_json()
     assert [c["command_id"] for c in listed["commands"]] == [sent["command_id"]]
@@ -104,11 +120,14 @@ def test_without_master_api_key_management_is_disabled_not_open(aggregator: str,
         assert resp.status_code == 503, path
         assert "management disabled" in resp.get_json()["message"]
     # the sensor side still works
-    assert client.post(f"{API}/register", json={"sensor_id": SID}).status_code == 200
+    assert register(client)["token"]
 
 
 @pytest.mark.parametrize(("method", "path", "payload", "status", "needle"), [
-    ("post", "/heartbeat", {"sensor_id": "ghost"}, 404, "register first"),
+    # another sensor's id with a sensor's token: refused, whether that sensor exists or not
+    ("post", "/heartbeat", {"sensor_id": "ghost"}, 403, "not valid for that sensor_id"),
+    ("get", "/tokens/verify", None, 404, "no route"),
+    ("post", "/tokens/issue", {"sensor_id": "known"}, 404, "no route"),
     ("post", "/register", {"sensor_id": "a/b"}, 422, "sensor_id"),
     ("get", "/config/bad+id", None, 400, "invalid id 'bad+id'"),
     ("get", "/config/bad%23id", None, 400, "invalid id 'bad#id'"),
@@ -118,7 +137,9 @@ def test_without_master_api_key_management_is_disabled_not_open(aggregator: str,
 ])
 def test_bad_requests_get_clear_errors(lan: FlaskClient, method: str, path: str, payload: Any,
                                        status: int, needle: str) -> None:
-    resp = getattr(lan, method)(f"{API}{path}", json=payload, headers={"X-API-Key": KEY})
+    token = register(lan, "known")["token"]  # a good sensor token: the ghost is unknown
+    resp = getattr(lan, method)(f"{API}{path}", json=payload,
+                                headers={"X-API-Key": KEY, "X-Token": HUB, **bearer(token)})
     assert resp.status_code == status, resp.get_json()
     body = resp.get_json()
     assert body["ok"] is False and needle in body["message"], body
@@ -131,18 +152,19 @@ def test_a_template_naming_neither_target_is_refused_with_the_field(lan: FlaskCl
 
 
 def test_bodies_bigger_than_a_probes_but_bounded(lan: FlaskClient) -> None:
-    lan.post(f"{API}/register", json={"sensor_id": SID})
+    me = bearer(register(lan)["token"])
     batch = [{"id": f"r{i}", "timestamp": 1_700_000_000 + i, "readings": {"t": i}}
              for i in range(3000)]  # about 200 KB: past the probe API's 64 KiB
-    resp = lan.post(f"{API}/data", json={"sensor_id": SID, "batch": batch})
+    resp = lan.post(f"{API}/data", json={"sensor_id": SID, "batch": batch}, headers=me)
     assert resp.status_code == 200 and resp.get_json()["accepted"] == 3000
-    huge = lan.post(f"{API}/data", data=b"x" * 10_000_000, content_type="application/json")
+    huge = lan.post(f"{API}/data", data=b"x" * 10_000_000, content_type="application/json",
+                    headers=me)
     assert huge.status_code == 413
 
 
 def test_an_absent_aggregator_means_retry_without_internal_addresses(tmp_path: Path) -> None:
     client = make_web(f"http://127.0.0.1:{free_port()}", tmp_path, KEY)
-    resp = client.post(f"{API}/register", json={"sensor_id": SID})
+    resp = client.post(f"{API}/register", json={"sensor_id": SID}, headers={"X-Token": HUB})
     assert resp.status_code == 503 and resp.get_json()["error"] == "not_ready"
     assert "127.0.0.1" not in resp.get_data(as_text=True)
 

@@ -15,11 +15,13 @@ from tests.helpers import wait_for
 from tests.services.web.support import SERIAL_ID, Hub, start_hub
 
 TOKEN = "s3cret-token"
+KEY = "mgmt-key"
+MGMT = {"X-API-Key": KEY}
 
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[Hub]:
-    h = start_hub(tmp_path, token=TOKEN)
+    h = start_hub(tmp_path, token=TOKEN, key=KEY)
     yield h
     h.stop()
 
@@ -56,7 +58,16 @@ def test_token_is_required_and_checked(client: FlaskClient) -> None:
     assert missing.get_json()["ok"] is False and "X-Token" in missing.get_json()["message"]
     assert client.post("/api/ingest", json=body, headers={"X-Token": "no"}).status_code == 401
     assert client.get("/api/probes").status_code == 401
+    assert client.get("/api/probes", headers=MGMT).status_code == 200  # reading: either
+    assert client.get("/api/probes", headers={"X-Token": TOKEN}).status_code == 200
+    # Removing and provisioning are management: the hub token does not grant them (403).
     assert client.delete("/api/probes/adhoc").status_code == 401
+    assert client.delete("/api/probes/adhoc", headers={"X-Token": TOKEN}).status_code == 403
+    assert client.post("/api/provision", json={"probe_id": "adhoc"},
+                       headers={"X-Token": TOKEN}).status_code == 403
+    assert client.delete("/api/probes/adhoc", headers={"X-API-Key": "no"}).status_code == 401
+    bearer = client.post("/api/ingest", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert bearer.status_code == 200
     assert client.post("/api/ingest", json={**body, "token": TOKEN}).status_code == 200
     quick = client.get(f"/api/ingest?temperature_c=22.3&probe_id=adhoc&token={TOKEN}")
     assert quick.status_code == 200 and quick.get_json()["stored"] == ["temperature_c"]
@@ -110,38 +121,41 @@ def test_the_aggregator_refuses_web_readings_for_devices_that_are_not_probes(hub
 
 
 def test_max_devices_refuses_clearly_and_removal_makes_room(tmp_path: Path) -> None:
-    hub = start_hub(tmp_path, token=None, max_devices=3)
+    hub = start_hub(tmp_path, token=None, max_devices=3, key=KEY)
     client = hub.app.test_client()
+    t = hub.auth  # the token the hub generated
     try:
         for i in range(3):
-            assert client.post("/api/ingest", json={"probe_id": f"p{i}",
-                                                    "temperature_c": 20}).status_code == 200
-        refused = client.post("/api/ingest", json={"probe_id": "p3", "temperature_c": 20})
+            assert client.post("/api/ingest", json={"probe_id": f"p{i}", "temperature_c": 20},
+                               headers=t).status_code == 200
+        refused = client.post("/api/ingest", json={"probe_id": "p3", "temperature_c": 20},
+                              headers=t)
         assert refused.status_code == 409, refused.text
         body = refused.get_json()
         assert body["error"] == "device_limit" and "MAX_DEVICES=3" in body["message"]
         assert "p3" not in hub.agg.devices
 
-        listed = client.get("/api/probes").get_json()
+        listed = client.get("/api/probes", headers=t).get_json()
         assert sorted(d["device_id"] for d in listed["devices"]) == ["p0", "p1", "p2"]
-        assert client.delete("/api/probes/p0").get_json() == {"ok": True, "removed": "p0"}
+        assert client.delete("/api/probes/p0", headers=MGMT).get_json() == {
+            "ok": True, "removed": "p0"}
         assert "p0" not in hub.agg.devices
         _, _, changes = hub.agg.changes.since(0)
         removal = changes[-1]
         assert (removal.kind, removal.device_id, getattr(removal, "action", None)) == (
             "device", "p0", "removed")
-        assert client.post("/api/ingest", json={"probe_id": "p3",
-                                                "temperature_c": 20}).status_code == 200
+        assert client.post("/api/ingest", json={"probe_id": "p3", "temperature_c": 20},
+                           headers=t).status_code == 200
         # Only run-time probes can go; the others are refused or unknown.
-        not_removable = client.delete(f"/api/probes/{SERIAL_ID}")
+        not_removable = client.delete(f"/api/probes/{SERIAL_ID}", headers=MGMT)
         assert not_removable.status_code == 409
         assert "instance file" in not_removable.get_json()["message"]
-        assert client.delete("/api/probes/nope").status_code == 404
-        assert client.delete("/api/probes/bad%20id").status_code == 422
+        assert client.delete("/api/probes/nope", headers=MGMT).status_code == 404
+        assert client.delete("/api/probes/bad%20id", headers=MGMT).status_code == 422
         # A removed probe that pushes again is registered again at once.
-        assert client.delete("/api/probes/p1").status_code == 200
-        assert client.post("/api/ingest", json={"probe_id": "p1",
-                                                "temperature_c": 20}).status_code == 200
+        assert client.delete("/api/probes/p1", headers=MGMT).status_code == 200
+        assert client.post("/api/ingest", json={"probe_id": "p1", "temperature_c": 20},
+                           headers=t).status_code == 200
         assert hub.agg.device("p1").source == "probe"
     finally:
         hub.stop()
@@ -162,19 +176,20 @@ def test_without_the_poller_the_answer_says_retry_and_hides_internal_addresses(
         tmp_path: Path) -> None:
     hub = start_hub(tmp_path, token=None, poller=False)
     try:
-        answer = hub.app.test_client().get("/api/probes")
+        answer = hub.app.test_client().get("/api/probes", headers=hub.auth)
         assert answer.status_code == 503
         assert "send the request again" in answer.get_json()["message"]
         assert "127.0.0.1" not in answer.text
         # Readings with a probe_id need only the aggregator.
-        ok = hub.app.test_client().post("/api/ingest", json={"probe_id": "p", "temperature_c": 1})
+        ok = hub.app.test_client().post("/api/ingest", json={"probe_id": "p", "temperature_c": 1},
+                                        headers=hub.auth)
         assert ok.status_code == 200, ok.text
     finally:
         hub.stop()
 
 
 def test_provision_asks_the_poller(client: FlaskClient) -> None:
-    unknown = client.post("/api/provision", json={"probe_id": "nope"}, headers={"X-Token": TOKEN})
+    unknown = client.post("/api/provision", json={"probe_id": "nope"}, headers=MGMT)
     assert unknown.status_code == 404 and unknown.get_json()["error"] == "unknown_probe"
-    missing = client.post("/api/provision", json={}, headers={"X-Token": TOKEN})
+    missing = client.post("/api/provision", json={}, headers=MGMT)
     assert missing.status_code == 422 and "probe_id is required" in missing.get_json()["message"]

@@ -22,7 +22,8 @@ SID = "esp32_e2e_001"
 
 
 class VirtualSensor:
-    """A sensor as firmware would drive it, over plain HTTP."""
+    """A sensor as firmware would drive it, over plain HTTP: it registers with the hub token
+    and sends the sensor token it got back with every check-in."""
 
     def __init__(self, base: str, headers: dict[str, str] | None = None) -> None:
         self.base = base
@@ -31,7 +32,10 @@ class VirtualSensor:
         self.http.headers.update(headers or {})
 
     def call(self, method: str, path: str, **kw: Any) -> requests.Response:
-        return self.http.request(method, f"{self.base}{path}", timeout=10, **kw)
+        answer = self.http.request(method, f"{self.base}{path}", timeout=10, **kw)
+        if path == "/register" and answer.ok and "token" in answer.json():
+            self.http.headers["Authorization"] = f"Bearer {answer.json()['token']}"
+        return answer
 
 
 @pytest.fixture
@@ -43,7 +47,8 @@ def sensor(demo: Instance) -> VirtualSensor:
 @pytest.fixture
 def lan(demo: Instance) -> VirtualSensor:
     """The sensor side on the LAN port (the web program), as firmware reaches it."""
-    return VirtualSensor(f"http://127.0.0.1:{demo.env['PORT']}/api/sensor-master")
+    return VirtualSensor(f"http://127.0.0.1:{demo.env['PORT']}/api/sensor-master",
+                         {"X-Token": demo.hub_token})
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from services.state_aggregator.core import Aggregator
 from services.state_aggregator.master.admin import MasterAdmin
-from services.state_aggregator.master.db import Database
+from services.state_aggregator.master.db import MIGRATIONS, Database
 from services.state_aggregator.master.errors import NotFound
 from services.state_aggregator.master.service import MasterService
 from shared.errors import ConfigError
@@ -30,11 +30,11 @@ ESP = SensorRegister(sensor_id="esp32_001", sensor_name="Chamber 1", sensor_type
 
 def test_migrations_run_once_in_wal_mode(db_path: Path) -> None:
     db = Database(db_path)
-    assert db.schema_version == 1
+    assert db.schema_version == MIGRATIONS[-1][0]
     db.close()
     again = Database(db_path)
     with again.read() as conn:
-        assert conn.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == 1
+        assert conn.execute("SELECT COUNT(*) FROM schema_migrations").fetchone()[0] == len(MIGRATIONS)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     again.close()
 

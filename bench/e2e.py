@@ -69,7 +69,10 @@ def run(broker: Broker, mode: Mode, ceiling_q1: float) -> dict[str, Any]:
     capacity = 3_000_000
     probe = {"sensor_id": PROBE_ID, "sensor_type": "probe", "source": {"type": "probe"}}
     hub, ports = start_serial_hub(broker, ptys, mode.devices_per_port, extra=[probe],
-                                  env={"SERVER_TOKEN": TOKEN})
+                                  # one client posting as fast as the hub takes it: the
+                                  # per-client budget would measure itself, not the pipeline
+                                  env={"SERVER_TOKEN": TOKEN,
+                                       "RATE_LIMIT_INGEST": "1000000/minute"})
     sub = Subscriber(broker.host, broker.port,
                      [f"{hub.base}/devices/+/state", f"{hub.base}/devices/+/state/+"],
                      record_suffix="/state", qos=1)

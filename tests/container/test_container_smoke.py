@@ -86,6 +86,11 @@ class Hub:
     def subscribe(self, topic_filter: str) -> Subscriber:
         return Subscriber(self.broker.host, self.broker.port, topic_filter)
 
+    def hub_token(self) -> str | None:
+        """The hub token the instance generated in its data volume (as a user reads it)."""
+        out = podman(self.env, "exec", self.name, "cat", "/app/data/server_token")
+        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
 
 def configured_devices(instance_file: Path) -> list[str]:
     instance = json.loads(instance_file.read_text())
@@ -249,9 +254,12 @@ def test_a_probe_reading_on_the_lan_port_becomes_a_retained_state(hub: Hub) -> N
     url = f"http://127.0.0.1:{hub.lan_port}/api/ingest"
 
     def posted() -> bool:
+        token = hub.hub_token()
+        if token is None:
+            return False  # the web program has not made it yet
         try:
             answer = requests.post(url, json={"probe_id": "probe_container", "temperature_c": 20.5},
-                                   timeout=5)
+                                   timeout=5, headers={"X-Token": token})
         except requests.RequestException:
             return False
         return answer.status_code == 200

@@ -30,7 +30,7 @@ PROBE = "probe_ui"
 def ingest(hub: Instance, temperature: float) -> None:
     answer = requests.post(f"{lan(hub)}/api/ingest", json={"probe_id": PROBE,
                                                            "temperature_c": temperature},
-                           timeout=5)
+                           timeout=5, headers={"X-Token": hub.hub_token})
     assert answer.ok, answer.text
 
 
@@ -188,17 +188,23 @@ def test_first_page_is_under_200_kb(hub: Instance) -> None:
     assert len(zipped.raw.read()) < len(html.content)
 
 
+SENSOR_TOKEN: dict[str, str] = {}  # the virtual sensor's token, from its register answer
+
+
 def sensor_config(hub: Instance, etag: str | None = None) -> requests.Response:
-    """A virtual sensor on the LAN fetching its config, as the firmware does."""
+    """A virtual sensor on the LAN fetching its config with its token, as the firmware does."""
     headers = {"If-None-Match": etag} if etag else {}
+    headers["Authorization"] = f"Bearer {SENSOR_TOKEN['esp_tpl']}"
     return requests.get(f"{lan(hub)}/api/sensor-master/config/esp_tpl", headers=headers, timeout=5)
 
 
 def test_a_template_edit_from_the_page_reaches_a_virtual_sensor(hub: Instance,
                                                                browser: Any) -> None:
     answer = requests.post(f"{lan(hub)}/api/sensor-master/register", timeout=5, json={
-        "sensor_id": "esp_tpl", "sensor_name": "Template test", "sensor_type": "ui_climate"})
+        "sensor_id": "esp_tpl", "sensor_name": "Template test", "sensor_type": "ui_climate"},
+        headers={"X-Token": hub.hub_token})
     assert answer.ok, answer.text
+    SENSOR_TOKEN["esp_tpl"] = answer.json()["token"]
     before = sensor_config(hub).json()
     assert sensor_config(hub, before["config_hash"]).status_code == 304
     browser.clear_cookies()

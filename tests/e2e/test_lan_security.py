@@ -58,7 +58,8 @@ def register(hub: Instance, sensor_id: str) -> dict[str, Any]:
     return answer
 
 
-DOORS = [  # every route on the LAN port that takes or gives data, with a body where it takes one
+# every route on the LAN port that takes or gives data, with a body where it takes one
+DOORS: list[tuple[str, str, Any]] = [
     ("POST", "/api/ingest", {"probe_id": "p", "temperature_c": 20}),
     ("GET", "/api/ingest?probe_id=p&temperature_c=20", None),
     ("GET", "/api/probes", None),

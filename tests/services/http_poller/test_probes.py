@@ -194,7 +194,7 @@ def test_provision_on_demand(hub: Hub, probe: FakeProbe) -> None:
     hub.directory.upsert("probe_kitchen", name=None, host=None, ip="127.0.0.1", port=dead,
                          via="static")
     failed = hub.api("POST", "/api/provision", json={"probe_id": "probe_kitchen"},
-                     headers={"X-Token": TOKEN})
+                     headers={"X-API-Key": KEY})
     assert failed.status_code >= 400
     listed = hub.api("GET", "/api/probes", headers={"X-Token": TOKEN}).json()["probes"][0]
     assert listed["last_provision"]["ok"] is False

@@ -1,8 +1,10 @@
 """``python -m connector``: run the MQTT bridge for ``INSTANCE_NAME``."""
 
 import gc
+import sys
 
-from shared.config import load_config, wait_for_health
+from shared.config import CONFIG_ERROR_EXIT, load_config, wait_for_health
+from shared.errors import ConfigError
 
 
 def main() -> None:
@@ -18,7 +20,11 @@ def main() -> None:
     gc.freeze()
     gc.set_threshold(20_000, 10, 10)
     wait_for_health([settings.state_aggregator], secret=settings.internal_secret)
-    bridge = Bridge(settings, instance)
+    try:
+        bridge = Bridge(settings, instance)
+    except ConfigError as exc:  # a TLS file that is not a certificate or key
+        print(f"mqtt-bridge: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(CONFIG_ERROR_EXIT) from exc
     del instance  # the bridge keeps what it needs of it (see Bridge.__init__)
     bridge.run_forever()
 

@@ -13,10 +13,11 @@ import logging
 import secrets
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 
 from shared.instance import Instance
-from shared.mqtt import MqttClient, Will
+from shared.mqtt import MqttClient, Tls, Will
 from shared.rest import RestClient
 from shared.settings import Settings
 from shared.topics import RouteError, RouteKind, Topics
@@ -46,15 +47,28 @@ def slim(instance: Instance) -> Instance:
         update={"sensors": []})})
 
 
+def broker_tls(settings: Settings) -> Tls | None:
+    """The TLS settings of the broker connection (``MQTT_TLS`` and its files), or None."""
+    if not settings.mqtt_tls:
+        return None
+
+    def name(path: Path | None) -> str | None:
+        return str(path) if path is not None else None
+
+    return Tls(ca_file=name(settings.mqtt_ca_file), cert_file=name(settings.mqtt_cert_file),
+               key_file=name(settings.mqtt_key_file), insecure=settings.mqtt_tls_insecure)
+
+
 class Bridge:
     def __init__(self, settings: Settings, instance: Instance) -> None:
         topics = Topics(settings.mqtt_base_topic, settings.instance_name,
                         ha_prefix=settings.ha_discovery_prefix)
         client_id = make_client_id(settings)
         self.client = MqttClient(
-            host=settings.mqtt_host, port=settings.mqtt_port, client_id=client_id,
+            host=settings.mqtt_host, port=settings.broker_port, client_id=client_id,
             keepalive=settings.mqtt_keepalive, username=settings.mqtt_username,
             password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
+            tls=broker_tls(settings),
             will=Will(topics.status, "offline", qos=1, retain=True),
             on_ready=self._on_ready, on_lost=self._on_lost, on_message=self._on_message,
         )

@@ -35,7 +35,8 @@ def problems(run_dir: Path) -> list[str]:
     except (OSError, JSONDecodeError) as exc:
         return [*found, f"no bridge status in {status_file}: {exc}"]
     if not status.get("connected"):
-        found.append(f"{MQTT_BRIDGE.name} is not connected to the broker")
+        why = f": {status['error']}" if status.get("error") else ""
+        found.append(f"{MQTT_BRIDGE.name} is not connected to the broker{why}")
     if time.time() - float(status.get("updated", 0)) > STALE_AFTER_S:
         found.append(f"{MQTT_BRIDGE.name} status is older than {STALE_AFTER_S:.0f} s (bridge stuck?)")
     return found

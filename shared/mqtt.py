@@ -6,6 +6,13 @@ messages far below paho's 16-bit message ids, subscriptions that complete before
 runs, handlers that cannot kill the network thread, a reconnect backoff capped low (a broker that
 comes back is used again within about 2 s), and a stop that never waits on an absent broker.
 
+Credentials and TLS (``Tls``: the broker's CA, a client certificate, verification off only when
+asked) are paho's own (``username_pw_set``, ``tls_set``). A connection that fails (refused
+credentials, a certificate that does not verify, no broker) is logged once per reason, with
+what to check, not once per retry; ``last_error`` keeps the reason for the status file. A broker
+that refuses the credentials is asked again less often (up to ``AUTH_RETRY_MAX_S``): retrying a
+wrong password every second only fills the broker's log.
+
 paho's own in-flight limit is off by default (``max_inflight=0``): with a limit, paho walks its
 message list from the start on every PUBACK to find the next queued message (``_update_inflight``,
 about a tenth of the bridge's CPU under load, and the reason a large limit is slow); without
@@ -18,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +38,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from shared.errors import ConfigError
 from shared.topics import check_publish_topic
 
 log = logging.getLogger(__name__)
@@ -43,6 +53,11 @@ RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 1.5
 # How long ``stop`` may wait on the broker in all (final messages, then the network thread).
 STOP_TIMEOUT_S = 1.5
+# After the broker refused our credentials, the retries back off up to this: the password will
+# not heal by itself, but one fixed on the broker is used within this many seconds.
+AUTH_RETRY_MAX_S = 30.0
+# CONNACK reason codes that mean "not these credentials" (MQTT 5: 0x86, 0x87).
+BAD_CREDENTIALS = (134, 135)
 
 
 class SendWindow:
@@ -84,6 +99,18 @@ class SendWindow:
 
 
 @dataclass(frozen=True, slots=True)
+class Tls:
+    """TLS to the broker: ``ca_file`` the CA that signed its certificate (None: the system's),
+    ``cert_file``/``key_file`` a client certificate for brokers that ask for one, ``insecure``
+    accepts any certificate and host name (encryption without knowing who answers)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Will:
     topic: str
     payload: str
@@ -103,6 +130,7 @@ class MqttClient:
         keepalive: int = 60,
         username: str | None = None,
         password: str | None = None,
+        tls: Tls | None = None,
         will: Will | None = None,
         subscriptions: Sequence[tuple[str, int]] = (),
         on_ready: Callable[[], None] | None = None,
@@ -127,6 +155,11 @@ class MqttClient:
         self._default_handler = on_message
         self.generation = 0  # grows by one on every connection, before ``connected`` is set
         self.dropped_on_network_thread = 0
+        self.url = f"{'mqtts' if tls else 'mqtt'}://{host}:{port}"
+        self.last_error: str | None = None  # why the last connection attempt failed, if it did
+        self._auth_backoff = False
+        self._tls = tls is not None
+        self._refused = False  # this attempt's CONNACK said no (its disconnect is no news)
 
         # MQTT 5, for "retain as published": under 3.1.1 a retained message published while
         # we are subscribed arrives with retain=0, so a retained command could not be refused.
@@ -137,6 +170,8 @@ class MqttClient:
         )
         if username:
             client.username_pw_set(username, password)
+        if tls is not None:
+            _set_tls(client, tls)
         if will is not None:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         # paho hints int, but only doubles and compares the delays: fractions work.
@@ -145,6 +180,7 @@ class MqttClient:
         client.max_inflight_messages_set(max_inflight)
         client.max_queued_messages_set(0)
         client.on_connect = self._handle_connect
+        client.on_connect_fail = self._handle_connect_fail
         client.on_disconnect = self._handle_disconnect
         client.on_subscribe = self._handle_subscribe
         client.on_publish = self._handle_publish
@@ -154,7 +190,7 @@ class MqttClient:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        log.info("connecting to mqtt://%s:%s as %s", self.host, self.port, self.client_id)
+        log.info("connecting to %s as %s", self.url, self.client_id)
         self._client.connect_async(self.host, self.port, keepalive=self._keepalive,
                                    clean_start=True)
         self._client.loop_start()
@@ -255,7 +291,9 @@ class MqttClient:
         self, client: paho.Client, _u: Any, _flags: Any, reason: ReasonCode, props: Any
     ) -> None:
         if reason.is_failure:
-            log.error("broker refused the connection: %s", reason)
+            self._refused = True
+            self._failed(f"the broker refused the connection: {reason}",
+                         bad_credentials=reason.value in BAD_CREDENTIALS)
             return
         # Absent means 65535 (MQTT 5, 3.2.2.3.3).
         self.window.follow_broker(int(getattr(props, "ReceiveMaximum", 65535)))
@@ -283,8 +321,42 @@ class MqttClient:
                 log.error("broker refused subscription %s: %s", topic_filter, code)
         self._ready()
 
+    def _handle_connect_fail(self, _c: paho.Client, _u: Any) -> None:
+        """paho calls this inside its ``except OSError`` around the connect: the exception
+        being handled is why (refused, unreachable, a TLS handshake that failed)."""
+        exc = sys.exc_info()[1]
+        self._failed(f"cannot connect: {exc or 'unknown error'}",
+                     tls_failed=isinstance(exc, ssl.SSLError))
+
+    def _failed(self, why: str, *, bad_credentials: bool = False, tls_failed: bool = False) -> None:
+        """One log line per reason: a retry that fails the same way again is not news."""
+        if why == self.last_error:
+            log.debug("%s: %s (again)", self.url, why)
+            return
+        self.last_error = why
+        hint = ""
+        if bad_credentials:
+            hint = "; check MQTT_USERNAME and MQTT_PASSWORD (retrying less often)"
+            if not self._auth_backoff:
+                self._auth_backoff = True
+                self._client.reconnect_delay_set(min_delay=RECONNECT_MIN_S,  # type: ignore[arg-type]
+                                                 max_delay=AUTH_RETRY_MAX_S)  # type: ignore[arg-type]
+        elif tls_failed:
+            hint = ("; check MQTT_CA_FILE (the CA that signed the broker's certificate), "
+                    "MQTT_CERT_FILE/MQTT_KEY_FILE, and that MQTT_PORT is the broker's TLS port")
+        log.error("%s: %s%s", self.url, why, hint)
+
     def _ready(self) -> None:
-        log.info("connected to mqtt://%s:%s", self.host, self.port)
+        if self.last_error is not None:
+            log.info("connected to %s (the last attempt had failed: %s)", self.url,
+                     self.last_error)
+        else:
+            log.info("connected to %s", self.url)
+        self.last_error = None
+        if self._auth_backoff:
+            self._auth_backoff = False
+            self._client.reconnect_delay_set(min_delay=RECONNECT_MIN_S,  # type: ignore[arg-type]
+                                             max_delay=RECONNECT_MAX_S)  # type: ignore[arg-type]
         self.generation += 1
         self.connected.set()
         if self._on_ready is not None:
@@ -298,8 +370,14 @@ class MqttClient:
     ) -> None:
         was = self.connected.is_set()
         self.connected.clear()
+        refused, self._refused = self._refused, False
         if self._stopping:
-            log.info("disconnected from mqtt://%s:%s", self.host, self.port)
+            log.info("disconnected from %s", self.url)
+        elif not was and not refused:
+            # In without a CONNACK: a TLS broker that wanted a client certificate drops the
+            # connection only after the handshake (TLS 1.3), when it reads our CONNECT.
+            self._failed(f"the broker closed the connection before accepting it ({reason})",
+                         tls_failed=self._tls)
         elif was:
             log.warning("lost the broker (%s); reconnecting every %.1f s at most", reason,
                         RECONNECT_MAX_S)
@@ -316,6 +394,20 @@ class MqttClient:
             if mid in self._windowed:
                 self._windowed.discard(mid)
                 self.window.release()
+
+
+def _set_tls(client: paho.Client, tls: Tls) -> None:
+    """paho's TLS with our settings; a file that is missing or not a certificate or key is a
+    ``ConfigError`` that names the setting."""
+    try:
+        client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
+                       cert_reqs=ssl.CERT_NONE if tls.insecure else ssl.CERT_REQUIRED)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise ConfigError(
+            f"MQTT TLS: cannot use MQTT_CA_FILE={tls.ca_file} MQTT_CERT_FILE={tls.cert_file} "
+            f"MQTT_KEY_FILE={tls.key_file}: {exc}") from exc
+    if tls.insecure:
+        log.warning("MQTT_TLS_INSECURE: the broker's certificate and host name are not checked")
 
 
 def _unsent() -> paho.MQTTMessageInfo:

@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
@@ -34,9 +34,16 @@ class Settings(BaseSettings):
 
     # --- MQTT ---------------------------------------------------------------------------------
     mqtt_host: str = "127.0.0.1"
-    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    mqtt_port: int | None = Field(default=None, ge=1, le=65535)  # see ``broker_port``
     mqtt_username: str | None = None
     mqtt_password: SecretStr | None = None
+    # TLS to the broker: its CA (else the system's), a client certificate and key for brokers
+    # that want one, and no verification at all only when asked.
+    mqtt_tls: bool = False
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
+    mqtt_tls_insecure: bool = False
     mqtt_base_topic: str = "IoT2mqtt"
     mqtt_client_prefix: str = "sensor-hub"
     mqtt_qos: Literal[0, 1, 2] = 1
@@ -121,10 +128,36 @@ class Settings(BaseSettings):
         return v.upper() if isinstance(v, str) and v else (v or None)
 
     @field_validator("mqtt_username", "mqtt_password", "public_base", "server_token",
-                     "mdns_interfaces", "ha_support_url", mode="before")
+                     "mdns_interfaces", "ha_support_url", "mqtt_ca_file", "mqtt_cert_file",
+                     "mqtt_key_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
         return None if v == "" else v
+
+    @model_validator(mode="after")
+    def _tls_coherent(self) -> Settings:
+        """TLS files without ``MQTT_TLS`` would be ignored without a word, and the broker
+        reached in plain text: say so at start instead. A file that is not there either."""
+        files = {"MQTT_CA_FILE": self.mqtt_ca_file, "MQTT_CERT_FILE": self.mqtt_cert_file,
+                 "MQTT_KEY_FILE": self.mqtt_key_file}
+        if not self.mqtt_tls:
+            given = [name for name, path in files.items() if path is not None]
+            if self.mqtt_tls_insecure:
+                given.append("MQTT_TLS_INSECURE")
+            if given:
+                raise ValueError(f"{', '.join(given)} given but MQTT_TLS is not true")
+            return self
+        if self.mqtt_key_file is not None and self.mqtt_cert_file is None:
+            raise ValueError("MQTT_KEY_FILE given without MQTT_CERT_FILE")
+        for name, path in files.items():
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: {path} is not a file")
+        return self
+
+    @property
+    def broker_port(self) -> int:
+        """``MQTT_PORT``, else the usual port: 8883 with TLS, 1883 without."""
+        return self.mqtt_port or (8883 if self.mqtt_tls else 1883)
 
     @cached_property
     def effective_log_level(self) -> str:
@@ -244,7 +277,8 @@ def load_settings() -> Settings:
         settings = Settings()
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" if err["loc"]
+            else err["msg"].removeprefix("Value error, ") for err in exc.errors()
         )
         raise ConfigError(f"invalid environment: {problems}") from exc
     # TZ is honoured for log timestamps and the simulators' daily cycle; the wire stays UTC.

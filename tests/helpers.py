@@ -1,5 +1,6 @@
 """Test helpers: free ports, polling with a deadline (never sleeping for readiness), a real
-mosquitto, and an MQTT subscriber that records what it receives."""
+mosquitto (optionally with a password file and a TLS listener whose certificates come from a
+test CA made here), and an MQTT subscriber that records what it receives."""
 
 from __future__ import annotations
 
@@ -64,12 +65,53 @@ def mosquitto_binary() -> str:
     return found
 
 
+@dataclass(frozen=True)
+class TestCa:
+    """A CA made for one test run, with a certificate for a broker on 127.0.0.1 (and
+    ``localhost``) and one for a client, each with its key (PEM files)."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_test_ca(directory: Path) -> TestCa:
+    """A new CA and the broker's and a client's certificates, with the openssl command line
+    (EC P-256 keys, valid for two days)."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        done = subprocess.run(["openssl", *args], cwd=directory, capture_output=True, text=True,
+                              check=False, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"openssl {' '.join(args)} failed: {done.stderr}")
+
+    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    openssl("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+            "-subj", "/CN=sensor-hub test CA")
+    (directory / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    (directory / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name in ("server", "client"):
+        openssl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN=sensor-hub test {name}")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{name}.crt", "-days", "2",
+                "-extfile", f"{name}.ext")
+    return TestCa(directory / "ca.crt", directory / "server.crt", directory / "server.key",
+                  directory / "client.crt", directory / "client.key")
+
+
 @dataclass
 class Broker:
     host: str
     port: int
     proc: subprocess.Popen[bytes]
     conf: Path
+    tls_port: int | None = None  # the TLS listener's, when it has one
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -85,15 +127,44 @@ class Broker:
         wait_for(lambda: port_open(self.host, self.port), what="mosquitto to listen again")
 
 
-def start_broker(tmp: Path, port: int | None = None, *, extra: str = "") -> Broker:
+def start_broker(tmp: Path, port: int | None = None, *, extra: str = "",
+                 users: Mapping[str, str] | None = None, tls: TestCa | None = None,
+                 require_certificate: bool = False) -> Broker:
+    """A mosquitto on 127.0.0.1: anonymous, or with ``users`` (name: password, in a password
+    file made by ``mosquitto_passwd``) on every listener; with ``tls``, a second listener on
+    ``Broker.tls_port`` with the test CA's broker certificate, wanting a client certificate
+    signed by that CA when ``require_certificate``."""
     port = port or free_port()
     conf = tmp / f"mosquitto-{port}.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                    f"set_tcp_nodelay true\npersistence false\n{extra}")
+    lines = [f"listener {port} 127.0.0.1", "set_tcp_nodelay true", "persistence false"]
+    if users or tls:
+        # Started as root, mosquitto becomes the user "mosquitto" before it reads its key and
+        # password files, which sit in this test's private directory; as any other user this
+        # line does nothing.
+        lines.append("user root")
+    if users:
+        passwords = tmp / f"mosquitto-{port}.passwd"
+        for n, (name, password) in enumerate(users.items()):
+            subprocess.run(["mosquitto_passwd", *(["-c"] if n == 0 else []), "-b",
+                            str(passwords), name, password], check=True, timeout=30,
+                           capture_output=True)
+        lines += ["allow_anonymous false", f"password_file {passwords}"]
+    else:
+        lines.append("allow_anonymous true")
+    tls_port = None
+    if tls is not None:
+        tls_port = free_port()
+        lines += [f"listener {tls_port} 127.0.0.1", f"cafile {tls.ca}",
+                  f"certfile {tls.server_cert}", f"keyfile {tls.server_key}",
+                  f"require_certificate {'true' if require_certificate else 'false'}"]
+    conf.write_text("\n".join(lines) + f"\n{extra}")
     proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: port_open("127.0.0.1", port), what="mosquitto to listen")
-    return Broker("127.0.0.1", port, proc, conf)
+    for listening in (port, tls_port):
+        if listening is not None:
+            wait_for(lambda p=listening: port_open("127.0.0.1", p),  # type: ignore[misc]
+                     what="mosquitto to listen")
+    return Broker("127.0.0.1", port, proc, conf, tls_port)
 
 
 @dataclass
@@ -119,10 +190,14 @@ class Subscriber:
     port: int
     messages: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    username: str | None = None  # for a broker with a password file
+    password: str | None = None
 
     def __post_init__(self) -> None:
         self.client = paho.Client(CallbackAPIVersion.VERSION2,
                                   client_id=f"test-sub-{uuid.uuid4().hex[:8]}")
+        if self.username is not None:
+            self.client.username_pw_set(self.username, self.password)
         self.client.on_message = self._on_message
         self._subscribed = threading.Event()
         self.client.on_subscribe = lambda *_a: self._subscribed.set()

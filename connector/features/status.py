@@ -123,6 +123,7 @@ class StatusFeature(Feature):
             # The outbox too: the dashboard's hub page reads this file, not MQTT.
             tmp.write_bytes(dumps({"connected": self.connected, "client_id": self.ctx.client_id,
                                    "pid": os.getpid(), "updated": time.time(),
+                                   "error": self.ctx.client.last_error,
                                    "outbox": self._state.outbox()}))
             tmp.replace(path)
         except OSError as exc:

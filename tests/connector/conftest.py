@@ -69,7 +69,8 @@ class Hub:
         # One DATA_DIR per test, kept across the test's bridges as across restarts (the
         # discovery ledger lives there), never the checkout's ./data.
         overrides.setdefault("data_dir", tmp_path / "data")
-        settings = Settings(instance_name="br", mqtt_host=broker.host, mqtt_port=broker.port,
+        overrides.setdefault("mqtt_port", broker.port)  # a test may pick the TLS listener's
+        settings = Settings(instance_name="br", mqtt_host=broker.host,
                             mqtt_base_topic=self.base, state_aggregator_url=self.url,
                             hub_run_dir=tmp_path / f"run{len(self.bridges)}", mqtt_keepalive=5,
                             **overrides)

@@ -47,7 +47,8 @@ def conf_programs() -> list[str]:
 def hub_env(tmp_path: Path) -> dict[str, str]:
     """A user's environment with every port moved to a free one (other instances run here)."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MQTT_", "HUB_", "INSTANCE")) and k not in ("DATA_DIR", "PORT")}
+           if not k.startswith(("MQTT_", "HUB_", "INSTANCE"))
+           and k not in ("DATA_DIR", "PORT", "SERVER_TOKEN")}
     env.update({
         "MQTT_PORT": str(free_port()), "MQTT_BASE_TOPIC": f"hubrun{free_port()}",
         "HUB_RUN_DIR": str(tmp_path / "run"), "DATA_DIR": str(tmp_path / "data"),
@@ -234,6 +235,18 @@ def test_readme_poking_it_works_as_printed(demo: HubRun, tmp_path: Path) -> None
     finally:
         os.killpg(subscriber.pid, signal.SIGTERM)
         subscriber.wait(10)
+
+
+def test_the_generated_hub_token_is_printed_once_where_it_is_kept(demo: HubRun) -> None:
+    """SERVER_TOKEN unset: the hub makes one, keeps it under DATA_DIR and says so, with the
+    token, in one line of the ./hub run output."""
+    assert "SERVER_TOKEN" not in demo.env
+    path = Path(demo.env["DATA_DIR"]) / "server_token"
+    token = wait_for(lambda: path.exists() and path.read_text().strip(), timeout=60,
+                     what=f"the generated token in {path}")
+    said = wait_for(lambda: [ln for ln in demo.output().splitlines() if token in ln],
+                    timeout=30, what="the token in the ./hub run output")
+    assert len(said) == 1 and str(path) in said[0] and "SERVER_TOKEN was not set" in said[0]
 
 
 def test_sigterm_stops_supervisord_first_and_the_file_output_stays_whole(demo: HubRun) -> None:

@@ -24,7 +24,8 @@ def main() -> None:
     probe = Probe(hal, probe_id, sensor=make_sensor(hal, device.get("pin", 4)),
                   name=device.get("name"), hub=creds.get("hub"))
     probe.master = MasterClient(probe, HttpTransport(hal), masters=device.get("masters"),
-                                sensor_type=device.get("sensor_type", "esp32_probe"))
+                                sensor_type=device.get("sensor_type", "esp32_probe"),
+                                hub_token=device.get("token") or "")
     if not joined:
         hal.start_access_point(probe_id + "-setup")
         probe.setup_mode = True  # only the setup page until credentials are saved

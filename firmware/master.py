@@ -32,7 +32,7 @@ class MasterClient:
     def __init__(self, probe: "Any", transport: "Any", *, sensor_type: str = "esp32_probe",
                  masters: "Any" = None, tries: int = 3, failback_after: int = 3,
                  default_check_in_s: int = 60, trial_ms: int = 120000,
-                 retry_ms: int = RETRY_MS) -> None:
+                 retry_ms: int = RETRY_MS, hub_token: str = "") -> None:
         self.probe = probe
         self.hal = probe.hal
         self.store = probe.store
@@ -42,6 +42,9 @@ class MasterClient:
         self.mqtt_off_for: str | None = None  # the config hash whose broker did not answer
         self.sensor_type = sensor_type
         self.retry_ms = retry_ms
+        # The hub token for registering when no hub provisioned the probe (device.json "token");
+        # a provisioning hub's token wins.
+        self.hub_token = hub_token
         self.ring = CommandRing(self.store)
         self.ota = Ota(self.hal, self.store, trial_ms=trial_ms)
         self.ota_boot = self.ota.boot()
@@ -116,7 +119,7 @@ class MasterClient:
         now = self.hal.ticks_ms()
         try:
             if not self.registered:
-                self.http.hub_token = self.probe.token  # from the hub's provisioning
+                self.http.hub_token = self.probe.token or self.hub_token
                 answer = self.transport.register(master, self.register_body())
                 self.registered = True
                 self.ever_registered = True

@@ -3,10 +3,13 @@ uploads, the sensor side of master control) and one for management (master contr
 routes, removing and provisioning probes, the dashboard's login and forms). Past its budget a
 client gets 429 with ``Retry-After``; other clients are not affected.
 
-Built on ``limits`` (the library under flask-limiter) with its in-memory moving window, rather
+Built on ``limits`` (the library under flask-limiter) with in-memory fixed windows, rather
 than flask-limiter's decorators: which budget a request spends is decided per request (one
-master control route serves sensors and management alike), in one place, by ``budget_of``.
-The web program has one worker process, so in-memory counts are the hub's counts.
+master control route serves sensors and management alike), in one place, ``guards.budget_of``.
+A fixed window is one counter per client and budget (a moving window keeps every request's time,
+a list as long as the budget); a client may spend up to twice its budget across a window's end,
+which a limit against floods and guessing can afford. The web program has one worker process,
+so in-memory counts are the hub's counts.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Literal
 
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
+from limits.strategies import FixedWindowRateLimiter
 
 Budget = Literal["ingest", "management"]
 
@@ -40,7 +43,7 @@ class RateLimits:
     def __init__(self, limits: dict[Budget, str], *,
                  clock: Callable[[], float] = time.time) -> None:
         self._items = {budget: parse_limit(text) for budget, text in limits.items()}
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._limiter = FixedWindowRateLimiter(MemoryStorage())
         self._clock = clock
 
     def hit(self, budget: Budget, client: str) -> Refusal | None:

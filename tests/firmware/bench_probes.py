@@ -60,7 +60,8 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fwbench-"))
     broker = start_broker(tmp)
-    hub = MasterHub(broker, tmp)
+    # Every virtual probe posts from 127.0.0.1: one client to the hub's per-client budget.
+    hub = MasterHub(broker, tmp, extra_env={"RATE_LIMIT_INGEST": "1000000/minute"})
     hub.call("POST", "/configs", {"config_name": "bench", "sensor_type": "bench", "priority": 1,
                                   "config_data": {"check_in_interval": 30,
                                                   "polling_interval": args.interval}})
@@ -80,7 +81,8 @@ def main() -> None:
     sub.loop_start()
     probes = [VirtualProbe(f"bench-{i}", tmp / "probes", bind="127.0.0.1", masters=[hub.secondary_url],
                            sensor_type="bench", interval_ms=int(args.interval * 1000),
-                           master_options={"default_check_in_s": 30}).start()
+                           master_options={"default_check_in_s": 30,
+                                           "hub_token": hub.instance.hub_token}).start()
               for i in range(args.probes)]
     wait_for(lambda: all(p.probe and p.probe.master and p.probe.master.registered for p in probes),
              timeout=300, interval=0.5, what="every probe registered")

@@ -131,13 +131,15 @@ class Images:
 
 
 class MasterHub:
-    def __init__(self, broker: Broker, tmp: Path) -> None:
+    def __init__(self, broker: Broker, tmp: Path, *,
+                 extra_env: dict[str, str] | None = None) -> None:
         instances = tmp / "instances"
         instances.mkdir()
         (instances / "mc.json").write_text(json.dumps({
             "instance_id": "mc", "friendly_name": "master control", "config": {"sensors": []}}))
         env = instance_env(broker, tmp, instances, "mc")
         env["MASTER_CHECK_IN_INTERVAL"] = "1"
+        env.update(extra_env or {})
         self.env = env
         proc, output = start_supervisord(env)
         self.instance = Instance(env, f"{env['MQTT_BASE_TOPIC']}/v1/instances/mc", proc, output)

@@ -41,8 +41,11 @@ def sub(mosquitto: Broker, hub: MasterHub) -> Iterator[Subscriber]:
 
 
 def start(hub: MasterHub, tmp: Path, sensor_id: str, *, sensor_type: str, **options: Any) -> VirtualProbe:
+    # Not provisioned by the hub: the hub token comes from its settings (device.json "token").
     return VirtualProbe(sensor_id, tmp, bind="127.0.0.1", masters=[hub.primary_url, hub.secondary_url],
-                        sensor_type=sensor_type, master_options={**FAST, **options}).start()
+                        sensor_type=sensor_type,
+                        master_options={**FAST, "hub_token": hub.instance.hub_token,
+                                        **options}).start()
 
 
 def status(probe: VirtualProbe) -> dict[str, Any]:

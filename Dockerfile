@@ -35,7 +35,8 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); p
 COPY . .
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && rm -rf build ./*.egg-info \
-    && install -d -o hub -g hub -m 0750 /app/data /tmp/sensor-hub
+    && install -d -o hub -g hub -m 0750 /app/data \
+    && install -d -o hub -g hub -m 0700 /tmp/sensor-hub
 
 ENV INSTANCES_DIR=/app/instances \
     DATA_DIR=/app/data \
@@ -52,6 +53,9 @@ VOLUME ["/app/data"]
 EXPOSE 8088
 
 # By name, not number: only a named user gets its supplementary groups (dialout) from runc.
+# The image also runs with a read-only root filesystem (docker run --read-only --tmpfs /tmp,
+# compose's read_only: true): it writes only to /app/data and to /tmp (HUB_RUN_DIR with the
+# supervisord socket and the internal secret, gunicorn's worker heartbeat files).
 # hadolint ignore=DL3066
 USER hub
 

@@ -4,8 +4,10 @@ check.
 
 The container runs with host networking against the test broker on 127.0.0.1, with a unique base
 topic and unique ports for the programs, and mounts instances/demo.json read-only as a user
-would. The demo's HTTP motion sensor polls ``${DEMO_SENSORS_HOST}:${DEMO_SENSORS_PORT}``; the test
-runs that demo server from the same image, in a second container, on a free port, so every
+would. It runs as docker-compose.yml runs it: as the image's user, on a read-only root
+filesystem with a tmpfs on /tmp only (podman's own extra tmpfs mounts are turned off, as Docker
+has none). The demo's HTTP motion sensor polls ``${DEMO_SENSORS_HOST}:${DEMO_SENSORS_PORT}``;
+the test runs that demo server from the same image, in a second container, on a free port, so every
 configured device is checked, the polled one included.
 """
 
@@ -97,6 +99,11 @@ def configured_devices(instance_file: Path) -> list[str]:
     return [sensor["sensor_id"] for sensor in instance["config"]["sensors"]]
 
 
+# What docker-compose.yml says (read_only: true, tmpfs: [/tmp]); podman would add tmpfs mounts of
+# its own on /tmp, /var/tmp and /run with --read-only, Docker adds none.
+READ_ONLY = ("--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp:rw,mode=1777")
+
+
 def run_container(hub: Hub, name: str, *args: str) -> None:
     started = podman(hub.env, "run", "--detach", "--name", name, "--network=host", *args)
     if started.returncode != 0:
@@ -149,6 +156,7 @@ def hub(
         run_container(
             hub,
             hub.name,
+            *READ_ONLY,
             *[arg for key, value in environment.items() for arg in ("--env", f"{key}={value}")],
             "--volume",
             f"{instance_file}:/app/instances/{INSTANCE}.json:ro",
@@ -272,6 +280,36 @@ def test_a_probe_reading_on_the_lan_port_becomes_a_retained_state(hub: Hub) -> N
     finally:
         sub.close()
     assert message.json()["device_id"] == "probe_container"
+
+
+def test_runs_as_hub_on_a_read_only_root_filesystem(hub: Hub) -> None:
+    wait_until(lambda: set(supervisor_status(hub).values()) == {"RUNNING"}, timeout=STARTUP_S,
+               what="every program RUNNING", context=hub.logs)
+    inspected = podman(hub.env, "inspect", "--format", "{{.HostConfig.ReadonlyRootfs}}", hub.name)
+    assert inspected.stdout.strip() == "true"
+    who = podman(hub.env, "exec", hub.name, "id", "-u")
+    assert who.stdout.strip() == "10001"
+    for place in ("/app/x", "/opt/venv/x", "/etc/x", "/var/tmp/x"):
+        wrote = podman(hub.env, "exec", hub.name, "touch", place)
+        assert wrote.returncode != 0 and "Read-only file system" in wrote.stderr, (place, wrote)
+    # HUB_RUN_DIR on the tmpfs: private to hub, holding the socket and the internal secret
+    listed = podman(hub.env, "exec", hub.name, "stat", "-c", "%a %U %n", "/tmp/sensor-hub",
+                    "/tmp/sensor-hub/internal.secret", "/tmp/sensor-hub/supervisor.sock")
+    assert listed.stdout.split("\n")[:2] == ["700 hub /tmp/sensor-hub",
+                                              "600 hub /tmp/sensor-hub/internal.secret"], listed
+
+
+def test_the_internal_rest_answers_with_the_secret_only(hub: Hub) -> None:
+    asked = podman(hub.env, "exec", hub.name, "python", "-m", "shared.internal", "request",
+                   "aggregator", "/health")
+    assert asked.returncode == 0, asked.stderr + hub.logs()
+    assert json.loads(asked.stdout)["status"] in ("ok", "degraded"), asked.stdout
+    port = podman(hub.env, "exec", hub.name, "printenv", "STATE_AGGREGATOR_PORT").stdout.strip()
+    try:
+        answer = requests.get(f"http://127.0.0.1:{port}/devices", timeout=5)  # from the host
+    except requests.RequestException as exc:
+        pytest.fail(f"the aggregator did not answer at all: {exc}")
+    assert answer.status_code == 401, answer.text
 
 
 def test_healthcheck_passes(hub: Hub) -> None:

@@ -96,4 +96,8 @@ def test_compose_runs_two_or_more_distinct_instances(compose: dict[str, Any], re
         assert hub["depends_on"]["mosquitto"]["condition"] == "service_healthy"
         assert "shared.healthcheck" in hub["healthcheck"]["test"]
         assert hub["restart"] in {"always", "unless-stopped"}
+        # not root (the image's USER), and nothing written outside the data volume and /tmp
+        assert "user" not in hub, f"{service} must run as the image's user hub"
+        assert hub["read_only"] is True, f"{service} needs a read-only root filesystem"
+        assert "/tmp" in hub["tmpfs"], f"{service} needs a tmpfs on /tmp (its HUB_RUN_DIR)"
     assert len(set(data_volumes)) == len(data_volumes), data_volumes

@@ -94,16 +94,27 @@ def sql_fill(path: Path, rows: int, devices: int, step: float) -> None:
     conn.close()
 
 
-def queries(rows: int, tmp: Path, devices: int = DEVICES, *, by_sql: bool = False) -> None:
+def _query_set(rows: int, tmp: Path, devices: int, *, by_sql: bool,
+               db: Path | None) -> tuple[HistoryStore, Path]:
+    """The store of the query set: kept from an earlier run (``--db``), or made now."""
     step = DAYS * 86400 / (rows / devices)
     started = time.perf_counter()
     chunk = 10_000
+    path = db or tmp / "q.db"
+    if db is not None and db.exists():
+        # A set made before: opening it, and the upgrade the writer would run after the start,
+        # apply any newer migration, timed apart.
+        store = HistoryStore(path)
+        store.upgrade()
+        print(f"opened {path}: migrations applied in {time.perf_counter() - started:.1f} s; "
+              f"{store.count():,} readings; file {store.file_bytes() / 1e6:.0f} MB")
+        return store, path
     if by_sql:
-        sql_fill(tmp / "q.db", rows, devices, step)
-        store = HistoryStore(tmp / "q.db")
+        sql_fill(path, rows, devices, step)
+        store = HistoryStore(path)
         how = "made by SQL, indexes built after"
     else:
-        store = HistoryStore(tmp / "q.db")
+        store = HistoryStore(path)
         builder = Rows("Europe/Berlin")
         for lo in range(0, rows, chunk):
             store.add([builder.row(f"dev{i % devices:03d}", T0 + (i // devices) * step,
@@ -113,6 +124,12 @@ def queries(rows: int, tmp: Path, devices: int = DEVICES, *, by_sql: bool = Fals
     took = time.perf_counter() - started
     print(f"{rows:,} readings of {devices} devices inserted in {took:.1f} s "
           f"({rows / took:,.0f}/s, {how}); file {store.file_bytes() / 1e6:.0f} MB")
+    return store, path
+
+
+def queries(rows: int, tmp: Path, devices: int = DEVICES, *, by_sql: bool = False,
+            db: Path | None = None) -> None:
+    store, path = _query_set(rows, tmp, devices, by_sql=by_sql, db=db)
     rnd = random.Random(1)
 
     def one_day() -> int:
@@ -128,7 +145,7 @@ def queries(rows: int, tmp: Path, devices: int = DEVICES, *, by_sql: bool = Fals
 
     per_day = one_day()
     print(f"  one day, one device ({per_day} readings):   {_ms(one_day, 30):7.2f} ms (store)")
-    hist = History(tmp / "q.db", tz="Europe/Berlin", limits=Limits(None, 100))
+    hist = History(path, tz="Europe/Berlin", limits=Limits(None, 100))
     client = create_app(_aggregator(), history=hist).test_client()
 
     def one_day_route() -> None:
@@ -149,6 +166,8 @@ def queries(rows: int, tmp: Path, devices: int = DEVICES, *, by_sql: bool = Fals
 
     print(f"  latest, one device, GET route:         {_ms(latest_route, 200):7.3f} ms")
     print(f"  latest, all {devices} devices (store):        {_ms(store.latest, 20):7.2f} ms")
+    if db is not None:
+        return  # a kept set is not thinned
     started = time.perf_counter()
     deleted = store.thin(0.25)
     print(f"  thin 25 % of the older days: {deleted:,} deleted in "
@@ -165,6 +184,9 @@ def main() -> None:
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument("--sql-fill", action="store_true",
                         help="make the query set in SQL (for 10 million: minutes, not an hour)")
+    parser.add_argument("--db", type=Path, default=None,
+                        help="keep the query set in this file and use it again when it exists "
+                             "(no thinning then): before/after figures on one set")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-history-") as tmp_name:
         tmp = Path(tmp_name)
@@ -179,7 +201,7 @@ def main() -> None:
                 print(f"  {label:28s} ingest {hot / n * 1e6:6.2f} us/reading "
                       f"({n / hot:9,.0f}/s); all on disk after {disk:6.2f} s "
                       f"({n / disk:9,.0f}/s)")
-        queries(args.rows, tmp, args.devices, by_sql=args.sql_fill)
+        queries(args.rows, tmp, args.devices, by_sql=args.sql_fill, db=args.db)
 
 
 if __name__ == "__main__":

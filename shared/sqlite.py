@@ -23,8 +23,10 @@ def rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-def migrate(conn: sqlite3.Connection, path: Path, migrations: Migrations, *, what: str) -> None:
-    """Apply the ``migrations`` this file lacks; ``what`` names the database in the log."""
+def migrate(conn: sqlite3.Connection, path: Path, migrations: Migrations, *, what: str,
+            upto: int | None = None) -> None:
+    """Apply the ``migrations`` this file lacks (only those up to version ``upto`` when given:
+    a slow one can run later, off the start); ``what`` names the database in the log."""
     conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
                  "(version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
     current = int(conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0)
@@ -33,7 +35,7 @@ def migrate(conn: sqlite3.Connection, path: Path, migrations: Migrations, *, wha
         raise ConfigError(f"{path} has schema version {current}, newer than this code knows "
                           f"({known}); refusing to touch it")
     for version, sql in migrations:
-        if version <= current:
+        if version <= current or (upto is not None and version > upto):
             continue
         # executescript would commit on its own; run each statement in one transaction.
         conn.execute("BEGIN IMMEDIATE")

@@ -188,6 +188,9 @@ class PostgresBackend:
     def file_bytes(self) -> int:
         return self.used_bytes()
 
+    def upgrade(self) -> None:
+        """Nothing: every migration runs at the first connection."""
+
     def after_delete(self) -> None:
         """Nothing: PostgreSQL's WAL is the server's to manage."""
 

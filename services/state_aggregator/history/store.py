@@ -79,6 +79,9 @@ class Backend(Protocol):
     def read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """A query on the reading connection: never waits for a write transaction."""
 
+    def upgrade(self) -> None:
+        """Apply the slow migrations left for after the start (on the writer's thread)."""
+
     def used_bytes(self) -> int: ...
     def file_bytes(self) -> int: ...
     def after_delete(self) -> None:
@@ -157,6 +160,11 @@ class HistoryStore:
 
     def close(self) -> None:
         self.backend.close()
+
+    def upgrade(self) -> None:
+        """The schema migrations too slow for the start (SQLite: an index rebuild of a large
+        file); the writer thread runs this first, the queue absorbing what arrives meanwhile."""
+        self.backend.upgrade()
 
     @contextmanager
     def _tx(self) -> Iterator[Tx]:

@@ -120,6 +120,11 @@ class HistoryWriter:
             return batch
 
     def _run(self) -> None:
+        try:
+            self._store.upgrade()
+        except StoreError as exc:
+            self._conditions.set("upgrade", f"schema upgrade failed: {exc}; the history runs on "
+                                 "the old schema")
         while (batch := self._take()) is not None:
             self.write(batch)
             with self._cv:

@@ -50,7 +50,7 @@ def fill(path: Path, leave: int) -> None:
 
 def readings(days: int, per_day: int) -> list[ReadingIn]:
     step = 86400 / per_day
-    return [ReadingIn(device_id="s", ts_utc=T0 + i * step, payload={"t": i, "pad": "x" * 100})
+    return [ReadingIn(device_id="s", ts_utc=T0 + i * step, payload={"t": i, "pad": "x" * 40})
             for i in range(days * per_day)]
 
 
@@ -80,8 +80,10 @@ def test_history_max_mb(small_disk: Path) -> None:
     assert history.store is not None and history.retention is not None
     history.post(readings(4, 2000))
     assert history.store.used_bytes() > MB
-    history.retention.check()
-    history.retention.check()
+    # At most half of the older days per check: a few checks bring it under the limit (the
+    # covering index makes each reading take more room, so it takes four from here).
+    for _ in range(5):
+        history.retention.check()
     assert history.store.used_bytes() < 1.1 * MB
 
 

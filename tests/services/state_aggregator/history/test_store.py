@@ -45,8 +45,15 @@ def test_wal_indexes_and_incremental_vacuum(sqlite_store: HistoryStore) -> None:
     assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
     indexes = {r[0]: r[1] for r in conn.execute(
         "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
-    assert "(device_id, ts_us)" in indexes["readings_device_ts"]
+    assert "(device_id, ts_us, id, ts_local, rkey, payload)" in indexes["readings_device_ts"]
     assert "(ts_us)" in indexes["readings_ts"]
+    # A device's time range is read from the covering index alone, never the table.
+    plan = " ".join(r[3] for r in conn.execute(
+        "EXPLAIN QUERY PLAN SELECT r.id, r.device_id, r.ts_us, r.ts_local, r.rkey, r.payload "
+        "FROM readings r WHERE device_id = 'a' AND ts_us >= 1 AND ts_us < 2 "
+        "AND (ts_us, id) > (1, 1) ORDER BY ts_us, id LIMIT 10"))
+    assert "USING COVERING INDEX readings_device_ts" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
 
 
 def test_insert_is_idempotent_on_reading_id_or_timestamp(store: HistoryStore) -> None:
@@ -234,3 +241,43 @@ def test_postgresql_unreachable_is_a_store_error() -> None:
     with pytest.raises(StoreError, match=r"127\.0\.0\.1") as refused:
         HistoryStore(f"postgresql://hub:secret@127.0.0.1:{free_port()}/nothing")
     assert "secret" not in str(refused.value)
+
+
+def test_a_large_file_gets_its_covering_index_after_the_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.state_aggregator.history import db
+    from services.state_aggregator.history.retention import Limits
+    from services.state_aggregator.history.service import History
+    from shared.sqlite import migrate
+    from tests.helpers import wait_for
+
+    # A file as the previous release left it: schema version 2, the plain (device_id, ts_us)
+    # index, more readings than the start may rebuild an index of.
+    path = tmp_path / "history.db"
+    conn = db.connect(path)
+    migrate(conn, path, db.MIGRATIONS, what="test", upto=2)
+    conn.executemany("INSERT INTO readings (device_id, ts_us, ts_local, rkey, payload) "
+                     "VALUES (?, ?, ?, ?, ?)", [ROWS.row("a", T0 + i, {"i": i}) for i in range(20)])
+    conn.close()
+    monkeypatch.setattr(db, "SLOW_ROWS", 10)
+
+    def version() -> int:
+        with sqlite3.connect(path) as c:
+            return int(c.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0])
+
+    history = History(path, tz="UTC", limits=Limits(max_bytes=None, disk_percent=100))
+    assert version() == 2  # the start did not wait for the rebuild
+    assert history.store is not None
+    assert len(history.store.query(start=None, end=None, device_id="a", limit=100).readings) == 20
+    history.start()  # the writer's thread upgrades first
+    try:
+        wait_for(lambda: version() == 3, timeout=10, what="the upgrade on the writer's thread")
+        with sqlite3.connect(path) as c:
+            (sql,) = c.execute("SELECT sql FROM sqlite_master "
+                               "WHERE name = 'readings_device_ts'").fetchone()
+        assert "ts_local, rkey, payload" in sql
+        assert history.health()["state"] == "ok"
+        page = history.store.query(start=None, end=None, device_id="a", limit=100)
+        assert [r["payload"]["i"] for r in page.readings] == list(range(20))
+    finally:
+        history.stop()

@@ -133,5 +133,7 @@ def test_every_edge_reading_reaches_the_central_history_once(
     # The sensors' readings and the bulk posted during the outage, all of them.
     assert len(edge_rows) > 60 and {r["device_id"] for r in edge_rows} >= {"edge_bulk",
                                                                           "temp_living_room"}
-    assert health["failures"] >= 2 and health["forwarded"] >= len(edge_rows)
+    # The committed cursor is past every one of them (a count would not do: under load
+    # supervisord may have restarted the edge's aggregator, whose counters start again).
+    assert health["failures"] >= 1 and health["cursor"] >= max(r["id"] for r in edge_rows)
 

@@ -14,7 +14,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -77,11 +77,12 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _migrate_at_open(conn: sqlite3.Connection, path: Path,
-                     migrations: list[tuple[int, str]]) -> None:
-    migrate(conn, path, migrations, what="history database", upto=AT_OPEN_UPTO)
-    if _rows(conn) <= SLOW_ROWS:
-        migrate(conn, path, migrations, what="history database")
+def at_open_upto(conn: sqlite3.Connection) -> int | None:
+    """How far the history's migrations go at open: all of them on a small file, only up to
+    ``AT_OPEN_UPTO`` on a large one (the rest: ``SqliteBackend.upgrade``)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'readings'").fetchone() is None:
+        return None  # a new file: every migration, on no rows
+    return None if _rows(conn) <= SLOW_ROWS else AT_OPEN_UPTO
 
 
 def _rows(conn: sqlite3.Connection) -> int:
@@ -89,22 +90,29 @@ def _rows(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM readings").fetchone()[0])
 
 
-def open_db(path: Path, migrations: list[tuple[int, str]]) -> sqlite3.Connection:
+def open_db(path: Path, migrations: list[tuple[int, str]], *, what: str = "history database",
+            upto: Callable[[sqlite3.Connection], int | None] | None = None) -> sqlite3.Connection:
+    """The file, migrated (only up to what ``upto`` says for it, when given); a file that is
+    not a database is moved aside and a new one started."""
+
+    def _migrate(conn: sqlite3.Connection) -> None:
+        migrate(conn, path, migrations, what=what, upto=upto(conn) if upto else None)
+
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         conn = connect(path)
-        _migrate_at_open(conn, path, migrations)
+        _migrate(conn)
     except sqlite3.DatabaseError as exc:
         if not isinstance(exc, sqlite3.OperationalError) or "not a database" in str(exc):
             aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-            log.error("history database %s is unreadable (%s); moved aside to %s, starting "
-                      "a new one", path, exc, aside)
+            log.error("%s %s is unreadable (%s); moved aside to %s, starting a new one",
+                      what, path, exc, aside)
             for suffix in ("", "-wal", "-shm"):
                 part = Path(f"{path}{suffix}")
                 if part.exists():
                     part.rename(Path(f"{aside}{suffix}"))
             conn = connect(path)
-            _migrate_at_open(conn, path, migrations)
+            _migrate(conn)
         else:
             raise
     return conn
@@ -140,7 +148,7 @@ class SqliteBackend:
         self.where = str(path)
         self.local_dir: Path | None = path.parent
         try:
-            self.conn = open_db(path, MIGRATIONS)
+            self.conn = open_db(path, MIGRATIONS, upto=at_open_upto)
             # Queries read on a connection of their own: in WAL mode a reader runs beside the
             # writer, so a page is not held up by a batch insert or a retention transaction.
             self._reader = connect(path)

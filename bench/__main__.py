@@ -17,14 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import e2e, polling, procs, report, scale, serial_polling, startup
+from . import e2e, master, polling, procs, report, scale, serial_polling, startup
 from .broker import start_broker
 from .modes import MODES
 from .mqttload import ceiling_run
 from .stats import median
 
 log = logging.getLogger("bench")
-SECTIONS = ("ceiling", "e2e", "scale", "polling", "serial", "startup")
+SECTIONS = ("ceiling", "e2e", "scale", "polling", "serial", "startup", "master")
 PAYLOAD = 150
 
 
@@ -91,6 +91,10 @@ def run_sections(results: dict[str, Any], mode: Any, only: list[str],
         if "startup" in only:
             log.info("start-up and idle memory")
             results["startup"] = startup.run(broker, mode)
+        if "master" in only:
+            log.info("master control: %d MQTT + %d HTTP sensors", mode.master_mqtt,
+                     mode.master_http)
+            results["master"] = master.run(broker, mode)
     finally:
         broker.stop()
 

@@ -88,9 +88,70 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
         add("memory", "total PSS < 150 MB at idle", f"{pss:.0f} MB", pss < 150)
         add("start-up", "< 5 s to online + a first state of every demo device",
             f"{s['startup_s']:.2f} s", s["startup_s"] < 5)
+    out += _master_targets(r)
     if r.get("mode") == "smoke":  # every row, the sections' own included: see SMOKE_NOTE
         out = [t | {"holds": None} for t in out]
     return out
+
+
+def _master_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    if "master" not in r:
+        return []
+    m = r["master"]
+    mq, ht = m["mqtt"], m["http"]
+    load = (f"{m['mqtt_sensors']:,} MQTT + {m['http_sensors']:,} HTTP sensors every "
+            f"{m['period_s']:g} s")
+    errors = sum(ht["errors"].values())
+    growth = m["memory_growth"]
+    first = m["memory_samples"][0]["memory"]
+    shares = {name: g["rss_mb"] / first[name]["rss_mb"] for name, g in growth.items()
+              if first[name]["rss_mb"]}
+    republish = m["template_change_median_s"]
+    return [
+        {"target": "master: heartbeat → status", "goal": f"p99 < 100 ms ({load})",
+         "measured": f"MQTT p99 {mq['p99_ms']} ms ({mq['timed']:,} timed, {mq['unanswered']} "
+                     f"unanswered), HTTP p99 {ht['p99_ms']} ms ({ht['samples']:,}, {errors} "
+                     "errors)",
+         "holds": mq["p99_ms"] < 100 and ht["p99_ms"] < 100 and not errors
+         and not mq["unanswered"]},
+        {"target": "master: memory", "goal": "no growth under that load (10 minutes in --full)",
+         "measured": ", ".join(f"{name} {g['rss_mb']:+.1f} MB" for name, g in growth.items())
+                     + f" RSS over {m['window_s']:g} s",
+         "holds": all(share <= 0.05 for share in shares.values())},
+        {"target": "master: template change", "goal": f"{m['mqtt_sensors']:,} configs "
+                                                      "republished < 2 s",
+         "measured": f"{republish:.2f} s (runs: "
+                     + ", ".join(f"{t:.2f}" for t in m["template_change_s"]) + ")",
+         "holds": republish < 2.0},
+    ]
+
+
+def _master_markdown(r: dict[str, Any]) -> list[str]:
+    if "master" not in r:
+        return []
+    m = r["master"]
+    mq, ht = m["mqtt"], m["http"]
+    lines = ["", f"## Master control ({m['mqtt_sensors']:,} sensors over MQTT + "
+             f"{m['http_sensors']:,} over HTTP through `web`, each every {m['period_s']:g} s, "
+             f"{m['window_s']:g} s after a {m['warmup_s']:g} s warm-up)", "",
+             "| figure | value |", "|---|---|",
+             f"| MQTT heartbeat → its config republished (1 in 10 out of sync, timed): p50 / p99 "
+             f"/ max | {mq['p50_ms']} / {mq['p99_ms']} / {mq['max_ms']} ms ({mq['timed']:,} "
+             f"timed of {mq['published']:,} heartbeats, {mq['unanswered']} unanswered) |",
+             f"| HTTP heartbeat answer through `web`: p50 / p99 / max | {ht['p50_ms']} / "
+             f"{ht['p99_ms']} / {ht['max_ms']} ms ({ht['samples']:,} in the window, errors "
+             f"{ht['errors'] or 0}) |",
+             "| template change for the MQTT sensors' type → every config republished | "
+             + ", ".join(f"{t:.2f} s" for t in m["template_change_s"]) + " |",
+             f"| registering all the sensors | {m['register_s']:g} s |",
+             "", "| t s | " + " | ".join(f"{n} RSS / PSS MB" for n in m["memory_growth"])
+             + " | load average |", "|---" * (len(m["memory_growth"]) + 2) + "|"]
+    for sample in m["memory_samples"]:
+        mem = sample["memory"]
+        lines.append(f"| {sample['t_s']:g} | " + " | ".join(
+            f"{mem[n]['rss_mb']:.1f} / {mem[n]['pss_mb']:.1f}" for n in m["memory_growth"])
+            + f" | {sample['loadavg']} |")
+    return lines
 
 
 def write(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
@@ -180,6 +241,7 @@ def markdown(r: dict[str, Any]) -> str:
                   f"| polls made / due | {p['coverage'] * 100:.2f} % |",
                   f"| polls/s | {p['polls_per_s']:g} |"]
     lines += serial_polling.markdown(r)
+    lines += _master_markdown(r)
     if "startup" in r:
         s = r["startup"]
         lines += ["", "## Start-up and memory (demo instance)", "",

@@ -34,9 +34,12 @@ def test_smoke_run_writes_json_and_table_beside_the_committed_results() -> None:
     assert results["e2e"]["latency"]["lost"] == 0
     assert all(s["complete"] for s in results["scale"]["sizes"])
     assert results["startup"]["startup_s"] > 0
+    master = results["master"]
+    assert master["http"]["samples"] > 0 and not master["http"]["errors"]
+    assert master["mqtt"]["unanswered"] == 0 and len(master["template_change_s"]) == 1
     table = (smoke / "latest.md").read_text()
     assert "| target | goal | measured |" in table
-    assert "## MQTT ceiling" in table
+    assert "## MQTT ceiling" in table and "## Master control" in table
     # Tiny loads judge nothing: every verdict is "-", and the table says why.
     assert all(t["holds"] is None for t in results["targets"])
     assert "**holds**" not in table and "**missed**" not in table

@@ -10,7 +10,9 @@ register and heartbeat, and at once when one is queued. What a sensor sends that
 device.
 
 Inbound handlers run on paho's network thread: they only hand the work to a bounded pool
-(``busy`` beyond it), as the other features do.
+(``busy`` beyond it), as the other features do. One sensor's messages always go to the same
+worker, so they are served in the order they came: a sensor that registers and sends data at
+once is registered first.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -46,11 +49,14 @@ class MasterFeature(Feature):
 
     def __init__(self, ctx: BridgeContext) -> None:
         super().__init__(ctx)
-        self._workers = Workers("master", size=MASTER_THREADS, capacity=MASTER_QUEUE)
+        # one thread each, a sensor's messages always on the same one (crc32 of its id)
+        self._workers = [Workers(f"master-{i}", size=1, capacity=MASTER_QUEUE // MASTER_THREADS)
+                         for i in range(MASTER_THREADS)]
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
         self.published_configs = 0
         self.published_commands = 0
+        self.received = 0  # sensor messages handed to the workers or refused (paho's thread)
 
     def handlers(self) -> dict[RouteKind, Inbound]:
         return {"sensor_register": self._inbound(self._register),
@@ -59,13 +65,15 @@ class MasterFeature(Feature):
                 "sensor_data": self._inbound(self._data)}
 
     def start(self) -> None:
-        self._workers.start()
+        for workers in self._workers:
+            workers.start()
         self._follower = threading.Thread(target=self._follow, name="master-feed", daemon=True)
         self._follower.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._workers.stop()
+        for workers in self._workers:
+            workers.stop()
 
     def on_connect(self) -> None:
         """Retained configs may be gone (a broker without persistence): publish them all."""
@@ -83,7 +91,9 @@ class MasterFeature(Feature):
             if retained:
                 return  # a message left on the broker is not a sensor speaking now
             sensor_id = route.target
-            if not self._workers.offer(lambda: self._run(job, sensor_id, payload)):
+            self.received += 1
+            workers = self._workers[zlib.crc32(sensor_id.encode()) % len(self._workers)]
+            if not workers.offer(lambda: self._run(job, sensor_id, payload)):
                 self._error(sensor_id, "BUSY", "master control is busy: too many sensor "
                                                "messages queued; send again later")
         return handle

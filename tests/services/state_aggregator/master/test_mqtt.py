@@ -4,16 +4,21 @@ master control served over HTTP; virtual sensors are MQTT clients of the test.""
 from __future__ import annotations
 
 import json
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 from werkzeug.serving import BaseWSGIServer
 
 from connector.bridge import Bridge
+from connector.features.master import MasterFeature
 from services.state_aggregator.app import create_app
 from services.state_aggregator.core import Aggregator
 from services.state_aggregator.master.admin import MasterAdmin
@@ -188,3 +193,84 @@ def test_a_mapping_change_reaches_home_assistant_discovery(hub: Setup) -> None:
         assert hub.agg.devices[SID].units == {"temperature": "°F"}
     finally:
         ha.close()
+
+
+def test_a_flood_on_the_sensor_topics_is_served_or_refused_and_nothing_grows(hub: Setup) -> None:
+    """Many sensors register, heart-beat and send data as fast as one paho client publishes:
+    every message the bridge gets is either served or refused (``BUSY`` on the sensor's error
+    topic, or counted when even that answer cannot be queued); its queues never hold more than
+    their bounds; afterwards both the bridge and the aggregator serve a new sensor at once."""
+    t = hub.topics
+    feature = next(f for f in hub.bridge.features if isinstance(f, MasterFeature))
+    n_sensors, rounds = 100, 20
+    deepest = [0]
+    flooding = threading.Event()
+
+    def watch() -> None:  # the bounds, sampled while the flood lasts
+        while flooding.is_set():
+            deepest[0] = max(deepest[0], *(w.pending for w in feature._workers))
+            time.sleep(0.001)
+
+    pub = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"flood-{uuid.uuid4().hex[:8]}")
+    pub.max_inflight_messages_set(200)
+    pub.connect(hub.broker.host, hub.broker.port)
+    pub.loop_start()
+    sent = 0
+    flooding.set()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        messages: list[tuple[str, bytes]] = [
+            (t.sensor_register(f"flood_{i:03d}"), b'{"sensor_type": "flood"}')
+            for i in range(n_sensors)]
+        for k in range(rounds):
+            for i in range(n_sensors):
+                sid = f"flood_{i:03d}"
+                messages.append((t.sensor_heartbeat(sid), b'{"status": "online"}'))
+                messages.append((t.sensor_data(sid), json.dumps(
+                    {"batch": [{"id": f"{sid}-{k}", "readings": {"n": k}}]}).encode()))
+        infos = [pub.publish(topic, payload, qos=1) for topic, payload in messages]
+        for info in infos:
+            info.wait_for_publish(30)
+        sent = len(infos)
+
+        def settled() -> bool:
+            """Nothing queued and no message arrived for a second (the broker has sent all it
+            will: past its own queue bound, max_queued_messages, it drops for a subscriber
+            that is behind, and those never reach the bridge)."""
+            now = (feature.received, sum(w.done for w in feature._workers))
+            quiet = now == last[0] and not any(w.pending for w in feature._workers)
+            if now != last[0]:
+                last[:] = [now, time.monotonic()]
+            return quiet and time.monotonic() - last[1] > 1.0
+
+        last: list[Any] = [(-1, -1), time.monotonic()]
+        wait_for(settled, timeout=120, what="the flood served or refused")
+    finally:
+        flooding.clear()
+        watcher.join(5)
+        pub.loop_stop()
+        pub.disconnect()
+    done = sum(w.done for w in feature._workers)
+    refused = sum(w.refused for w in feature._workers)
+    # each message the bridge got once: served or refused, none lost inside, none served twice
+    assert done + refused == feature.received <= sent
+    assert refused > 0, "the flood never filled the queue: it tested nothing"
+    bound = max(w._queue.maxsize for w in feature._workers)
+    assert 0 < deepest[0] <= bound
+    # the refusals were answered, or counted where the answers' own queue was full
+    def busy() -> int:
+        with hub.sub.lock:
+            return len([m for m in hub.sub.messages
+                        if m.topic.endswith("/error") and b'"BUSY"' in m.payload])
+
+    wait_for(lambda: busy() + hub.bridge.ctx.answers.dropped >= refused,
+             what="every refusal answered or counted")
+    # both keep serving: a new sensor registers and gets its config; a flood sensor's heartbeat
+    # is served; the bridge is still connected
+    hub.send(t.sensor_register("after_flood"), {"sensor_type": "flood"})
+    assert hub.sub.wait(t.sensor_config("after_flood"), timeout=30).json()["config_version"] == 1
+    registered = {s["sensor_id"] for s in hub.admin.sensors()}
+    assert "after_flood" in registered and len(registered & {f"flood_{i:03d}" for i in
+                                                              range(n_sensors)}) > 0
+    assert hub.bridge.ctx.client.connected.is_set()

@@ -33,6 +33,8 @@ import orjson
 import paho.mqtt.client as paho
 import requests
 
+from shared.internal import HEADER
+
 from .broker import Broker, wait_until
 from .hub import Hub, instance_doc
 from .modes import Mode
@@ -236,8 +238,9 @@ def _register(hub: Hub, n_mqtt: int, n_http: int) -> tuple[list[tuple[str, str]]
 
     def mqtt_one(i: int) -> tuple[str, str]:
         sid = f"bm{i:05d}"
-        answer = session().post(f"{internal}/register", timeout=30, json={
-            "sensor_id": sid, "sensor_type": "bench_mqtt"})
+        answer = session().post(f"{internal}/register", timeout=30,
+                                headers={HEADER: hub.secret},
+                                json={"sensor_id": sid, "sensor_type": "bench_mqtt"})
         answer.raise_for_status()
         return sid, str(answer.json()["config_hash"])
 

@@ -17,7 +17,7 @@ import requests
 
 from tests.conftest import ROOT
 from tests.e2e.conftest import Instance, demo_instance
-from tests.helpers import Broker, Subscriber, wait_for
+from tests.helpers import Broker, Subscriber, internal_headers, wait_for
 
 pytestmark = pytest.mark.e2e
 KEY = "change-me"  # what the README runs the hub with
@@ -68,16 +68,17 @@ def test_the_readme_examples_work_as_printed(hub: Instance, mosquitto: Broker,
     assert "B=IoT2mqtt/v1/instances/demo" in mqtt_block
     assert "M=http://127.0.0.1:8088/api/sensor-master" in http_block
     internal = f"http://127.0.0.1:{hub.env['STATE_AGGREGATOR_PORT']}/master"
+    secret = internal_headers(hub.env)
     sub = Subscriber(mosquitto.host, mosquitto.port).subscribe(f"{hub.root_topic}/#")
     try:
         # HTTP first: its template maps the MQTT sensor's reading too (same sensor type)
         out = run_block(http_block, hub, mosquitto, tmp_path)
         assert '"status":"registered"' in out.replace(" ", "")
         assert "HTTP/1.1 200" in out  # the config fetch, printed with -i
-        sensor = requests.get(f"{internal}/sensors/esp32_001", timeout=10).json()
+        sensor = requests.get(f"{internal}/sensors/esp32_001", headers=secret, timeout=10).json()
         assert (sensor["sensor_name"], sensor["status"]) == ("Chamber 1", "online")
         commands = requests.get(f"{internal}/commands", params={"sensor_id": "esp32_001"},
-                                timeout=10).json()["commands"]
+                                headers=secret, timeout=10).json()["commands"]
         assert [c["command_type"] for c in commands] == ["set_target_temp"]
         state = sub.wait(f"{hub.root_topic}/devices/esp32_001/state",
                          where=lambda m: "temperature" in m.json()).json()
@@ -89,7 +90,7 @@ def test_the_readme_examples_work_as_printed(hub: Instance, mosquitto: Broker,
         state = sub.wait(f"{hub.root_topic}/devices/esp32_002/state",
                          where=lambda m: "temperature" in m.json()).json()
         assert state["temperature"] == 19.2
-        wait_for(lambda: requests.get(f"{internal}/sensors/esp32_002", timeout=10)
+        wait_for(lambda: requests.get(f"{internal}/sensors/esp32_002", headers=secret, timeout=10)
                  .json().get("status") == "online", what="esp32_002 online")
     finally:
         sub.close()

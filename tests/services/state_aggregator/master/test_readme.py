@@ -1,6 +1,7 @@
 """The README's "Master control" examples work as printed: its ``sh`` blocks run in bash against
 the demo instance under the real supervisord (with ``MASTER_API_KEY=change-me``, as the README
-says), only the broker's and the LAN port's addresses pointed at the test's, and their effects are
+says), only the broker's and the LAN port's addresses and ``DATA_DIR`` (where the generated hub
+token is) pointed at the test's, and their effects are
 checked on the real wire: the sensors exist, the template maps the reading into device state on
 MQTT, the command is queued."""
 
@@ -41,6 +42,7 @@ def run_block(block: str, hub: Instance, mosquitto: Broker, tmp: Path) -> str:
     become the test instance's, and mosquitto's clients get the test broker's port."""
     script = block.replace("B=IoT2mqtt/v1/instances/demo", f"B={hub.root_topic}")
     script = script.replace("http://127.0.0.1:8088", f"http://127.0.0.1:{hub.env['PORT']}")
+    script = script.replace("data/demo/", f"{hub.env['DATA_DIR']}/")  # ./hub run's DATA_DIR
     bin_dir = tmp / "bin"
     bin_dir.mkdir(exist_ok=True)
     for tool in ("mosquitto_pub", "mosquitto_sub"):
@@ -67,6 +69,7 @@ def test_the_readme_examples_work_as_printed(hub: Instance, mosquitto: Broker,
     mqtt_block, http_block = blocks()
     assert "B=IoT2mqtt/v1/instances/demo" in mqtt_block
     assert "M=http://127.0.0.1:8088/api/sensor-master" in http_block
+    assert "data/demo/server_token" in http_block  # the hub token ./hub run generates
     internal = f"http://127.0.0.1:{hub.env['STATE_AGGREGATOR_PORT']}/master"
     secret = internal_headers(hub.env)
     sub = Subscriber(mosquitto.host, mosquitto.port).subscribe(f"{hub.root_topic}/#")

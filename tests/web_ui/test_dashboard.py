@@ -320,8 +320,10 @@ def test_sensor_page_explains_its_config_rolls_back_and_edits_groups(hub: Instan
                                                                      browser: Any) -> None:
     sensor = "esp_hist"
     answer = requests.post(f"{lan(hub)}/api/sensor-master/register", timeout=5, json={
-        "sensor_id": sensor, "sensor_name": "History test", "sensor_type": "ui_hist"})
+        "sensor_id": sensor, "sensor_name": "History test", "sensor_type": "ui_hist"},
+        headers={"X-Token": hub.hub_token})
     assert answer.ok, answer.text
+    own = {"Authorization": f"Bearer {answer.json()['token']}"}  # the sensor's own token
     headers = {"X-API-Key": KEY}
     for interval in (10, 20):  # two template versions: the sensor gets v2, then v3
         made = requests.post(f"{lan(hub)}/api/sensor-master/configs", headers=headers, timeout=5,
@@ -343,12 +345,14 @@ def test_sensor_page_explains_its_config_rolls_back_and_edits_groups(hub: Instan
     page.click("#history tr[data-version='2'] button:text-is('Roll back to this')")
     assert "rolled back to version 2" in page.inner_text("#outcome.ok")
     assert "pinned to version 4" in page.inner_text("#reason")
-    fetched = requests.get(f"{lan(hub)}/api/sensor-master/config/{sensor}", timeout=5).json()
+    fetched = requests.get(f"{lan(hub)}/api/sensor-master/config/{sensor}", timeout=5,
+                           headers=own).json()
     assert fetched["config"]["report_interval"] == 10
     assert fetched["config_hash"] == page.inner_text("#hash").strip()
     page.click("#unpin")
     assert "follows its templates again" in page.inner_text("#outcome.ok")
-    fetched = requests.get(f"{lan(hub)}/api/sensor-master/config/{sensor}", timeout=5).json()
+    fetched = requests.get(f"{lan(hub)}/api/sensor-master/config/{sensor}", timeout=5,
+                           headers=own).json()
     assert fetched["config"]["report_interval"] == 20
     # groups: made on the master page with a member, then left from the sensor's page
     page.goto(f"{lan(hub)}/ui/master")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from shared.errors import ConfigError
-from shared.instance import expand_env, json_schema, load_instance, parse_instance
+from shared.instance import json_schema, load_instance
 from tests.conftest import ROOT
 
 
@@ -181,12 +181,3 @@ def test_the_checker_without_files_checks_the_environments_instance(tmp_path: Pa
     checked = _checker(env=_env(INSTANCES_DIR=str(ROOT / "instances"), INSTANCE_NAME="lab"))
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.strip() == f"{ROOT / 'instances' / 'lab.json'}: ok (instance 'lab', 2 sensors)"
-
-
-@pytest.mark.parametrize("name", ["demo", "lab"])
-def test_a_file_read_straight_from_its_text_is_the_file_read_as_a_tree(name: str) -> None:
-    # load_instance validates a file without ${...} from its text (a lower memory peak; lab),
-    # one with it through the tree (demo); either way the result is the tree's.
-    path = ROOT / "instances" / f"{name}.json"
-    tree = expand_env(json.loads(path.read_text()), os.environ)
-    assert load_instance(path) == parse_instance(tree)

@@ -38,7 +38,12 @@ def _check_property_names(values: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # cache_strings="keys": pydantic's JSON parser keeps a global cache of the strings it
+    # made, field values too by default; those few cached strings, scattered over the memory
+    # of a 10,000-change page, keep it from being given back after the page is gone
+    # (measured: RSS 21 MB higher after five such pages with the default, 8 MB with keys
+    # only, at the same parse time). Keys are the same few names every time.
+    model_config = ConfigDict(extra="ignore", frozen=True, cache_strings="keys")
 
 
 M = TypeVar("M", bound=_Model)

@@ -15,7 +15,7 @@ from flask import Blueprint, Response, current_app, request
 from shared.openapi import describe
 from shared.timeutil import iso
 from shared.topics import ID_RE
-from shared.web import json_object_body, json_response
+from shared.web import ApiError, json_object_body, json_response
 
 from .auth import Credentials, presented_key, presented_token
 from .errors import LanError
@@ -73,7 +73,10 @@ def _authorize() -> None:
         # Probe firmware sends X-Token; a query parameter or a JSON field also do (older ones).
         token = presented_token() or request.args.get("token")
         if token is None and request.method == "POST":
-            given = _body().get("token")
+            try:
+                given = _body().get("token")
+            except ApiError:  # not a JSON object: no token in it (the route would say why)
+                given = None
             token = given if isinstance(given, str) else None
         creds.require_hub(token)
     elif request.endpoint == "probe_api.probes":

@@ -68,6 +68,9 @@ def test_token_is_required_and_checked(client: FlaskClient) -> None:
     assert client.delete("/api/probes/adhoc", headers={"X-API-Key": "no"}).status_code == 401
     bearer = client.post("/api/ingest", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
     assert bearer.status_code == 200
+    # a body that is not JSON tells nothing to a client without the token
+    garbage = client.post("/api/ingest", data=b"{nope", content_type="application/json")
+    assert garbage.status_code == 401
     assert client.post("/api/ingest", json={**body, "token": TOKEN}).status_code == 200
     quick = client.get(f"/api/ingest?temperature_c=22.3&probe_id=adhoc&token={TOKEN}")
     assert quick.status_code == 200 and quick.get_json()["stored"] == ["temperature_c"]

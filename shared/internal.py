@@ -64,18 +64,11 @@ def new_secret(run_dir: Path) -> str:
     return secret
 
 
-def load_secret(run_dir: Path) -> str:
-    """The instance's secret, made now when there is none (the first process of an instance
-    started without ``new`` wins; the others read its secret). ``ConfigError`` when the file
-    is readable by others or is not this user's: it would not lock anything."""
-    path = secret_path(run_dir)
+def _stat_or_make(path: Path) -> os.stat_result:
     try:
-        st = path.stat()
+        return path.stat()
     except FileNotFoundError:
-        try:
-            _private_dir(run_dir)
-        except OSError as exc:
-            raise ConfigError(f"HUB_RUN_DIR: cannot create {run_dir}: {exc}") from exc
+        _private_dir(path.parent)
         tmp = _write_private(path, secrets.token_urlsafe(32))
         try:
             os.link(tmp, path)  # fails when another process made it first: theirs counts
@@ -83,12 +76,24 @@ def load_secret(run_dir: Path) -> str:
             pass
         finally:
             tmp.unlink()
-        st = path.stat()
+        return path.stat()
+
+
+def load_secret(run_dir: Path) -> str:
+    """The instance's secret, made now when there is none (the first process of an instance
+    started without ``new`` wins; the others read its secret). ``ConfigError`` when the file
+    is readable by others or is not this user's: it would not lock anything."""
+    path = secret_path(run_dir)
+    try:
+        st = _stat_or_make(path)
+        secret = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"HUB_RUN_DIR: cannot keep the internal secret in {run_dir}: "
+                          f"{exc}") from exc
     if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(f"{path} must be this user's and of mode 0600 "
                           f"(it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}); "
                           "remove it and restart the instance")
-    secret = path.read_text().strip()
     if not secret:
         raise ConfigError(f"{path} is empty; remove it and restart the instance")
     return secret

@@ -126,3 +126,9 @@ def test_rest_client_without_the_secret_is_refused(aggregator: tuple[str, str],
     with pytest.raises(ServiceError) as caught:
         RestClient(url, name="state-aggregator", secret=secret).get("/devices")
     assert caught.value.status == status
+
+
+def test_a_run_dir_that_cannot_hold_the_secret_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigError, match=r"HUB_RUN_DIR: cannot keep the internal secret in "):
+        load_secret(tmp_path / "a-file" / "run")

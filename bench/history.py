@@ -26,6 +26,7 @@ from services.state_aggregator.app import create_app
 from services.state_aggregator.history.retention import Limits
 from services.state_aggregator.history.service import History
 from services.state_aggregator.history.store import HistoryStore, Rows
+from shared.models import ReadingObs
 
 DEVICES = 100
 DAYS = 10
@@ -45,7 +46,10 @@ def ingest(n: int, batch: int, mode: str, tmp: Path) -> tuple[float, float]:
     hist = _history(tmp) if mode != "off" else None
     if hist is not None and hist.writer is not None:
         writer = hist.writer
-        agg.history_sink = writer.offer if mode == "thread" else writer.write
+        def inline(readings: list[ReadingObs]) -> None:
+            writer.write(readings)
+
+        agg.history_sink = writer.offer if mode == "thread" else inline
     started = time.perf_counter()
     for i in range(0, n, batch):
         agg.ingest(readings[i:i + batch], source="bench")

@@ -55,16 +55,52 @@ class Postgres:
     url: str
     port: int
     directory: Path
-    proc: subprocess.Popen[bytes]
     prefix: list[str]
+    proc: subprocess.Popen[bytes] | None = None
 
-    def stop(self) -> None:
+    def serve(self) -> None:
+        """Start the server on the cluster (again, after ``halt``) and wait until it accepts
+        connections."""
+        import psycopg
+
+        log = self.directory / "server.log"
+        # fsync off: a test cluster needs no durability, and the shared disk stays quiet.
+        proc = subprocess.Popen(
+            [*self.prefix, postgres_bin("postgres"), "-D", str(self.directory / "data"),
+             "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
+             "-c", f"unix_socket_directories={self.directory}",
+             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+             "-c", "max_connections=50", "-c", "shared_buffers=32MB"],
+            stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+        self.proc = proc
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"postgres exited: {log.read_text(errors='replace')}")
+            if not port_open("127.0.0.1", self.port):
+                return False
+            try:  # listening is not yet accepting: "the database system is starting up"
+                psycopg.connect(self.url, connect_timeout=2).close()
+            except psycopg.OperationalError:
+                return False
+            return True
+
+        wait_for(ready, timeout=60, what="postgres to accept connections")
+
+    def halt(self) -> None:
+        """Stop the server, keeping its cluster (``serve`` starts it again)."""
+        if self.proc is None:
+            return
         self.proc.send_signal(signal.SIGINT)  # fast shutdown: does not wait for clients
         try:
             self.proc.wait(15)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+        self.proc = None
+
+    def stop(self) -> None:
+        self.halt()
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def create_database(self, name: str) -> str:
@@ -81,39 +117,20 @@ def start_postgres() -> Postgres:
     # Not under pytest's tmp_path: its parents are private to the invoking user, and the server
     # may run as another one.
     directory = Path(tempfile.mkdtemp(prefix="sensor-hub-pg-"))
-    data, log = directory / "data", directory / "server.log"
     if user is not None:
         os.chown(directory, user.pw_uid, user.pw_gid)
-    port = free_port()
     try:
-        subprocess.run([*prefix, postgres_bin("initdb"), "-D", str(data), "-U", "hub",
-                        "--auth=trust", "--encoding=UTF8", "--no-sync"],
+        subprocess.run([*prefix, postgres_bin("initdb"), "-D", str(directory / "data"), "-U",
+                        "hub", "--auth=trust", "--encoding=UTF8", "--no-sync"],
                        check=True, capture_output=True, timeout=120)
-        # fsync off: a test cluster needs no durability, and the shared disk stays quiet.
-        proc = subprocess.Popen(
-            [*prefix, postgres_bin("postgres"), "-D", str(data), "-p", str(port),
-             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={directory}",
-             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-             "-c", "max_connections=50", "-c", "shared_buffers=32MB"],
-            stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     except subprocess.CalledProcessError as exc:
         shutil.rmtree(directory, ignore_errors=True)
         raise RuntimeError(f"initdb failed: {exc.stderr.decode(errors='replace')}") from exc
-    url = f"postgresql://hub@127.0.0.1:{port}/postgres"
-    server = Postgres(url, port, directory, proc, prefix)
-
-    def ready() -> bool:
-        import psycopg
-
-        if proc.poll() is not None:
-            raise RuntimeError(f"postgres exited: {log.read_text(errors='replace')}")
-        if not port_open("127.0.0.1", port):
-            return False
-        try:  # listening is not yet accepting: "the database system is starting up"
-            psycopg.connect(url, connect_timeout=2).close()
-        except psycopg.OperationalError:
-            return False
-        return True
-
-    wait_for(ready, timeout=60, what="postgres to accept connections")
+    port = free_port()
+    server = Postgres(f"postgresql://hub@127.0.0.1:{port}/postgres", port, directory, prefix)
+    try:
+        server.serve()
+    except BaseException:
+        server.stop()
+        raise
     return server

@@ -7,9 +7,10 @@ who query the server themselves), and the same indexes: (device_id, ts_us), ts_u
 idempotency key (device_id, rkey). Migrations are numbered as SQLite's, applied under an advisory
 lock so two hubs starting against one server do not race.
 
-The connections are made when first needed and made again after the server went away, so a
-server that is down at start or restarts costs the readings of that time (counted as ``failed``
-in ``/health``), never the aggregator.
+The connections are made when first needed and made again after the server went away. While
+the server is unreachable the writer keeps its queue and tries again (``HistoryWriter``), so a
+server restart costs no readings unless the queue (``HISTORY_QUEUE``) fills meanwhile; a server
+that is down when the aggregator starts leaves it without a history (``/health`` says why).
 """
 
 from __future__ import annotations
@@ -106,7 +107,12 @@ class PostgresBackend:
             self._connection()  # migrate now: a bad URL or schema shows at start
 
     def _error(self, exc: psycopg.Error) -> StoreError:
-        return StoreError(f"{self.where}: {str(exc).strip()}", full=exc.sqlstate in FULL_STATES)
+        # No SQLSTATE: the connection failed or broke; class 08 is a connection exception,
+        # 57P01-03 the server shutting down or starting up.
+        gone = isinstance(exc, psycopg.OperationalError) and (
+            exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P")))
+        return StoreError(f"{self.where}: {str(exc).strip()}", full=exc.sqlstate in FULL_STATES,
+                          unavailable=gone)
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:

@@ -128,8 +128,12 @@ class History:
                                 "reasons": list(problems.values()), "path": self.path,
                                 "backend": self.store.backend.kind if self.store else None}
         if self.store is not None and self.writer is not None and self.retention is not None:
+            try:
+                size: int | None = self.store.file_bytes()
+            except StoreError:  # a database server that is away: health answers all the same
+                size = None
             body.update({
-                "file_bytes": self.store.file_bytes(),
+                "file_bytes": size,
                 "pending": self.writer.pending, **self.writer.counters,
                 "deleted": self.retention.deleted, "retention_checks": self.retention.checks,
                 "last_retention": self.retention.last or None,

@@ -37,12 +37,15 @@ Row = tuple[str, int, str, str, str]
 
 class StoreError(Exception):
     """A write or query the database refused: a full disk, an I/O error, a server that is gone
-    or refuses. ``full`` when it was for want of space. Raised by every store method in place
-    of the driver's own exception."""
+    or refuses. ``full`` when it was for want of space; ``unavailable`` when the database could
+    not be reached at all (a PostgreSQL server down or restarting), so trying the same write
+    again later may succeed. Raised by every store method in place of the driver's own
+    exception."""
 
-    def __init__(self, message: str, *, full: bool = False) -> None:
+    def __init__(self, message: str, *, full: bool = False, unavailable: bool = False) -> None:
         super().__init__(message)
         self.full = full
+        self.unavailable = unavailable
 
 
 class CursorError(ValueError):

@@ -20,6 +20,7 @@ from .store import HistoryStore, Row, Rows, StoreError
 
 log = logging.getLogger(__name__)
 
+RETRY_MAX_S = 30.0  # the longest wait between tries of an unreachable database
 MAX_ROWS_PER_TX = 20_000  # one transaction per wake-up, but not one that holds the lock for long
 
 
@@ -125,28 +126,50 @@ class HistoryWriter:
         except StoreError as exc:
             self._conditions.set("upgrade", f"schema upgrade failed: {exc}; the history runs on "
                                  "the old schema")
+        delay = 0.0
         while (batch := self._take()) is not None:
-            self.write(batch)
+            if not self.write(batch):
+                # The database is unreachable: the batch goes back to the head of the queue
+                # (still counted as pending, so offers past HISTORY_QUEUE are dropped) and is
+                # tried again after a wait, 0.5 s doubling to RETRY_MAX_S. Stopping meanwhile
+                # loses it, counted.
+                delay = min(RETRY_MAX_S, max(0.5, delay * 2))
+                with self._cv:
+                    self._queue.appendleft(batch)
+                    if self._cv.wait_for(lambda: self._stop, delay):
+                        self.counters["failed"] += self._pending
+                        return
+                continue
+            delay = 0.0
             with self._cv:
                 self._pending -= len(batch)
                 self._cv.notify_all()
             if self._pending < self._max_pending // 2:
                 self._conditions.clear("queue_full")
 
-    def write(self, readings: Sequence[ReadingObs]) -> None:
+    def write(self, readings: Sequence[ReadingObs]) -> bool:
+        """Store ``readings``; ``False`` only when the database was unreachable and the batch
+        should be tried again (any other failure drops it, counted)."""
         rows: list[Row] = [self._rows.row(r.device_id, r.ts, r.values) for r in readings]
         try:
             added = self._store.add(rows)
         except StoreError as exc:
+            if exc.unavailable:
+                self._conditions.set("unavailable", f"{exc}; live data still flows, the "
+                                     f"history keeps {self._pending} readings queued and "
+                                     "tries again")
+                return False
             key = failure_key(exc)
             self.counters["failed"] += len(rows)
             self._conditions.set(key, f"{exc}; live data still flows, "
                                  "these readings are not in the history")
             if key == "disk_full" and self._on_full is not None:
                 self._on_full()
-            return
-        recovered = [key for key in ("disk_full", "write_failed") if self._conditions.clear(key)]
+            return True
+        recovered = [key for key in ("disk_full", "write_failed", "unavailable")
+                     if self._conditions.clear(key)]
         if "disk_full" in recovered and self._on_full is not None:
             self._on_full()  # space is back: retention measures again now, not in 5 minutes
         self.counters["stored"] += added
         self.counters["duplicates"] += len(rows) - added
+        return True

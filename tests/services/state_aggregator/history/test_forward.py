@@ -206,9 +206,9 @@ def test_history_wires_the_forwarder_and_reports_it(tmp_path: Path, central: Cen
     hist.start()
     try:
         add(hist, 20)
-        wait_for(lambda: len(central.stored()) == 21, timeout=20, what="21 forwarded readings")
+        wait_for(lambda: len(central.stored()) == 21, timeout=60, what="21 forwarded readings")
         health = wait_for(lambda: (h := hist.health()["forward"])["backlog"] == 0 and h,
-                          timeout=10, what="the backlog in /health")
+                          timeout=60, what="the backlog in /health")
         assert health["url"] == f"http://127.0.0.1:{central.port}/history/readings/bulk"
         assert health["forwarded"] == 21 and health["batches"] == 5
     finally:

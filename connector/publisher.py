@@ -1,11 +1,14 @@
 """The one place every outgoing message passes through: it renders payloads (orjson, ISO
-timestamps added by the callers) and hands them to the MQTT client. The durable outbox will sit
-here, so that nothing the hub accepted is lost while the broker is away."""
+timestamps added by the callers) and hands them to the MQTT client. ``last`` is the newest
+message's paho info: the state feature commits its position in the aggregator's durable log
+once the message that ended a page is acknowledged (PUBACK for QoS 1, on the socket for QoS 0)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+
+import paho.mqtt.client as paho
 
 from shared.jsonutil import dumps
 from shared.mqtt import MqttClient
@@ -19,6 +22,7 @@ class Publisher:
         self.default_qos = default_qos
         self.state_retain = state_retain
         self.published = 0
+        self.last: paho.MQTTMessageInfo | None = None
 
     def json(self, topic: str, payload: Any, *, qos: int | None = None, retain: bool = False) -> None:
         self.raw(topic, dumps(payload), qos=qos, retain=retain)
@@ -27,8 +31,9 @@ class Publisher:
         self.raw(topic, payload.encode(), qos=qos, retain=retain)
 
     def raw(self, topic: str, payload: bytes, *, qos: int | None = None, retain: bool = False) -> None:
-        self._client.publish(topic, payload, qos=self.default_qos if qos is None else qos,
-                             retain=retain)
+        self.last = self._client.publish(topic, payload,
+                                         qos=self.default_qos if qos is None else qos,
+                                         retain=retain)
         self.published += 1
 
     @property

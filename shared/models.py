@@ -152,6 +152,9 @@ Observation = Annotated[ReadingObs | ErrorObs | EventObs | LinkObs, Field(discri
 class IngestBatch(_Model):
     source: str
     items: list[Observation] = Field(max_length=100_000)
+    # The pusher's name for this batch: a batch resent after the aggregator stored it but
+    # could not answer (it restarted) is answered again, not applied twice.
+    batch_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
 
 
 class RegisterDevice(_Model):
@@ -271,6 +274,13 @@ class ChangesPage(_Model):
     seq: int
     resync: bool = False
     changes: list[Change]
+
+
+class CursorCommit(_Model):
+    """``POST /cursors/{reader}``: everything up to ``seq`` of the log ``epoch`` is delivered."""
+
+    epoch: str
+    seq: Annotated[int, Field(ge=0)]
 
 
 class DeviceSnapshot(_Model):

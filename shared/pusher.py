@@ -12,6 +12,12 @@ reading or two, and the requests, not the readings, would eat the CPU of both pr
 the previous request ended only moments ago (the hub is busy), the thread lingers ``linger``
 seconds before taking the batch: at idle a reading still goes at once, under load the batches
 grow and the requests become few.
+
+A batch taken is kept, with its id, until the aggregator answers it; a failed request sends the
+same batch again under the same id. The aggregator stores a batch's changes (and its id) before
+it answers, so a batch it stored but could not answer (it was killed in between) is recognised
+when it comes again, and not applied twice. What a handler holds in memory (its queue and the
+unanswered batch) is the only window in which a crash of the handler itself loses readings.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 
 from shared.errors import ServiceError
@@ -44,6 +51,9 @@ class Pusher:
         self._cond = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
+        self._inflight: list[Obs] = []  # the batch taken and not yet answered
+        self._prefix = f"{source}-{uuid.uuid4().hex[:12]}"
+        self._batch_no = 0
         self.sent = 0
         self.batches = 0
         self.dropped = 0
@@ -70,40 +80,48 @@ class Pusher:
 
     def stats(self) -> dict[str, int]:
         with self._cond:
-            queued = len(self._queue)
+            queued = len(self._queue) + len(self._inflight)
         return {"queued": queued, "sent": self.sent, "batches": self.batches,
                 "dropped": self.dropped, "failures": self.failures}
 
+    def _take(self) -> tuple[str, list[Obs]] | None:
+        """The next batch and its id (``None`` when stopping with nothing left)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._queue or self._stop)
+            if self._stop and not self._queue:
+                return None
+            busy = time.monotonic() - self._last_post_end < self._busy_within
+            if busy and len(self._queue) < self._max_batch and not self._stop:
+                # let the readings that are on their way join this request
+                self._cond.wait_for(lambda: self._stop, timeout=self._linger)
+            n = min(len(self._queue), self._max_batch)
+            self._inflight = [self._queue.popleft() for _ in range(n)]
+        self._batch_no += 1
+        return f"{self._prefix}-{self._batch_no}", self._inflight
+
     def _run(self) -> None:
         backoff = 0.2
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._stop)
-                if self._stop and not self._queue:
-                    return
-                busy = time.monotonic() - self._last_post_end < self._busy_within
-                if busy and len(self._queue) < self._max_batch and not self._stop:
-                    # let the readings that are on their way join this request
-                    self._cond.wait_for(lambda: self._stop, timeout=self._linger)
-                n = min(len(self._queue), self._max_batch)
-                batch = [self._queue[i] for i in range(n)]
-            try:
-                # model_construct: these are the handler's own, already validated models.
-                body = to_json(IngestBatch.model_construct(source=self._source, items=batch))
-                self._client.post("/ingest", body, timeout=10.0)
-            except ServiceError as exc:
-                self.failures += 1
-                if self.failures == 1 or backoff >= 5.0:
-                    log.warning("cannot deliver %d observations (%s); retrying", n, exc)
-                with self._cond:
-                    if self._cond.wait_for(lambda: self._stop, timeout=backoff):
-                        return
-                backoff = min(backoff * 2, 5.0)
-                continue
+        while (taken := self._take()) is not None:
+            batch_id, batch = taken
+            # model_construct: these are the handler's own, already validated models.
+            body = to_json(IngestBatch.model_construct(source=self._source, items=batch,
+                                                       batch_id=batch_id))
+            while True:
+                try:
+                    self._client.post("/ingest", body, timeout=10.0)
+                    break
+                except ServiceError as exc:
+                    self.failures += 1
+                    if self.failures == 1 or backoff >= 5.0:
+                        log.warning("cannot deliver %d observations (%s); retrying",
+                                    len(batch), exc)
+                    with self._cond:
+                        if self._cond.wait_for(lambda: self._stop, timeout=backoff):
+                            return
+                    backoff = min(backoff * 2, 5.0)
             backoff = 0.2
             self._last_post_end = time.monotonic()
             with self._cond:
-                for _ in range(n):
-                    self._queue.popleft()
-            self.sent += n
+                self._inflight = []
+            self.sent += len(batch)
             self.batches += 1

@@ -266,6 +266,17 @@ class Settings(BaseSettings):
             v = v.rstrip("/")
         return v
 
+    # --- the durable change log (issue 11: nothing is lost) --------------------------------------
+    outbox_enabled: bool = True
+    outbox_db: Path = Path("outbox.db")  # under DATA_DIR unless absolute
+    outbox_max_mb: float = Field(default=256.0, gt=0)  # unpublished changes kept, at most
+    outbox_min_free_mb: float = Field(default=64.0, ge=0)  # free disk below which it thins
+    outbox_check_interval: float = Field(default=2.0, gt=0, le=3600)  # seconds
+
+    @property
+    def outbox_db_path(self) -> Path:
+        return self.data_dir / self.outbox_db
+
     # --- the dashboard on the LAN port (issue 13) ---------------------------------------------------
     dashboard_auth: bool = False  # true: reading the dashboard needs the management key too
     # Live (SSE) streams at once; each holds one of the WEB_THREADS while open, so this stays

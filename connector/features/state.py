@@ -7,6 +7,14 @@ The publisher is the only writer of device topics, and it publishes only on a li
 (connected, ``online`` out): a reconnection, a new snapshot and a rebirth each ask for a full
 republish, and a republish that the current session already had is not repeated (a restart of
 the bridge used to publish every topic twice: once for the snapshot, once for the connection).
+
+The bridge is a reader of the aggregator's durable log with a committed cursor: when the
+message that ended a page (or a snapshot) is acknowledged by the broker (PUBACK for QoS 1,
+written to the socket for QoS 0), the committer thread stores the page's last ``seq`` at the
+aggregator (``POST /cursors/mqtt-bridge``). A bridge that starts again (after a crash, a kill,
+a restart during a broker outage) publishes from that position, before the snapshot: what was
+accepted and not yet delivered goes out, in order per device, at least once; what was delivered
+is not published again (at most the last unacknowledged page).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import paho.mqtt.client as paho
 from pydantic import ValidationError
 
 from shared.errors import ServiceError
@@ -33,6 +42,17 @@ log = logging.getLogger(__name__)
 
 LONG_POLL_S = 20
 QUEUE_PAGES = 4  # pages fetched ahead of the publisher; beyond that the aggregator keeps them
+READER = "mqtt-bridge"  # this bridge's cursor in the aggregator's durable log
+COMMIT_EVERY_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """The log position ``seq`` is delivered once ``info`` (its last message) is."""
+
+    epoch: str
+    seq: int
+    info: paho.MQTTMessageInfo | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +99,18 @@ class StateFeature(Feature):
         self._pages: deque[ChangesPage] = deque()
         self._position = 0  # index of the next change to publish in self._pages[0]
         self._pending = 0
+        # Positions published and waiting for the broker's acknowledgement; the committer
+        # thread stores the newest acknowledged one at the aggregator.
+        self._sent: deque[_Sent] = deque()
+        self._sent_lock = threading.Lock()
+        self._committed: tuple[str, int] | None = None
+        self._resumed = False  # the committed cursor is read once, when the bridge starts
+        self._commit_wake = threading.Event()
 
     def start(self) -> None:
         threading.Thread(target=self._feed, name="state-feed", daemon=True).start()
         threading.Thread(target=self._publish_loop, name="state-publish", daemon=True).start()
+        threading.Thread(target=self._commit_loop, name="state-commit", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -100,8 +128,15 @@ class StateFeature(Feature):
         """Republish every device; ``done(count)`` runs on the publisher thread afterwards."""
         self._put(_Rebirth(done))
 
-    def outbox(self) -> dict[str, Any]:
-        """``meta/health``'s ``outbox``: changes still to publish and the age of the oldest."""
+    def outbox(self, durable: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``meta/health``'s ``outbox``: changes still to publish and the age of the oldest.
+        ``durable`` is the aggregator's answer for its log (measured from this bridge's
+        committed cursor, so it counts what waits on disk too); without one, this bridge's own
+        backlog."""
+        if durable is not None and "pending" in durable:
+            return {"pending": int(durable["pending"]),
+                    "oldest_age_s": float(durable.get("oldest_age_s") or 0.0),
+                    "thinned": int(durable.get("thinned") or 0)}
         with self._backlog_lock:
             pending = self._pending
             oldest = (self._pages[0].changes[self._position].ts
@@ -130,9 +165,18 @@ class StateFeature(Feature):
                 backoff = min(backoff * 2, 10.0)
 
     def _load_snapshot(self) -> None:
+        resume = None if self._resumed else self._cursor()
         # The body validated straight from JSON: one pass instead of decode, then validate.
         snap = Snapshot.model_validate_json(self.ctx.aggregator.get_bytes("/snapshot",
                                                                           timeout=30.0))
+        if resume is not None and resume[0] == snap.epoch:
+            asked = snap.seq if snap.asked_seq is None else snap.asked_seq
+            if resume[1] < asked:
+                log.info("resuming from the committed position %d: %d changes were accepted "
+                         "and not yet delivered", resume[1], asked - resume[1])
+                snap = snap.model_copy(update={"asked_seq": resume[1]})
+            self._committed = resume
+        self._resumed = True
         folded = self._folded(snap)
         self.epoch, self.seq = snap.epoch, snap.seq
         self._put(_Loaded(snap, folded))
@@ -155,6 +199,14 @@ class StateFeature(Feature):
             log.info("%d changes came in while the snapshot was made: published before it",
                      len(folded))
         return folded
+
+    def _cursor(self) -> tuple[str, int] | None:
+        """This bridge's committed position in the aggregator's log, if it has one."""
+        body = self.ctx.aggregator.get(f"/cursors/{READER}", timeout=10.0)
+        seq, epoch = body.get("seq"), body.get("epoch")
+        if isinstance(seq, int) and isinstance(epoch, str) and body.get("durable"):
+            return epoch, seq
+        return None
 
     def _follow(self) -> None:
         page = ChangesPage.model_validate_json(self.ctx.aggregator.get_bytes(
@@ -209,21 +261,26 @@ class StateFeature(Feature):
 
     def _handle(self, item: _Item, generation: int) -> None:
         if isinstance(item, _Loaded):
-            self.devices.replay(item.folded, item.snapshot)
-            changed = self.devices.load(item.snapshot)
-            if self._full_gen < generation:
-                self._publish_all(generation)
-            else:  # a resync within a session that has everything: only what differs
-                for rec in changed:
-                    self.devices.publish_device(rec)
-                self.devices.flush()
+            self._handle_loaded(item, generation)
+            self._delivered(item.snapshot.epoch, item.snapshot.seq)
         elif isinstance(item, ChangesPage):
             self._publish_page(item)
+            self._delivered(item.epoch, item.seq)
         elif isinstance(item, _Republish):
             if self.ctx.mirror.synced and self._full_gen < item.generation:
                 self._publish_all(generation)
         else:
             item.done(self._publish_all(generation))
+
+    def _handle_loaded(self, item: _Loaded, generation: int) -> None:
+        self.devices.replay(item.folded, item.snapshot)
+        changed = self.devices.load(item.snapshot)
+        if self._full_gen < generation:
+            self._publish_all(generation)
+        else:  # a resync within a session that has everything: only what differs
+            for rec in changed:
+                self.devices.publish_device(rec)
+            self.devices.flush()
 
     def _publish_all(self, generation: int) -> int:
         self._full_gen = generation
@@ -244,3 +301,39 @@ class StateFeature(Feature):
         with self._backlog_lock:
             self._pages.popleft()
             self._position = 0
+
+    # --- the committer thread --------------------------------------------------------------------
+    def _delivered(self, epoch: str, seq: int) -> None:
+        """``seq`` is published: it is delivered once the last message sent for it is."""
+        with self._sent_lock:
+            self._sent.append(_Sent(epoch, seq, self.ctx.publisher.last))
+
+    def _commit_loop(self) -> None:
+        while not self._stop.is_set():
+            self._commit_wake.wait(COMMIT_EVERY_S)
+            self._commit_wake.clear()
+            self.commit()
+
+    def commit(self) -> None:
+        """Store the newest acknowledged position at the aggregator. The broker acknowledges a
+        session's messages in order; a QoS 0 message lost with its connection is never
+        "published", so a later acknowledged one moves the cursor past it."""
+        with self._sent_lock:
+            acked = [i for i, s in enumerate(self._sent)
+                     if s.info is None or s.info.is_published()]
+            if not acked:
+                return
+            newest = self._sent[acked[-1]]
+            for _ in range(acked[-1] + 1):
+                self._sent.popleft()
+        if self._committed == (newest.epoch, newest.seq):
+            return
+        try:
+            self.ctx.aggregator.post(f"/cursors/{READER}",
+                                     {"epoch": newest.epoch, "seq": newest.seq}, timeout=5.0)
+        except ServiceError as exc:
+            # The next acknowledged page commits a newer position; until then a restart of the
+            # bridge publishes a little more again (at least once), never less.
+            log.debug("cannot commit the position %d: %s", newest.seq, exc)
+            return
+        self._committed = (newest.epoch, newest.seq)

@@ -67,6 +67,7 @@ class StatusFeature(Feature):
         processes.update(dict.fromkeys((h.name for h in HANDLERS), "unknown"))
         devices = {"online": 0, "offline": 0}
         reasons: list[str] = []
+        durable: dict[str, Any] | None = None
         try:
             body = self.ctx.aggregator.get("/health", timeout=3.0)
             processes["state-aggregator"] = "running"
@@ -74,6 +75,11 @@ class StatusFeature(Feature):
             devices = body.get("devices", devices)
             history = body.get("history") or {}
             reasons += [f"history: {r}" for r in history.get("reasons", [])]
+            durable = body.get("outbox")
+            if isinstance(durable, dict):
+                reasons += [f"outbox: {r}" for r in durable.get("reasons", [])]
+            else:
+                durable = None
         except ServiceError as exc:
             log.debug("health: %s", exc)
         reasons += [f"{name} is {v}" for name, v in processes.items() if v != "running"]
@@ -83,10 +89,11 @@ class StatusFeature(Feature):
             state = "degraded"
         else:
             state = "online"
-        # The real backlog: readings taken from the aggregator and not yet published (paho's
-        # count of unacknowledged messages is bounded by the send window and says little).
+        # The real backlog: changes of the aggregator's durable log this bridge has not
+        # delivered (paho's count of unacknowledged messages is bounded by the send window and
+        # says little).
         health: dict[str, Any] = {
-            "state": state, "processes": processes, "outbox": self._state.outbox(),
+            "state": state, "processes": processes, "outbox": self._state.outbox(durable),
             "devices": devices, "started": iso(self.ctx.started)}
         if reasons:
             health["reasons"] = reasons

@@ -21,12 +21,14 @@ from .history.service import History
 from .master import token_routes  # noqa: F401  (its routes join master control's blueprint)
 from .master.routes import MasterControl, build_master
 from .master.routes import bp as master_bp
+from .outbox.service import Outbox
 from .persist import RegistryStore
 from .routes import bp
 from .system import SystemSampler
 
 
-def build_aggregator(settings: Settings, instance: Instance) -> Aggregator:
+def build_aggregator(settings: Settings, instance: Instance,
+                     outbox: Outbox | None = None) -> Aggregator:
     return Aggregator(
         instance,
         handlers={
@@ -42,6 +44,7 @@ def build_aggregator(settings: Settings, instance: Instance) -> Aggregator:
         max_devices=settings.max_devices,
         changelog_capacity=settings.changelog_max,
         changelog_max_bytes=int(settings.changelog_max_mb * 2**20),
+        outbox=outbox,
     )
 
 
@@ -55,7 +58,11 @@ def create_app(aggregator: Aggregator | None = None,
     if aggregator is None:
         settings, instance = load_config("state-aggregator")
         secret = settings.internal_secret
-        aggregator = build_aggregator(settings, instance)
+        outbox = Outbox.from_settings(settings) if settings.outbox_enabled else None
+        aggregator = build_aggregator(settings, instance, outbox)
+        if outbox is not None:
+            outbox.start()
+            atexit.register(outbox.stop)
         aggregator.start()
         system = SystemSampler(aggregator, data_dir=settings.data_dir,
                                interval=settings.update_interval or instance.update_interval)
@@ -73,6 +80,8 @@ def create_app(aggregator: Aggregator | None = None,
     if secret is not None:
         protect(app, secret)
     app.extensions["aggregator"] = aggregator
+    if aggregator.outbox is not None:
+        app.extensions["outbox"] = aggregator.outbox
     if system is not None:
         app.extensions["hub_system"] = system
     if master is not None:

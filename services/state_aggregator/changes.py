@@ -11,8 +11,12 @@ and by bytes (``CHANGELOG_MAX``, ``CHANGELOG_MAX_MB``): past either, the oldest 
 to three quarters of the bound, so trimming is rare), and a reader that falls behind them gets
 ``resync`` and reloads the snapshot, which holds every device's last state.
 
-A restart gives a new ``epoch``; a consumer whose epoch or position is gone gets ``resync`` and
-reloads the snapshot.
+With an outbox (the durable log, ``outbox/``) every change is on disk before the batch that made
+it ends, and so before the handler is answered and before a reader can see it; the ``epoch`` and
+the numbering go on across a restart, and a position older than memory holds is read from disk
+(a reader resuming after a restart, or one that fell behind the bounds).
+Without one (or with a store that cannot be opened) a restart gives a new ``epoch``; a consumer
+whose epoch or position is gone gets ``resync`` and reloads the snapshot.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TypeVar
 
 from pydantic import TypeAdapter
@@ -36,6 +41,8 @@ from shared.models import (
     to_json,
 )
 
+from .outbox.service import Outbox
+
 AnyChange = (StateChange | ErrorChange | EventChange | AvailabilityChange | DeviceChange
              | CommandChange)
 C = TypeVar("C", StateChange, ErrorChange, EventChange, AvailabilityChange, DeviceChange,
@@ -46,18 +53,36 @@ _CHANGES: TypeAdapter[list[AnyChange]] = TypeAdapter(list[Change])
 KEEP = 0.75  # a trim keeps this share of each bound
 
 
+@dataclass(slots=True)
+class Batch:
+    """One ``batch()``: the handler batch it applies (``key``: id, accepted, rejected), and
+    whether its changes reached the disk (``durable``, set when it ends)."""
+
+    key: tuple[str, int, int] | None = None
+    durable: bool = False
+
+
 class ChangeLog:
-    def __init__(self, capacity: int = 100_000, max_bytes: int = 16 * 2**20) -> None:
-        self.epoch = uuid.uuid4().hex[:12]
+    def __init__(self, capacity: int = 100_000, max_bytes: int = 16 * 2**20, *,
+                 outbox: Outbox | None = None) -> None:
+        stored = outbox.epoch if outbox is not None else None
+        self._outbox = outbox if stored is not None else None
+        self.epoch: str = stored or uuid.uuid4().hex[:12]
         self._capacity = capacity
         self._max_bytes = max_bytes
         self._items: list[bytes] = []  # each change as its JSON, in seq order
         self._bytes = 0  # their total length
-        self._first = 1  # seq of self._items[0]
-        self._seq = 0
+        self._seq = self._outbox.last_seq() if self._outbox is not None else 0
+        self._first = self._seq + 1  # seq of self._items[0]
         self.trimmed = 0  # changes dropped by the bounds since start
         self._cond = threading.Condition()  # on an RLock: a batch holds it around its appends
         self._batching = 0
+        self._unsaved: list[tuple[AnyChange, bytes]] = []  # this batch's changes, for the outbox
+        self._batch: Batch | None = None
+
+    @property
+    def durable(self) -> bool:
+        return self._outbox is not None
 
     @property
     def seq(self) -> int:
@@ -76,7 +101,10 @@ class ChangeLog:
             self._bytes += len(data)
             if len(self._items) > self._capacity or self._bytes > self._max_bytes:
                 self._trim()
+            if self._outbox is not None:
+                self._unsaved.append((change, data))
             if not self._batching:
+                self._save(None)
                 self._cond.notify_all()
             return change
 
@@ -101,30 +129,57 @@ class ChangeLog:
                     "trimmed": self.trimmed}
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
-        """Appends made inside wake the readers once, at the end (an ingest of 1,000 readings
-        would otherwise notify 1,000 times)."""
+    def batch(self) -> Iterator[Batch]:
+        """Appends made inside reach the disk in one transaction and wake the readers once, at
+        the end (an ingest of 1,000 readings would otherwise notify 1,000 times). Readers wait
+        on the same lock, so none sees a change before it is stored."""
         with self._cond:
+            if not self._batching:
+                self._batch = Batch()
+            batch = self._batch
+            assert batch is not None
             self._batching += 1
             try:
-                yield
+                yield batch
             finally:
                 self._batching -= 1
                 if not self._batching:
+                    self._batch = None
+                    batch.durable = self._save(batch.key)
                     self._cond.notify_all()
+
+    def _save(self, key: tuple[str, int, int] | None) -> bool:
+        """Store what was appended since the last save (with the lock held)."""
+        if self._outbox is None:
+            return False
+        changes, self._unsaved = self._unsaved, []
+        if not changes and key is None:
+            return True
+        return self._outbox.append(changes, key)
 
     def since_json(self, seq: int, *, limit: int = 10_000,
                    wait: float = 0.0) -> tuple[int, bool, list[bytes]]:
-        """``(last_seq, resync, changes as JSON)`` for everything after ``seq``."""
+        """``(last_seq, resync, changes as JSON)`` for everything after ``seq``: from memory, or
+        from the disk when memory no longer holds it."""
         with self._cond:
             if wait > 0 and seq >= self._seq:
                 self._cond.wait_for(lambda: self._seq > seq, timeout=wait)
-            if seq > self._seq or seq + 1 < self._first:
+            if seq > self._seq:
                 return self._seq, True, []
-            start = seq + 1 - self._first
-            items = self._items[start : start + limit]
-            last = self._first + start + len(items) - 1 if items else self._seq
-            return last, False, items
+            if seq + 1 >= self._first:
+                start = seq + 1 - self._first
+                items = self._items[start : start + limit]
+                last = self._first + start + len(items) - 1 if items else self._seq
+                return last, False, items
+            first = self._first
+        stored = self._outbox.since(seq, limit, before=first) if self._outbox is not None else None
+        if stored is None:
+            return self._seq, True, []
+        if stored:
+            return stored[-1][0], False, [body for _, body in stored]
+        # The disk has nothing more before what memory holds (thinned away, or the disk was
+        # full when it came in): go on from memory.
+        return self.since_json(first - 1, limit=limit)
 
     def since(self, seq: int, *, limit: int = 10_000,
               wait: float = 0.0) -> tuple[int, bool, list[AnyChange]]:

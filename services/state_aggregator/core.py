@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
@@ -46,12 +46,14 @@ from shared.rest import RestClient
 from shared.timeutil import iso
 
 from .changes import ChangeLog
+from .outbox.service import Outbox
 from .persist import Registration, RegistryStore
 from .registry import Device, RegistryRefusal, build_registry, refusal
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_WARM_WAIT_S = 5.0
+BATCH_IDS_REMEMBERED = 10_000  # a handler resends its one unanswered batch, not thousands
 
 
 def _updated(seq: int, *, device_id: str, ts: float, info: DeviceInfo) -> DeviceChange:
@@ -72,6 +74,7 @@ class Aggregator:
         changelog_max_bytes: int = 16 * 2**20,
         store: RegistryStore | None = None,
         max_devices: int = 1000,
+        outbox: Outbox | None = None,
     ) -> None:
         # Only its id is kept: the instance file's sensor models (about 2.3 KB a sensor) are
         # turned into the registry below and left to the collector.
@@ -85,7 +88,8 @@ class Aggregator:
         self.groups: dict[str, list[str]] = {g.group_id: list(g.devices) for g in instance.groups}
         self.cache_ttl = cache_ttl
         self.cache_counters = {"hits": 0, "misses": 0, "expired": 0}
-        self.changes = ChangeLog(changelog_capacity, changelog_max_bytes)
+        self.outbox = outbox
+        self.changes = ChangeLog(changelog_capacity, changelog_max_bytes, outbox=outbox)
         self.errors: deque[dict[str, Any]] = deque(maxlen=500)
         self.counters = {"readings": 0, "errors": 0, "events": 0, "rejected": 0, "stale": 0}
         self._lock = threading.RLock()
@@ -103,6 +107,23 @@ class Aggregator:
         for saved in store.load() if store else []:
             self.register(saved.device, handler=saved.handler)
         self._store = store
+        # Handler batches already applied (id -> accepted, rejected): one resent after it was
+        # stored but before its answer arrived (a restart between the two) is not applied twice.
+        self._batches: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        if outbox is not None:
+            self._restore(outbox)
+
+    def _restore(self, outbox: Outbox) -> None:
+        """What the durable log kept: each device's last state (its per-device ``seq`` goes on
+        from there, and a reading resent by its handler is recognised as held) and the newest
+        handler batch ids."""
+        for state in outbox.states():
+            device = self.devices.get(state.device_id)
+            if device is not None:
+                device.state = state
+                device.device_seq = state.device_seq
+        for batch_id, accepted, rejected in outbox.batch_answers(BATCH_IDS_REMEMBERED):
+            self._batches[batch_id] = (accepted, rejected)
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -116,37 +137,56 @@ class Aggregator:
         self.changes.wake_all()
 
     # --- ingest ----------------------------------------------------------------------------------
-    def ingest(self, items: Iterable[Observation], *, source: str = "?") -> dict[str, int]:
-        """Apply a batch of observations in order; unknown devices are counted and reported."""
-        accepted = rejected = 0
+    def ingest(self, items: Iterable[Observation], *, source: str = "?",
+               batch_id: str | None = None) -> dict[str, Any]:
+        """Apply a batch of observations in order; unknown devices are counted and reported.
+
+        With a durable log its changes are on disk when this returns (``durable``); a batch
+        whose ``batch_id`` was applied before is answered as it was, and not applied again."""
         stored: list[ReadingObs] = []
         now = self.clock()
-        with self._lock, self.changes.batch():
-            for item in items:
-                device = self.devices.get(item.device_id)
-                refused = refusal(device, item.device_id, source)
-                if refused is not None or device is None:  # refusal() refuses an unknown one
-                    rejected += 1
-                    code, message = refused or ("UNKNOWN_DEVICE", item.device_id)
-                    self._record_error(item.device_id, code, message, "warning", now,
-                                       publish=False)
-                    continue
-                accepted += 1
-                if isinstance(item, ReadingObs):
-                    self._apply_reading(device, item, now)
-                    stored.append(item)
-                elif isinstance(item, ErrorObs):
-                    self._record_error(device.device_id, item.error_code, item.message,
-                                       item.severity, item.ts)
-                elif isinstance(item, EventObs):
-                    self._record_event(item)
-                elif isinstance(item, LinkObs):
-                    device.link_down = None if item.up else (item.reason or "transport down")
-                self._announce(device, now)
-            self.counters["rejected"] += rejected
+        with self._lock:
+            if batch_id is not None and (known := self._batches.get(batch_id)) is not None:
+                return {"accepted": known[0], "rejected": known[1], "duplicate": True,
+                        "durable": self.changes.durable}
+            with self.changes.batch() as batch:
+                accepted, rejected = self._apply(items, source, now, stored)
+                if batch_id is not None:
+                    batch.key = (batch_id, accepted, rejected)
+            if batch_id is not None:
+                self._batches[batch_id] = (accepted, rejected)
+                if len(self._batches) > BATCH_IDS_REMEMBERED:
+                    self._batches.popitem(last=False)
         if stored and self.history_sink is not None:
             self.history_sink(stored)
-        return {"accepted": accepted, "rejected": rejected}
+        return {"accepted": accepted, "rejected": rejected, "durable": batch.durable}
+
+    def _apply(self, items: Iterable[Observation], source: str, now: float,
+               stored: list[ReadingObs]) -> tuple[int, int]:
+        accepted = rejected = 0
+        for item in items:
+            device = self.devices.get(item.device_id)
+            refused = refusal(device, item.device_id, source)
+            if refused is not None or device is None:  # refusal() refuses an unknown one
+                rejected += 1
+                code, message = refused or ("UNKNOWN_DEVICE", item.device_id)
+                self._record_error(item.device_id, code, message, "warning", now,
+                                   publish=False)
+                continue
+            accepted += 1
+            if isinstance(item, ReadingObs):
+                self._apply_reading(device, item, now)
+                stored.append(item)
+            elif isinstance(item, ErrorObs):
+                self._record_error(device.device_id, item.error_code, item.message,
+                                   item.severity, item.ts)
+            elif isinstance(item, EventObs):
+                self._record_event(item)
+            elif isinstance(item, LinkObs):
+                device.link_down = None if item.up else (item.reason or "transport down")
+            self._announce(device, now)
+        self.counters["rejected"] += rejected
+        return accepted, rejected
 
     def _apply_reading(self, device: Device, reading: ReadingObs, now: float) -> None:
         last = device.state
@@ -192,7 +232,7 @@ class Aggregator:
         """Devices go offline by the clock, not by an event: look once a second."""
         while not self._stop.wait(1.0):
             now = self.clock()
-            with self._lock:
+            with self._lock, self.changes.batch():
                 for device in self.devices.values():
                     self._announce(device, now)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Annotated, Any
 
 from flask import Blueprint, Response, current_app, request
@@ -9,6 +10,7 @@ from pydantic import Field, ValidationError
 
 from shared.models import (
     CommandRequest,
+    CursorCommit,
     IngestBatch,
     RefreshRequest,
     RegisterDevice,
@@ -55,10 +57,13 @@ def health() -> Response:
     handlers = agg.handler_health()
     history = current_app.extensions.get("history")
     stored = history.health() if history is not None else None
+    outbox = agg.outbox.health() if agg.outbox is not None else None
     return json_response({
         "status": "ok" if all(v == "running" for v in handlers.values())
-        and (stored is None or stored["state"] == "ok") else "degraded",
+        and (stored is None or stored["state"] == "ok")
+        and (outbox is None or outbox["state"] == "ok") else "degraded",
         "history": stored,
+        "outbox": outbox,
         "service": "state-aggregator",
         "instance": agg.instance_id,
         "uptime": round(agg.clock() - agg.started, 1),
@@ -80,7 +85,8 @@ def ingest() -> Response:
     except ValidationError:
         # A bad body takes the common path, for the same 400/422 answers every route gives.
         batch = parse_body(IngestBatch)
-    return json_response(_agg().ingest(batch.items, source=batch.source))
+    return json_response(_agg().ingest(batch.items, source=batch.source,
+                                       batch_id=batch.batch_id))
 
 
 @bp.post("/devices/register")
@@ -176,6 +182,33 @@ def changes() -> Response:
     head = to_json({"epoch": agg.changes.epoch, "seq": seq, "resync": resync})
     return Response(b"".join((head[:-1], b',"changes":[', b",".join(items), b"]}")),
                     mimetype="application/json")
+
+
+@bp.get("/cursors/<reader>")
+def cursor(reader: str) -> Response:
+    """A reader's committed position in the durable log (``seq`` null when it has none)."""
+    agg = _agg()
+    seq = agg.outbox.cursor(reader) if agg.outbox is not None else None
+    return json_response({"reader": reader, "epoch": agg.changes.epoch, "seq": seq,
+                          "durable": agg.changes.durable})
+
+
+@bp.post("/cursors/<reader>")
+def commit_cursor(reader: str) -> Response:
+    """Commit a reader's position: ``{"epoch": E, "seq": N}``, everything up to ``N``
+    delivered. 409 when ``epoch`` is not this log's (the reader must resync)."""
+    agg = _agg()
+    body = parse_body(CursorCommit)
+    if body.epoch != agg.changes.epoch:
+        raise ApiError(409, "epoch_changed", f"the log's epoch is {agg.changes.epoch}, not "
+                       f"{body.epoch}: resync from the snapshot")
+    if agg.outbox is None:
+        raise ApiError(503, "no_outbox", "this aggregator keeps no durable log")
+    try:
+        agg.outbox.commit(reader, body.seq)
+    except sqlite3.Error as exc:
+        raise ApiError(503, "outbox_unavailable", f"cannot store the position: {exc}") from exc
+    return json_response({"reader": reader, "seq": body.seq})
 
 
 @bp.get("/cache/stats")

@@ -28,7 +28,8 @@ class Conditions:
     """Named degraded conditions with their reasons; each is logged when it starts and ends,
     never once per failing write."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "history") -> None:
+        self._what = what
         self._active: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -37,14 +38,14 @@ class Conditions:
             new = key not in self._active
             self._active[key] = reason
         if new:
-            log.warning("history degraded (%s): %s", key, reason)
+            log.warning("%s degraded (%s): %s", self._what, key, reason)
 
     def clear(self, key: str) -> bool:
         """``True`` when the condition was active."""
         with self._lock:
             reason = self._active.pop(key, None)
         if reason is not None:
-            log.info("history recovered (%s)", key)
+            log.info("%s recovered (%s)", self._what, key)
         return reason is not None
 
     def active(self) -> dict[str, str]:

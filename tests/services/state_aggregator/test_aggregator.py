@@ -132,7 +132,7 @@ def test_errors_and_events_reach_the_change_log(agg: Aggregator, clock: Clock) -
 def test_unknown_devices_are_counted_not_applied(agg: Aggregator, clock: Clock) -> None:
     result = agg.ingest([ReadingObs(device_id="ghost", ts=clock.now, values={"t": 1})],
                         source="serial-handler")
-    assert result == {"accepted": 0, "rejected": 1}
+    assert result == {"accepted": 0, "rejected": 1, "durable": False}
     assert "unknown device 'ghost'" in agg.errors[-1]["message"]
     assert agg.changes.seq == 0
 
@@ -198,7 +198,7 @@ def test_ingest_route_batches(client: FlaskClient, clock: Clock) -> None:
     items = [{"kind": "reading", "device_id": "temp", "ts": clock.now + i, "values": {"t": i}}
              for i in range(100)]
     resp = client.post("/ingest", json={"source": "test", "items": items})
-    assert resp.status_code == 200 and body(resp) == {"accepted": 100, "rejected": 0}
+    assert resp.status_code == 200 and body(resp) == {"accepted": 100, "rejected": 0, "durable": False}
     changes = body(client.get("/changes?since=0"))
     assert len(changes["changes"]) == 101  # 100 states and one availability
 

@@ -41,7 +41,7 @@ def test_register_route_validates_and_reports_added() -> None:
     assert bad.status_code == 422 and "device_id" in bad.get_json()["message"]
     # A reading for the new device is accepted, not rejected as unknown.
     assert agg.ingest([ReadingObs(device_id="p2", ts=1.0, values={"t": 1})]) == {
-        "accepted": 1, "rejected": 0}
+        "accepted": 1, "rejected": 0, "durable": False}
 
 
 def test_cpu_temperature_prefers_the_cpu_zone_and_skips_unreadable(tmp_path: Path) -> None:

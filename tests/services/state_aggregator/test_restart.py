@@ -33,7 +33,7 @@ def test_registered_devices_survive_a_restart(tmp_path: Path) -> None:
     assert second.devices["probe_1"].source == "probe"
     assert (tmp_path / "registry.json").stat().st_mtime_ns == saved  # loading writes nothing
     result = second.ingest([ReadingObs(device_id="probe_1", ts=time.time(), values={"t": 21})])
-    assert result == {"accepted": 1, "rejected": 0}
+    assert result == {"accepted": 1, "rejected": 0, "durable": False}
 
 
 def test_a_damaged_registry_file_is_set_aside_not_fatal(tmp_path: Path,

@@ -118,7 +118,7 @@ def test_the_aggregator_refuses_web_readings_for_devices_that_are_not_probes(hub
     before = dict(hub.agg.device(SERIAL_ID).values)
     result = hub.agg.ingest([ReadingObs(device_id=SERIAL_ID, ts=hub.agg.clock(),
                                         values={"temperature": 99.0})], source="web")
-    assert result == {"accepted": 0, "rejected": 1}
+    assert result == {"accepted": 0, "rejected": 1, "durable": False}
     assert hub.agg.device(SERIAL_ID).values == before
     assert hub.agg.errors[-1]["error_code"] == "NOT_OWNER"
 

@@ -101,7 +101,7 @@ def test_a_full_disk_keeps_live_data_flowing(small_disk: Path,
         result = agg.ingest([ReadingObs(device_id="s", ts=T0 + b * 100 + i,
                                         values={"t": i, "pad": "x" * 200}) for i in range(100)],
                             source="serial-handler")
-        assert result == {"accepted": 100, "rejected": 0}
+        assert result == {"accepted": 100, "rejected": 0, "durable": False}
         history.writer.flush()
     state = agg.device("s").state
     assert state is not None and state.values["t"] == 99  # live data flows

@@ -1,0 +1,234 @@
+"""The durable change log in SQLite, free of Flask and threads.
+
+Every change the aggregator accepts is a row of ``log`` (its ``seq``, device, kind, time and the
+change as JSON), written in the same transaction as the handler batch's id (``batches``) and the
+device's last state (``devices``), before the handler is answered. Readers (the MQTT bridge)
+keep a committed position in ``cursors``; rows every reader has passed are deleted, and what is
+still unread is bounded by thinning old intermediate states.
+
+A sibling of the readings history, not its table: the log holds every kind of change and lives
+only until it is published, the history keeps readings for months (and may live in PostgreSQL);
+an append here costs a third of a history insert (bench/outbox_log.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import TypeAdapter
+
+from shared.models import Change, StateChange
+from shared.sqlite import rollback
+
+from ..history.db import connect, open_db
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE log (
+        seq INTEGER PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        ts REAL NOT NULL,
+        body BLOB NOT NULL
+    );
+    -- A reader's committed position: everything up to ``seq`` is delivered.
+    CREATE TABLE cursors (reader TEXT PRIMARY KEY, seq INTEGER NOT NULL, at REAL NOT NULL);
+    -- Handler batches already applied, with their answer: a resent batch is not applied again.
+    CREATE TABLE batches (batch_id TEXT PRIMARY KEY, accepted INTEGER NOT NULL,
+                          rejected INTEGER NOT NULL, at REAL NOT NULL);
+    CREATE INDEX batches_at ON batches(at);
+    -- Each device's last state: its per-device seq goes on after a restart, and a resent
+    -- reading is recognised as one already held.
+    CREATE TABLE devices (device_id TEXT PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID
+    """),
+]
+
+_CHANGE = TypeAdapter(Change)
+_STATE = TypeAdapter(StateChange)
+BATCH_IDS_KEPT_S = 24 * 3600.0  # a handler's batch is resent within minutes, not days
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """What readers have not yet passed: rows, bytes, the oldest row's time."""
+
+    rows: int
+    bytes: int
+    oldest_ts: float | None
+
+
+class OutboxStore:
+    """One writing connection behind a lock, one for the readers' pages."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn = open_db(path, MIGRATIONS, what="outbox")
+        self._lock = threading.RLock()
+        self._reader = connect(path)
+        self._read_lock = threading.Lock()
+        self.epoch = self._epoch()
+
+    def close(self) -> None:
+        with self._lock, self._read_lock:
+            self._reader.close()
+            self._conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                rollback(self._conn)
+                raise
+            self._conn.execute("COMMIT")
+
+    def _epoch(self) -> str:
+        """The log's identity, kept across restarts: a reader's position stays valid until the
+        file is replaced (moved aside when corrupt)."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        if row is not None:
+            return str(row[0])
+        epoch = uuid.uuid4().hex[:12]
+        with self._tx() as conn:
+            conn.execute("INSERT INTO meta VALUES ('epoch', ?)", (epoch,))
+        return epoch
+
+    # --- writing --------------------------------------------------------------------------------
+    def append(self, changes: Sequence[tuple[Change, bytes]], *,
+               batch: tuple[str, int, int] | None = None) -> None:
+        """Store ``changes`` (each with its JSON) and the handler batch ``(id, accepted,
+        rejected)`` they came in, in one transaction; ``sqlite3.Error`` when the disk refuses
+        (nothing is stored then)."""
+        now = time.time()
+        last_states: dict[str, bytes] = {}
+        rows = []
+        for change, body in changes:
+            rows.append((change.seq, change.device_id, change.kind, change.ts, body))
+            if isinstance(change, StateChange):
+                last_states[change.device_id] = body
+        with self._tx() as conn:
+            conn.executemany("INSERT OR REPLACE INTO log VALUES (?, ?, ?, ?, ?)", rows)
+            if last_states:
+                conn.executemany("INSERT OR REPLACE INTO devices VALUES (?, ?)",
+                                 list(last_states.items()))
+            if batch is not None:
+                conn.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?)", (*batch, now))
+
+    # --- reading --------------------------------------------------------------------------------
+    def last_seq(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM log").fetchone()[0])
+
+    def states(self) -> list[StateChange]:
+        """Each device's last state, as stored."""
+        with self._lock:
+            rows = self._conn.execute("SELECT state FROM devices").fetchall()
+        return [_STATE.validate_json(r[0]) for r in rows]
+
+    def batch_answers(self, newest: int) -> list[tuple[str, int, int]]:
+        """The ``newest`` handler batches applied, oldest first: (id, accepted, rejected)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT batch_id, accepted, rejected FROM batches ORDER BY at DESC LIMIT ?",
+                (newest,)).fetchall()
+        return [(r[0], int(r[1]), int(r[2])) for r in reversed(rows)]
+
+    def since(self, seq: int, limit: int, *, before: int | None = None) -> list[tuple[int, bytes]]:
+        """The stored changes after ``seq`` (and before ``before``), oldest first, as ``(seq,
+        JSON)``; thinned ones are gaps."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT seq, body FROM log WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
+                (seq, before if before is not None else 2**62, limit)).fetchall()
+        return [(int(r[0]), bytes(r[1])) for r in rows]
+
+    def changes(self, seq: int = 0, limit: int = 1_000_000) -> list[Change]:
+        """The stored changes after ``seq`` as models (tests, tools)."""
+        return [_CHANGE.validate_json(body) for _, body in self.since(seq, limit)]
+
+    def first_seq(self) -> int | None:
+        with self._lock:
+            row = self._conn.execute("SELECT MIN(seq) FROM log").fetchone()
+        return None if row[0] is None else int(row[0])
+
+    # --- readers' cursors -----------------------------------------------------------------------
+    def commit(self, reader: str, seq: int) -> None:
+        with self._tx() as conn:
+            conn.execute("INSERT OR REPLACE INTO cursors VALUES (?, ?, ?)",
+                         (reader, seq, time.time()))
+
+    def cursors(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._conn.execute("SELECT reader, seq FROM cursors").fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
+    def pending(self, after: int) -> Pending:
+        """Rows after ``after`` (the slowest reader's position)."""
+        with self._read_lock:
+            rows, size, oldest = self._reader.execute(
+                "SELECT COUNT(*), COALESCE(SUM(length(body)), 0), MIN(ts) FROM log WHERE seq > ?",
+                (after,)).fetchone()
+        return Pending(int(rows), int(size), None if oldest is None else float(oldest))
+
+    # --- keeping it small -----------------------------------------------------------------------
+    def release(self, upto: int) -> int:
+        """Delete what every reader has passed (the newest row stays: it carries ``seq`` over a
+        restart), and batch ids older than a day."""
+        with self._tx() as conn:
+            deleted = conn.execute(
+                "DELETE FROM log WHERE seq <= ? AND seq < (SELECT MAX(seq) FROM log)",
+                (upto,)).rowcount
+            conn.execute("DELETE FROM batches WHERE at < ?", (time.time() - BATCH_IDS_KEPT_S,))
+        return int(deleted)
+
+    def thin(self, after: int, keep_every: int, *, newest_share: float = 0.1) -> int:
+        """Delete unread intermediate states, evenly across time: of each device's states after
+        ``after``, keep every ``keep_every``-th and its newest, and every row of another kind
+        (event, error, availability, registry change). The newest ``newest_share`` of the
+        unread rows (by seq) stays whole: the live edge is not thinned. Returns rows deleted."""
+        with self._lock:
+            lo, hi = self._conn.execute(
+                "SELECT MIN(seq), MAX(seq) FROM log WHERE seq > ?", (after,)).fetchone()
+        if lo is None:
+            return 0
+        edge = hi - int((hi - lo) * newest_share)
+        with self._tx() as conn:
+            deleted = conn.execute(
+                "DELETE FROM log WHERE seq IN (SELECT seq FROM (SELECT seq, row_number() OVER "
+                "(PARTITION BY device_id ORDER BY seq) AS rn, row_number() OVER (PARTITION BY "
+                "device_id ORDER BY seq DESC) AS back FROM log WHERE kind = 'state' AND seq > ? "
+                "AND seq < ?) WHERE back > 1 AND rn % ? != 0)",
+                (after, edge, max(2, keep_every))).rowcount
+        return int(deleted)
+
+    def checkpoint(self, mode: str = "PASSIVE") -> None:
+        with self._lock:
+            self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+
+    def give_back(self, step_pages: int = 256) -> None:
+        """Hand free pages back to the filesystem (see the history's ``give_back``)."""
+        with self._lock:
+            for _ in range(10_000):
+                if int(self._conn.execute("PRAGMA freelist_count").fetchone()[0]) == 0:
+                    break
+                self._conn.execute(f"PRAGMA incremental_vacuum({int(step_pages)})").fetchall()
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def file_bytes(self) -> int:
+        return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal"))
+                   if p.exists())
+

@@ -1,0 +1,143 @@
+"""The durable change log: every accepted change is on disk before ``ingest`` returns, the
+numbering, the epoch and each device's ``seq`` go on after a restart, a resent handler batch is
+not applied twice, a reader resumes from its committed cursor, and what is unread is thinned
+past the limit (the newest per device and every other kind kept)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from services.state_aggregator.app import create_app
+from services.state_aggregator.core import Aggregator
+from services.state_aggregator.outbox.service import Outbox
+from shared.models import Change, ErrorObs, EventObs, ReadingObs, StateChange
+from tests.services.state_aggregator.test_aggregator import INSTANCE
+
+MB = 1_000_000
+
+
+def outbox(tmp_path: Path, *, max_mb: float = 256) -> Outbox:
+    return Outbox(tmp_path / "outbox.db", max_bytes=int(max_mb * MB), min_free_bytes=0)
+
+
+def make(box: Outbox) -> Aggregator:
+    return Aggregator(INSTANCE, handlers={}, cache_ttl=10, poll_interval=5, outbox=box)
+
+
+def readings(n: int, t0: float, device: str = "temp") -> list[ReadingObs]:
+    return [ReadingObs(device_id=device, ts=t0 + i, values={"temperature": i}) for i in range(n)]
+
+
+def read_all(agg: Aggregator, since: int = 0) -> list[Change]:
+    """Every change after ``since``, page by page as a reader takes them."""
+    items: list[Change] = []
+    while since < agg.changes.seq:
+        since, resync, page = agg.changes.since(since, limit=100_000)
+        assert not resync and page
+        items.extend(page)
+    return items
+
+
+def test_changes_are_stored_before_ingest_answers_and_survive_a_restart(tmp_path: Path) -> None:
+    t0 = time.time()
+    first = make(outbox(tmp_path))
+    assert first.ingest(readings(5, t0), batch_id="b1")["durable"] is True
+    seq, epoch = first.changes.seq, first.changes.epoch
+    # A new process on the same file (nothing closed: as after kill -9).
+    second = make(outbox(tmp_path))
+    assert (second.changes.epoch, second.changes.seq) == (epoch, seq)
+    state = second.devices["temp"].state
+    assert state is not None and state.device_seq == 5 and state.values == {"temperature": 4}
+    second.ingest(readings(1, t0 + 10))
+    new = second.devices["temp"].state
+    assert new is not None and new.device_seq == 6 and new.seq > seq  # numbering goes on
+    # A reader behind what memory holds reads it from disk, then from memory, in order.
+    items = read_all(second)
+    states = [c for c in items if isinstance(c, StateChange)]
+    assert [s.device_seq for s in states] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_resent_batch_is_answered_again_not_applied_twice(tmp_path: Path) -> None:
+    t0 = time.time()
+    agg = make(outbox(tmp_path))
+    items: list[ReadingObs | EventObs | ErrorObs] = [
+        *readings(3, t0), EventObs(device_id="temp", ts=t0, event="door"),
+        ErrorObs(device_id="temp", ts=t0, error_code="E1", message="m")]
+    answer = agg.ingest(items, batch_id="serial-1")
+    seq = agg.changes.seq
+    # The aggregator restarts after storing the batch but before the handler got the answer.
+    again = make(outbox(tmp_path)).ingest(items, batch_id="serial-1")
+    assert again["duplicate"] is True
+    assert (again["accepted"], again["rejected"]) == (answer["accepted"], answer["rejected"])
+    assert make(outbox(tmp_path)).changes.seq == seq  # nothing appended for it
+
+
+def test_a_reader_commits_its_cursor_and_what_it_passed_is_released(tmp_path: Path) -> None:
+    box = outbox(tmp_path)
+    agg = make(box)
+    agg.ingest(readings(100, time.time()))
+    assert box.cursor("mqtt-bridge") is None
+    box.commit("mqtt-bridge", 60)
+    box.maintain()
+    assert box.health()["pending"] == agg.changes.seq - 60
+    assert box.store is not None and box.store.first_seq() == 61
+    assert make(outbox(tmp_path)).outbox is not None
+    assert outbox(tmp_path).cursor("mqtt-bridge") == 60
+
+
+def test_past_the_limit_old_intermediate_states_are_thinned(tmp_path: Path) -> None:
+    box = outbox(tmp_path, max_mb=0.05)
+    agg = make(box)
+    t0 = time.time() - 10_000
+    agg.ingest([*readings(1000, t0), *readings(1000, t0, device="slow"),
+                EventObs(device_id="temp", ts=t0 + 5, event="door"),
+                ErrorObs(device_id="slow", ts=t0 + 6, error_code="E1", message="m")])
+    before = box.store.pending(0) if box.store else None
+    box.maintain()
+    health = box.health()
+    assert before is not None and health["thinned"] > 0
+    assert health["pending"] == before.rows - health["thinned"]
+    assert "OUTBOX_MAX_MB" in health["thinning"]
+    stored = box.store.changes() if box.store else []
+    kinds = [c.kind for c in stored]
+    assert kinds.count("event") == 1 and kinds.count("error") == 1  # every event and error
+    for device in ("temp", "slow"):
+        seqs = [c.device_seq for c in stored if isinstance(c, StateChange)
+                and c.device_id == device]
+        assert seqs[-1] == 1000  # the newest state of each device
+        assert seqs == sorted(seqs) and len(seqs) < 1000
+        gaps = {b - a for a, b in itertools.pairwise(seqs)}
+        assert len(gaps - {1}) <= 2, gaps  # evenly thinned: one stride (and the live edge)
+
+
+def test_a_corrupt_file_is_moved_aside_with_a_log_line(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "outbox.db"
+    path.write_bytes(b"this is not a database" * 1000)
+    caplog.set_level(logging.ERROR)
+    box = outbox(tmp_path)
+    assert box.store is not None and "unreadable" in caplog.text
+    assert list(tmp_path.glob("outbox.db.corrupt-*"))
+    assert make(box).ingest(readings(1, time.time()))["durable"] is True
+
+
+def test_cursor_routes(tmp_path: Path) -> None:
+    agg = make(outbox(tmp_path))
+    agg.ingest(readings(3, time.time()))
+    client = create_app(agg).test_client()
+    got = client.get("/cursors/mqtt-bridge").get_json()
+    assert got["seq"] is None and got["epoch"] == agg.changes.epoch and got["durable"] is True
+    wrong = client.post("/cursors/mqtt-bridge", json={"epoch": "other", "seq": 2})
+    assert wrong.status_code == 409
+    assert client.post("/cursors/mqtt-bridge", json={"epoch": agg.changes.epoch, "seq": -1}
+                       ).status_code == 422
+    ok = client.post("/cursors/mqtt-bridge", json={"epoch": agg.changes.epoch, "seq": 2})
+    assert ok.status_code == 200
+    assert client.get("/cursors/mqtt-bridge").get_json()["seq"] == 2
+    health = client.get("/health").get_json()
+    assert set(health["outbox"]) >= {"pending", "oldest_age_s", "thinned", "state"}

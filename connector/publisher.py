@@ -1,11 +1,14 @@
 """The one place every outgoing message passes through: it renders payloads (orjson, ISO
 timestamps added by the callers) and hands them to the MQTT client. ``last`` is the newest
-message's paho info: the state feature commits its position in the aggregator's durable log
-once the message that ended a page is acknowledged (PUBACK for QoS 1, on the socket for QoS 0)."""
+message's paho info, per thread: the state feature commits its position in the aggregator's
+durable log once the message that ended a page is acknowledged (PUBACK for QoS 1, on the socket
+for QoS 0). Per thread, because another feature's message (a QoS 0 one, say) published after the
+page may be acknowledged before the page's own."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -22,7 +25,7 @@ class Publisher:
         self.default_qos = default_qos
         self.state_retain = state_retain
         self.published = 0
-        self.last: paho.MQTTMessageInfo | None = None
+        self._local = threading.local()
 
     def json(self, topic: str, payload: Any, *, qos: int | None = None, retain: bool = False) -> None:
         self.raw(topic, dumps(payload), qos=qos, retain=retain)
@@ -31,10 +34,16 @@ class Publisher:
         self.raw(topic, payload.encode(), qos=qos, retain=retain)
 
     def raw(self, topic: str, payload: bytes, *, qos: int | None = None, retain: bool = False) -> None:
-        self.last = self._client.publish(topic, payload,
-                                         qos=self.default_qos if qos is None else qos,
-                                         retain=retain)
+        self._local.last = self._client.publish(topic, payload,
+                                                qos=self.default_qos if qos is None else qos,
+                                                retain=retain)
         self.published += 1
+
+    @property
+    def last(self) -> paho.MQTTMessageInfo | None:
+        """The info of the newest message this thread published (``None``: none yet)."""
+        last: paho.MQTTMessageInfo | None = getattr(self._local, "last", None)
+        return last
 
     @property
     def unacknowledged(self) -> int:

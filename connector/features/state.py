@@ -169,8 +169,8 @@ class StateFeature(Feature):
         # The body validated straight from JSON: one pass instead of decode, then validate.
         snap = Snapshot.model_validate_json(self.ctx.aggregator.get_bytes("/snapshot",
                                                                           timeout=30.0))
+        asked = snap.seq if snap.asked_seq is None else snap.asked_seq
         if resume is not None and resume[0] == snap.epoch:
-            asked = snap.seq if snap.asked_seq is None else snap.asked_seq
             if resume[1] < asked:
                 log.info("resuming from the committed position %d: %d changes were accepted "
                          "and not yet delivered", resume[1], asked - resume[1])
@@ -201,11 +201,19 @@ class StateFeature(Feature):
         return folded
 
     def _cursor(self) -> tuple[str, int] | None:
-        """This bridge's committed position in the aggregator's log, if it has one."""
+        """This bridge's committed position in the aggregator's durable log (``None`` without
+        one). A bridge that has none yet starts at the log's head, and commits that before it
+        asks for the snapshot: a crash before its first acknowledged page then resumes there,
+        not from a later snapshot that skips what came in meanwhile."""
         body = self.ctx.aggregator.get(f"/cursors/{READER}", timeout=10.0)
-        seq, epoch = body.get("seq"), body.get("epoch")
-        if isinstance(seq, int) and isinstance(epoch, str) and body.get("durable"):
+        seq, epoch, head = body.get("seq"), body.get("epoch"), body.get("head")
+        if not body.get("durable") or not isinstance(epoch, str):
+            return None
+        if isinstance(seq, int):
             return epoch, seq
+        if isinstance(head, int):
+            self._commit_position(epoch, head)
+            return epoch, head
         return None
 
     def _follow(self) -> None:
@@ -326,14 +334,16 @@ class StateFeature(Feature):
             newest = self._sent[acked[-1]]
             for _ in range(acked[-1] + 1):
                 self._sent.popleft()
-        if self._committed == (newest.epoch, newest.seq):
-            return
+        if self._committed != (newest.epoch, newest.seq):
+            self._commit_position(newest.epoch, newest.seq)
+
+    def _commit_position(self, epoch: str, seq: int) -> None:
         try:
-            self.ctx.aggregator.post(f"/cursors/{READER}",
-                                     {"epoch": newest.epoch, "seq": newest.seq}, timeout=5.0)
+            self.ctx.aggregator.post(f"/cursors/{READER}", {"epoch": epoch, "seq": seq},
+                                     timeout=5.0)
         except ServiceError as exc:
             # The next acknowledged page commits a newer position; until then a restart of the
             # bridge publishes a little more again (at least once), never less.
-            log.debug("cannot commit the position %d: %s", newest.seq, exc)
+            log.debug("cannot commit the position %d: %s", seq, exc)
             return
-        self._committed = (newest.epoch, newest.seq)
+        self._committed = (epoch, seq)

@@ -186,11 +186,12 @@ def changes() -> Response:
 
 @bp.get("/cursors/<reader>")
 def cursor(reader: str) -> Response:
-    """A reader's committed position in the durable log (``seq`` null when it has none)."""
+    """A reader's committed position in the durable log (``seq`` null when it has none) and
+    the log's newest position (``head``), where a new reader starts."""
     agg = _agg()
     seq = agg.outbox.cursor(reader) if agg.outbox is not None else None
     return json_response({"reader": reader, "epoch": agg.changes.epoch, "seq": seq,
-                          "durable": agg.changes.durable})
+                          "head": agg.changes.seq, "durable": agg.changes.durable})
 
 
 @bp.post("/cursors/<reader>")

@@ -136,8 +136,9 @@ class Ingest:
         probe_id = self.probe_id_for(payload, remote_ip)
         readings, ignored = parse_readings(payload, text_ok=text_ok)
         self._ensure_registered(probe_id)
-        self._take(probe_id, [(self._clock(), readings)])
-        return {"ok": True, "probe_id": probe_id, "stored": sorted(readings), "ignored": ignored}
+        written = self._take(probe_id, [(self._clock(), readings)])
+        return {"ok": True, "probe_id": probe_id, "stored": sorted(readings), "ignored": ignored,
+                "csv": written}
 
     def _accept_batch(self, payload: Mapping[str, Any], *, remote_ip: str | None) -> dict[str, Any]:
         batch = payload["batch"]
@@ -163,16 +164,22 @@ class Ingest:
             ignored.update(skipped)
         self._ensure_registered(probe_id)
         taken.sort(key=lambda t: t[0])  # stable: readings of one instant keep their order
-        self._take(probe_id, taken)
-        return {"ok": True, "probe_id": probe_id, "accepted": len(taken), "stored": sorted(names),
+        written = self._take(probe_id, taken)
+        return {"ok": True, "probe_id": probe_id, "accepted": len(taken), "csv": written,
+                "stored": sorted(names),
                 "ignored": sorted(ignored)}
 
-    def _take(self, probe_id: str, readings: list[tuple[float, dict[str, Any]]]) -> None:
+    def _take(self, probe_id: str, readings: list[tuple[float, dict[str, Any]]]) -> bool:
+        """Pass the readings on, then their CSV rows; ``False`` when the disk refused a row
+        (the readings went on all the same: the answer must not make the probe send them
+        again)."""
+        written = True
         for ts, values in readings:
             self._emit(ReadingObs(device_id=probe_id, ts=ts, values=values))
-            self.csv.append(ts, probe_id, values)
+            written = self.csv.append(ts, probe_id, values) and written
         with self._lock:
             self.accepted += len(readings)
+        return written
 
     def forget(self, probe_id: str) -> None:
         """The probe's device was removed: its next reading registers it again."""

@@ -88,7 +88,13 @@ def _authorize() -> None:
 @bp.get("/health")
 @describe(responses={200: "the LAN API answers"})
 def health() -> Response:
-    return json_response({"ok": True, "time": iso()})
+    """``status`` ``ok`` or ``degraded`` with the ``reasons``: the CSV log's, and the
+    aggregator's stores (its history and durable change log) on a full or failing disk."""
+    ctx = _ctx()
+    reasons = [ctx.ingest.csv.problem] if ctx.ingest.csv.problem else []
+    reasons += ctx.upstream.store_problems()
+    return json_response({"ok": True, "status": "degraded" if reasons else "ok",
+                          "reasons": reasons, "time": iso()})
 
 
 @bp.route("/ingest", methods=["GET", "POST"])

@@ -36,6 +36,20 @@ class Upstream:
             raise LanError(503, "not_ready", f"the hub's {client.name} is not answering right "
                            "now; send the request again") from exc
 
+    def store_problems(self) -> list[str]:
+        """Why the aggregator's history or durable change log cannot store, if they cannot
+        (the aggregator not answering is one too)."""
+        try:
+            body = self.aggregator.get("/health", timeout=3.0)
+        except ServiceError as exc:
+            return [f"state-aggregator: {exc}"]
+        reasons: list[str] = []
+        for store in ("history", "outbox"):
+            part = body.get(store) if isinstance(body, dict) else None
+            if isinstance(part, dict):
+                reasons += [f"{store}: {r}" for r in part.get("reasons", [])]
+        return reasons
+
     # --- the aggregator's registry ------------------------------------------------------------
     def register(self, request: RegisterDevice) -> bool:
         """Register a probe; ``True`` when it is new. The aggregator refuses (409) an id that

@@ -56,9 +56,22 @@ def test_a_full_disk_degrades_the_history_not_the_live_data(
                 f.write(b"\0" * 65536)
         except OSError:
             pass  # ENOSPC: the disk is full to its last block
-    degraded = wait_for(lambda: (h := health(small))["status"] == "degraded" and h,
+    # Both stores on the disk say so: the history, and the durable change log (the outbox).
+    degraded = wait_for(lambda: (h := health(small))["history"]["state"] == "degraded"
+                        and h["outbox"]["state"] == "degraded" and h,
                         timeout=60, what="the aggregator degraded by the full disk")
+    assert degraded["status"] == "degraded"
     assert any("database or disk is full" in r for r in degraded["history"]["reasons"])
+    assert any("disk is full" in r for r in degraded["outbox"]["reasons"])
+    # The probe API takes a reading on the full disk: never a 500 for what it published.
+    api = f"http://127.0.0.1:{small.env['PORT']}/api"
+    answer = requests.post(f"{api}/ingest", json={"probe_id": "probe_full", "temperature_c": 20.5},
+                           timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["ok"] is True and answer.json()["csv"] is False
+    told_api = requests.get(f"{api}/health", timeout=10).json()
+    assert told_api["status"] == "degraded" and any("disk is full" in r or "No space" in r
+                                                    for r in told_api["reasons"]), told_api
     # Live data still flows: new states reach MQTT while the disk is full.
     topic = f"{small.root_topic}/devices/{DEVICE}/state"
     subscriber.subscribe(topic)
@@ -73,5 +86,8 @@ def test_a_full_disk_degrades_the_history_not_the_live_data(
     ballast.unlink()
     wait_for(lambda: health(small)["history"]["state"] == "ok", timeout=60,
              what="the history storing again")
-    lines = [line for line in small.output if "history degraded (disk_full)" in line]
-    assert len(lines) == 1, lines  # one log line for the condition, not one per batch
+    wait_for(lambda: health(small)["outbox"]["state"] == "ok", timeout=60,
+             what="the outbox storing again")
+    for condition in ("history degraded (disk_full)", "outbox degraded (disk_full)"):
+        lines = [line for line in small.output if condition in line]
+        assert len(lines) == 1, lines  # one log line for the condition, not one per batch

@@ -42,7 +42,8 @@ def test_a_reading_registers_the_probe_and_reaches_the_aggregator(hub: Hub,
                                "fw": "1.2"})
     assert answer.status_code == 200, answer.text
     assert answer.get_json() == {"ok": True, "probe_id": "probe_a",
-                                 "stored": ["rssi", "temperature_c"], "ignored": ["fw"]}
+                                 "stored": ["rssi", "temperature_c"], "ignored": ["fw"],
+                                 "csv": True}
     device = hub.agg.device("probe_a")
     assert (device.source, device.units["temperature_c"]) == ("probe", "°C")
     wait_for(lambda: device.values == {"temperature_c": 21.5, "rssi": -60},
@@ -76,6 +77,27 @@ def test_token_is_required_and_checked(client: FlaskClient) -> None:
     assert quick.status_code == 200 and quick.get_json()["stored"] == ["temperature_c"]
     health = client.get("/api/health").get_json()  # open: for health checks
     assert health["ok"] is True and health["time"].endswith("Z")
+
+
+def test_a_csv_row_the_disk_refuses_never_fails_a_published_reading(
+        hub: Hub, client: FlaskClient, caplog: pytest.LogCaptureFixture) -> None:
+    """The reading went to the aggregator before its CSV row: the probe gets its 200 (a retry
+    would duplicate the reading), /api/health says degraded and why, one log line."""
+    hub.csv.parent.mkdir(parents=True, exist_ok=True)
+    blocker = hub.csv.parent / "blocked"
+    blocker.write_text("a file where the CSV's folder should be")
+    hub.app.extensions["web"].ingest.csv.path = blocker / "readings.csv"
+    for i in range(3):
+        answer = post(client, {"probe_id": "probe_d", "temperature_c": 20.0 + i})
+        assert answer.status_code == 200 and answer.get_json()["csv"] is False  # type: ignore[attr-defined]
+    wait_for(lambda: hub.agg.device("probe_d").values.get("temperature_c") == 22.0,
+             what="the readings to reach the aggregator")
+    health = client.get("/api/health").get_json()
+    assert health["status"] == "degraded" and "CSV log" in health["reasons"][0]
+    assert caplog.text.count("cannot store rows") == 1
+    hub.app.extensions["web"].ingest.csv.path = hub.csv
+    assert post(client, {"probe_id": "probe_d", "temperature_c": 1.0}).get_json()["csv"]  # type: ignore[attr-defined]
+    assert client.get("/api/health").get_json()["status"] == "ok"
 
 
 @pytest.mark.parametrize(("data", "status", "words"), [
@@ -165,14 +187,16 @@ def test_max_devices_refuses_clearly_and_removal_makes_room(tmp_path: Path) -> N
 
 
 def test_a_500_never_carries_the_exception_text(hub: Hub, client: FlaskClient) -> None:
-    hub.csv.mkdir(parents=True)  # the CSV log cannot be written: a real fault inside the route
+    # A fault inside the route that is no disk condition (a full or failing disk only degrades
+    # the CSV log, see above): the CSV log has lost its path.
+    hub.app.extensions["web"].ingest.csv.path = None
     answer = client.post("/api/ingest", headers={"X-Token": TOKEN},
                          json={"probe_id": "probe_b", "temperature_c": 20})
     assert answer.status_code == 500
     body = answer.get_json()
     assert body["error"] == "internal_error" and body["message"] == (
         "internal error; the hub's log has the details")
-    assert str(hub.csv) not in answer.text and "IsADirectory" not in answer.text
+    assert "NoneType" not in answer.text and "AttributeError" not in answer.text
 
 
 def test_without_the_poller_the_answer_says_retry_and_hides_internal_addresses(

@@ -1,0 +1,175 @@
+"""``python -m bench.outbox [--rate R] [--outage S] [--devices N]``: the durable change log.
+
+1. What an append costs: the aggregator's durable log (``outbox.db``) against the readings
+   history's insert, 1,000-change batches, per change (why the log is a sibling table).
+2. A broker outage under load, on the real instance under the real supervisord: a handler's
+   pusher sends ``--rate`` readings/s while the broker is stopped for ``--outage`` seconds, then
+   started again. A subscriber with a persistent session (the broker keeps it across its
+   restart) counts every reading by its number and each device's ``seq``: lost must be 0. The
+   backlog's drain rate is the MQTT messages that arrived after the restart divided by the time
+   from the first to the last of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+import paho.mqtt.client as paho
+import requests
+from paho.mqtt.enums import CallbackAPIVersion
+
+from services.state_aggregator.history.store import HistoryStore, Rows
+from services.state_aggregator.outbox.store import OutboxStore
+from shared.models import ReadingObs, StateChange
+from shared.pusher import Pusher
+from shared.rest import RestClient
+
+from .broker import free_port, port_open, wait_until
+from .hub import Hub, instance_doc
+from .procs import mosquitto_binary
+
+
+def append_cost(n: int = 50_000, batch: int = 1000) -> dict[str, float]:
+    """Microseconds per change: the durable log's append against the history's insert."""
+    work = Path(tempfile.mkdtemp(prefix="sensor-hub-outbox-"))
+    log, history, rows = OutboxStore(work / "outbox.db"), HistoryStore(work / "h.db"), Rows("UTC")
+    t0 = time.time()
+    changes = [StateChange(seq=i + 1, device_seq=i // 10 + 1, device_id=f"d{i % 10}", ts=t0 + i,
+                           values={"temperature": 20.5, "n": i}, sampled=["n"]) for i in range(n)]
+    start = time.perf_counter()
+    for i in range(0, n, batch):
+        log.append(changes[i:i + batch], batch=(f"b{i}", batch, 0))
+    log_us = (time.perf_counter() - start) / n * 1e6
+    start = time.perf_counter()
+    for i in range(0, n, batch):
+        history.add([rows.row(c.device_id, c.ts, c.values) for c in changes[i:i + batch]])
+    history_us = (time.perf_counter() - start) / n * 1e6
+    return {"outbox_append_us": round(log_us, 1), "history_insert_us": round(history_us, 1)}
+
+
+class Mosquitto:
+    """A broker that keeps persistent sessions across its own restart."""
+
+    def __init__(self, work: Path) -> None:
+        self.port = free_port()
+        (work / "mq").mkdir()
+        user = "user root\n" if os.geteuid() == 0 else ""
+        self.conf = work / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                             f"set_tcp_nodelay true\npersistence true\npersistence_location "
+                             f"{work / 'mq'}/\nmax_queued_messages 0\n{user}")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: port_open(self.port), timeout=10, what="mosquitto to listen")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+class Counter:
+    def __init__(self, port: int, base: str) -> None:
+        self.lock = threading.Lock()
+        self.numbers: dict[str, set[int]] = defaultdict(set)
+        self.seqs: dict[str, list[int]] = defaultdict(list)
+        self.arrivals: list[float] = []
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{os.getpid()}",
+                                  clean_session=False, protocol=paho.MQTTv311)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_a: c.subscribe(f"{base}/devices/#", 1)
+        self.client.reconnect_delay_set(1, 1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.arrivals.append(now)
+            if msg.topic.endswith("/state") and msg.payload and not msg.retain:
+                body = orjson.loads(msg.payload)
+                self.seqs[body["device_id"]].append(body["seq"])
+                if "n" in body:
+                    self.numbers[body["device_id"]].add(body["n"])
+
+
+def outage(rate: float, seconds: float, devices: int) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="sensor-hub-outage-"))
+    broker = Mosquitto(work)
+    hub = Hub(instance_doc([]), broker.port)
+    hub.start()
+    try:
+        hub.wait_healthy()
+        names = [f"bench_{i}" for i in range(devices)]
+        for name in names:
+            requests.post(f"{hub.url('aggregator')}/devices/register", timeout=5,
+                          json={"device_id": name, "source": "probe", "interval": 60}
+                          ).raise_for_status()
+        counter = Counter(broker.port, hub.base)
+        pusher = Pusher(RestClient(hub.url("aggregator"), name="state-aggregator"),
+                        source="http-poller")
+        pusher.start()
+        emitted = dict.fromkeys(names, 0)
+        broker.stop()
+        start = time.monotonic()
+        i = 0
+        while (now := time.monotonic()) < start + seconds:
+            name = names[i % devices]
+            pusher.emit(ReadingObs(device_id=name, ts=time.time(), values={"n": emitted[name]}))
+            emitted[name] += 1
+            i += 1
+            ahead = start + i / rate - now
+            if ahead > 0:
+                time.sleep(ahead)
+        wait_until(lambda: pusher.stats()["queued"] == 0, timeout=120, what="the pusher")
+        health = hub.get("aggregator", "/health")["outbox"]
+        with counter.lock:
+            before = len(counter.arrivals)
+        restarted = time.monotonic()
+        broker.start()
+        load = os.getloadavg()[0]
+        wait_until(lambda: all(counter.numbers[n] >= set(range(emitted[n])) for n in names),
+                   timeout=600, what="every reading on MQTT", interval=0.2)
+        with counter.lock:
+            after = counter.arrivals[before:]
+        lost = sum(emitted[n] - len(counter.numbers[n] & set(range(emitted[n]))) for n in names)
+        gaps = sum(1 for n in names for a, b in zip(counter.seqs[n], counter.seqs[n][1:],
+                                                   strict=False) if b > a + 1)
+        span = after[-1] - after[0] if len(after) > 1 else 0.0
+        return {"readings": sum(emitted.values()), "rate": rate, "outage_s": seconds,
+                "pending_before_restart": health["pending"], "lost": lost, "seq_gaps": gaps,
+                "msgs_after_restart": len(after),
+                "drain_msgs_per_s": round(len(after) / span) if span > 0 else None,
+                "restart_to_last_s": round(after[-1] - restarted, 2),
+                "load_avg_1m": round(load, 1)}
+    finally:
+        hub.stop(graceful=False)
+        broker.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--outage", type=float, default=60.0)
+    parser.add_argument("--devices", type=int, default=10)
+    args = parser.parse_args()
+    print("append cost:", append_cost())
+    print("outage:", outage(args.rate, args.outage, args.devices))
+
+
+if __name__ == "__main__":
+    main()

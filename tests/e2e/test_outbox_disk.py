@@ -1,0 +1,101 @@
+"""The durable change log on a small disk, under the real instance: DATA_DIR on a tmpfs of 16 MB
+(root only), the bridge stopped so nothing is published while a handler's pusher sends
+readings with a large payload. Past ``OUTBOX_MAX_MB`` the unpublished intermediate states are
+thinned; the instance keeps running and accepting; once the bridge is back every device's
+newest state and every event reach MQTT, and ``meta/health`` counts what was thinned."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from shared.models import EventObs, ReadingObs
+from shared.pusher import Pusher
+from shared.rest import RestClient
+from tests.e2e.conftest import Instance, demo_instance
+from tests.helpers import Broker, Received, Subscriber, wait_for
+
+pytestmark = pytest.mark.e2e
+DEVICES = ["thin_a", "thin_b"]
+PAD = "x" * 400
+
+
+@pytest.fixture
+def small(mosquitto: Broker, tmp_path: Path) -> Iterator[Instance]:
+    data = tmp_path / "data"
+    data.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(data)],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        with demo_instance(mosquitto, tmp_path, OUTBOX_MAX_MB="2", OUTBOX_MIN_FREE_MB="1",
+                           OUTBOX_CHECK_INTERVAL="0.5", HISTORY_ENABLED="false") as inst:
+            yield inst
+    finally:
+        subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+def health(inst: Instance) -> dict[str, Any]:
+    body: dict[str, Any] = requests.get(
+        f"http://127.0.0.1:{inst.env['STATE_AGGREGATOR_PORT']}/health", timeout=5).json()
+    return body
+
+
+def test_past_outbox_max_mb_unpublished_states_are_thinned_and_the_hub_runs_on(
+        small: Instance, subscriber: Subscriber) -> None:
+    url = f"http://127.0.0.1:{small.env['STATE_AGGREGATOR_PORT']}"
+    for device in DEVICES:
+        requests.post(f"{url}/devices/register", json={
+            "device_id": device, "source": "probe", "interval": 60}, timeout=5).raise_for_status()
+    assert small.supervisorctl("stop", "mqtt-bridge").returncode == 0
+    pusher = Pusher(RestClient(url, name="state-aggregator"), source="http-poller")
+    pusher.start()
+    t0 = time.time() - 3600
+    n = 12_000  # about 5 MB of states: more than OUTBOX_MAX_MB
+    for i in range(n):
+        device = DEVICES[i % len(DEVICES)]
+        pusher.emit(ReadingObs(device_id=device, ts=t0 + i * 0.1, values={"n": i, "pad": PAD}))
+        if i % 1000 == 0:
+            pusher.emit(EventObs(device_id=device, ts=t0 + i * 0.1, event=f"mark{i}"))
+    wait_for(lambda: pusher.stats()["queued"] == 0, timeout=120, what="the pusher to drain")
+    pusher.stop()
+    thinned = wait_for(lambda: (h := health(small)["outbox"])["thinned"] > 0 and h,
+                       timeout=60, what="the outbox thinned")
+    assert thinned["state"] == "ok"  # thinning is what the limit asks for, not a degradation
+    assert "OUTBOX_MAX_MB" in thinned.get("thinning", "") or thinned["pending"] < n
+    # Live: the instance still takes readings.
+    snap = requests.get(f"{url}/snapshot", timeout=30).json()
+    held = {d["info"]["device_id"]: d["state"] for d in snap["devices"]}
+    assert held["thin_a"]["values"]["n"] == n - 2 and held["thin_a"]["device_seq"] == n // 2
+    # The bridge back: every device's newest state, every event, and meta/health says thinned.
+    topics = {d: f"{small.root_topic}/devices/{d}/state" for d in DEVICES}
+    events = f"{small.root_topic}/devices/+/events"
+    subscriber.subscribe(f"{small.root_topic}/devices/+/state").subscribe(events)
+    subscriber.subscribe(f"{small.root_topic}/meta/health")
+    assert small.supervisorctl("start", "mqtt-bridge").returncode == 0
+    for i, device in enumerate(DEVICES):
+        newest = n - len(DEVICES) + i
+
+        def is_newest(m: Received, v: int = newest) -> bool:
+            return bool(m.json().get("n") == v)
+
+        subscriber.wait(topics[device], timeout=120, where=is_newest)
+    marks = wait_for(lambda: (got := {m.json()["event"] for m in subscriber.messages
+                                      if m.topic.endswith("/events")}) >= {
+        f"mark{i}" for i in range(0, n, 1000)} and got, timeout=60, what="every event")
+    assert marks
+    told = subscriber.wait(f"{small.root_topic}/meta/health", timeout=60,
+                           where=lambda m: m.json()["outbox"]["thinned"] > 0).json()
+    assert told["outbox"]["thinned"] >= thinned["thinned"]
+    assert any("outbox degraded (over_limit)" in line for line in small.output)

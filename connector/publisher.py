@@ -34,14 +34,19 @@ class Publisher:
         self.raw(topic, payload.encode(), qos=qos, retain=retain)
 
     def raw(self, topic: str, payload: bytes, *, qos: int | None = None, retain: bool = False) -> None:
-        self._local.last = self._client.publish(topic, payload,
-                                                qos=self.default_qos if qos is None else qos,
-                                                retain=retain)
+        qos = self.default_qos if qos is None else qos
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if qos > 0 or getattr(self._local, "last", None) is None:
+            # The broker acknowledges a session's QoS>0 messages in order: its PUBACK of this
+            # one says every message before it arrived. A QoS 0 one says only that it was
+            # written to the socket, so it stands in only where nothing acknowledged does.
+            self._local.last = info
         self.published += 1
 
     @property
     def last(self) -> paho.MQTTMessageInfo | None:
-        """The info of the newest message this thread published (``None``: none yet)."""
+        """The info of the newest QoS>0 message this thread published (of a QoS 0 one when it
+        published no other; ``None``: none yet)."""
         last: paho.MQTTMessageInfo | None = getattr(self._local, "last", None)
         return last
 

@@ -185,6 +185,7 @@ def changes() -> Response:
 
 
 @bp.get("/cursors/<reader>")
+@describe(responses={200: "the reader's committed position and the log's head"})
 def cursor(reader: str) -> Response:
     """A reader's committed position in the durable log (``seq`` null when it has none) and
     the log's newest position (``head``), where a new reader starts."""
@@ -195,6 +196,9 @@ def cursor(reader: str) -> Response:
 
 
 @bp.post("/cursors/<reader>")
+@describe(body=CursorCommit, responses={200: "committed", 400: "not JSON", 409: "another epoch",
+                                        422: "invalid body", 503: "no durable log, or the "
+                                        "disk refused the position"})
 def commit_cursor(reader: str) -> Response:
     """Commit a reader's position: ``{"epoch": E, "seq": N}``, everything up to ``N``
     delivered. 409 when ``epoch`` is not this log's (the reader must resync)."""

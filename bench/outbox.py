@@ -29,6 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from services.state_aggregator.history.store import HistoryStore, Rows
 from services.state_aggregator.outbox.store import OutboxStore
+from shared.internal import HEADER
 from shared.models import ReadingObs, StateChange, to_json
 from shared.pusher import Pusher
 from shared.rest import RestClient
@@ -120,11 +121,11 @@ def outage(rate: float, seconds: float, devices: int) -> dict[str, Any]:
         names = [f"bench_{i}" for i in range(devices)]
         for name in names:
             requests.post(f"{hub.url('aggregator')}/devices/register", timeout=5,
-                          json={"device_id": name, "source": "probe", "interval": 60}
-                          ).raise_for_status()
+                          json={"device_id": name, "source": "probe", "interval": 60},
+                          headers={HEADER: hub.secret}).raise_for_status()
         counter = Counter(broker.port, hub.base)
-        pusher = Pusher(RestClient(hub.url("aggregator"), name="state-aggregator"),
-                        source="http-poller")
+        pusher = Pusher(RestClient(hub.url("aggregator"), name="state-aggregator",
+                                   secret=hub.secret), source="http-poller")
         pusher.start()
         emitted = dict.fromkeys(names, 0)
         broker.stop()

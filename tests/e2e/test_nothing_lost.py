@@ -24,11 +24,12 @@ import pytest
 import requests
 from paho.mqtt.enums import CallbackAPIVersion
 
+from shared.internal import HEADER
 from shared.models import ReadingObs
 from shared.pusher import Pusher
 from shared.rest import RestClient
 from tests.e2e.conftest import Instance, demo_instance
-from tests.helpers import Broker, start_broker, wait_for
+from tests.helpers import Broker, internal_headers, start_broker, wait_for
 
 pytestmark = pytest.mark.e2e
 DEVICES = [f"lossless_{i}" for i in range(4)]
@@ -98,8 +99,8 @@ class Counter:
 class Feed:
     """A handler's pusher sending numbered readings at ``RATE`` until stopped."""
 
-    def __init__(self, aggregator_url: str) -> None:
-        self.pusher = Pusher(RestClient(aggregator_url, name="state-aggregator"),
+    def __init__(self, aggregator_url: str, secret: str) -> None:
+        self.pusher = Pusher(RestClient(aggregator_url, name="state-aggregator", secret=secret),
                              source="http-poller")
         self.emitted: dict[str, int] = dict.fromkeys(DEVICES, 0)
         self._stop = threading.Event()
@@ -156,9 +157,9 @@ def worker_of(master: int) -> int:
     raise AssertionError(f"gunicorn master {master} has no worker")
 
 
-def aggregator_up(url: str) -> bool:
+def aggregator_up(url: str, headers: dict[str, str]) -> bool:
     try:
-        return requests.get(f"{url}/health", timeout=2).ok
+        return requests.get(f"{url}/health", timeout=2, headers=headers).ok
     except requests.RequestException:
         return False
 
@@ -167,12 +168,13 @@ def test_nothing_accepted_is_lost_across_outages_and_kills(
         durable_broker: Broker, tmp_path: Path) -> None:
     with demo_instance(durable_broker, tmp_path) as inst:
         url = f"http://127.0.0.1:{inst.env['STATE_AGGREGATOR_PORT']}"
+        headers = internal_headers(inst.env)
         for device in DEVICES:
             requests.post(f"{url}/devices/register", json={
-                "device_id": device, "source": "probe", "interval": 1}, timeout=5
-            ).raise_for_status()
+                "device_id": device, "source": "probe", "interval": 1}, timeout=5,
+                headers=headers).raise_for_status()
         counter = Counter(durable_broker, inst.root_topic)
-        feed = Feed(url)
+        feed = Feed(url, headers[HEADER])
         feed.start()
 
         def flowing() -> None:
@@ -202,7 +204,7 @@ def test_nothing_accepted_is_lost_across_outages_and_kills(
             os.kill(master, signal.SIGKILL)
             wait_for(lambda: running(inst, "state-aggregator", other_than=master), timeout=30,
                      what="supervisord to restart the aggregator")
-            wait_for(lambda: aggregator_up(url), timeout=60, what="the aggregator to answer")
+            wait_for(lambda: aggregator_up(url, headers), timeout=60, what="the aggregator to answer")
             flowing()
             # 4. The bridge restarted while the broker is away.
             durable_broker.stop()
@@ -234,5 +236,5 @@ def test_nothing_accepted_is_lost_across_outages_and_kills(
                     assert seq in first_seen, f"{device}: seq {seq} arrived after a newer one"
             assert first_seen == list(range(first_seen[0], first_seen[-1] + 1)), (
                 f"{device}: a gap in seq")
-        health = requests.get(f"{url}/health", timeout=5).json()
+        health = requests.get(f"{url}/health", timeout=5, headers=headers).json()
         assert health["outbox"]["state"] == "ok", health["outbox"]

@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 import requests
 
+from shared.internal import HEADER
 from shared.models import EventObs, ReadingObs
 from shared.pusher import Pusher
 from shared.rest import RestClient
 from tests.e2e.conftest import Instance, demo_instance
-from tests.helpers import Broker, Received, Subscriber, wait_for
+from tests.helpers import Broker, Received, Subscriber, internal_headers, wait_for
 
 pytestmark = pytest.mark.e2e
 DEVICES = ["thin_a", "thin_b"]
@@ -48,18 +49,22 @@ def small(mosquitto: Broker, tmp_path: Path) -> Iterator[Instance]:
 
 def health(inst: Instance) -> dict[str, Any]:
     body: dict[str, Any] = requests.get(
-        f"http://127.0.0.1:{inst.env['STATE_AGGREGATOR_PORT']}/health", timeout=5).json()
+        f"http://127.0.0.1:{inst.env['STATE_AGGREGATOR_PORT']}/health", timeout=5,
+        headers=internal_headers(inst.env)).json()
     return body
 
 
 def test_past_outbox_max_mb_unpublished_states_are_thinned_and_the_hub_runs_on(
         small: Instance, subscriber: Subscriber) -> None:
     url = f"http://127.0.0.1:{small.env['STATE_AGGREGATOR_PORT']}"
+    headers = internal_headers(small.env)
     for device in DEVICES:
         requests.post(f"{url}/devices/register", json={
-            "device_id": device, "source": "probe", "interval": 60}, timeout=5).raise_for_status()
+            "device_id": device, "source": "probe", "interval": 60}, timeout=5,
+            headers=headers).raise_for_status()
     assert small.supervisorctl("stop", "mqtt-bridge").returncode == 0
-    pusher = Pusher(RestClient(url, name="state-aggregator"), source="http-poller")
+    pusher = Pusher(RestClient(url, name="state-aggregator", secret=headers[HEADER]),
+                    source="http-poller")
     pusher.start()
     t0 = time.time() - 3600
     n = 12_000  # about 5 MB of states: more than OUTBOX_MAX_MB
@@ -75,7 +80,7 @@ def test_past_outbox_max_mb_unpublished_states_are_thinned_and_the_hub_runs_on(
     assert thinned["state"] == "ok"  # thinning is what the limit asks for, not a degradation
     assert "OUTBOX_MAX_MB" in thinned.get("thinning", "") or thinned["pending"] < n
     # Live: the instance still takes readings.
-    snap = requests.get(f"{url}/snapshot", timeout=30).json()
+    snap = requests.get(f"{url}/snapshot", timeout=30, headers=headers).json()
     held = {d["info"]["device_id"]: d["state"] for d in snap["devices"]}
     assert held["thin_a"]["values"]["n"] == n - 2 and held["thin_a"]["device_seq"] == n // 2
     # The bridge back: every device's newest state, every event, and meta/health says thinned.

@@ -66,7 +66,7 @@ def test_a_full_disk_degrades_the_history_not_the_live_data(
     # The probe API takes a reading on the full disk: never a 500 for what it published.
     api = f"http://127.0.0.1:{small.env['PORT']}/api"
     answer = requests.post(f"{api}/ingest", json={"probe_id": "probe_full", "temperature_c": 20.5},
-                           timeout=10)
+                           timeout=10, headers={"X-Token": small.hub_token})
     assert answer.status_code == 200, answer.text
     assert answer.json()["ok"] is True and answer.json()["csv"] is False
     told_api = requests.get(f"{api}/health", timeout=10).json()
@@ -88,6 +88,10 @@ def test_a_full_disk_degrades_the_history_not_the_live_data(
              what="the history storing again")
     wait_for(lambda: health(small)["outbox"]["state"] == "ok", timeout=60,
              what="the outbox storing again")
-    for condition in ("history degraded (disk_full)", "outbox degraded (disk_full)"):
-        lines = [line for line in small.output if condition in line]
-        assert len(lines) == 1, lines  # one log line for the condition, not one per batch
+    # One log line when a condition starts and one when it ends, not one per batch. The two
+    # stores share the disk: pages one gives back (the outbox thins on a full disk) can let the
+    # other store a batch, so a condition may end and start again while the disk is full.
+    for store in ("history", "outbox"):
+        started = [ln for ln in small.output if f"{store} degraded (disk_full)" in ln]
+        ended = [ln for ln in small.output if f"{store} recovered (disk_full)" in ln]
+        assert 1 <= len(started) == len(ended) <= 5, (started, ended)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from shared.jsonutil import dumps
 from shared.models import DeviceId
-from shared.timeutil import parse_iso
+from shared.timeutil import in_range, parse_iso
 
 BULK_MAX = 1000  # readings per POST /api/readings/bulk (the seed syncs 360 per request)
 PAGE_MAX = 10_000  # readings per page of GET /api/readings
@@ -33,12 +33,13 @@ READINGS_QUERY: dict[str, Any] = {
 def _epoch(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"{what} must be an ISO 8601 timestamp")
-    if isinstance(value, int | float):
-        return float(value)
     try:
-        return parse_iso(value)
-    except ValueError as exc:
-        raise ValueError(f"{what} is not an ISO 8601 timestamp: {value!r}") from exc
+        ts = float(value) if isinstance(value, int | float) else parse_iso(value)
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"{what} is not an ISO 8601 timestamp: {value!r:.100}") from exc
+    if not in_range(ts):
+        raise ValueError(f"{what} must be between 1970 and 9999, got {value!r:.100}")
+    return ts
 
 
 class _Model(BaseModel):

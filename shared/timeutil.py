@@ -6,6 +6,11 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+# The latest time a sensor may report: every time zone's local date still fits in datetime there
+# (``iso`` and the history's ``ts_local`` build one). Times from outside [0, EPOCH_MAX) are refused
+# where they enter the hub, so nothing downstream (a writer thread, the bridge) meets them.
+EPOCH_MAX = 253_402_214_400.0  # 9999-12-31T00:00:00Z
+
 
 def now() -> float:
     return time.time()
@@ -23,3 +28,8 @@ def parse_iso(value: str) -> float:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
+
+
+def in_range(ts: float) -> bool:
+    """Whether ``ts`` is an epoch time the hub can render (1970 to 9999; never NaN or inf)."""
+    return 0.0 <= ts < EPOCH_MAX

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from shared.master_models import CommandAck, DataUpload, Heartbeat, SensorRegister, SensorStatus
 from shared.models import ErrorObs, EventObs, LinkObs, Observation, ReadingObs, RegisterDevice
-from shared.timeutil import iso, parse_iso
+from shared.timeutil import in_range, iso, parse_iso
 
 from . import resolve
 from .commands import CommandQueue
@@ -397,10 +397,14 @@ def _timestamp(value: str | float | None, now: float, where: str) -> float:
     if isinstance(value, str):
         try:
             ts = parse_iso(value)
-        except ValueError as exc:
-            raise Invalid("invalid_body", f"{where}.timestamp: {value!r} is not ISO 8601") from exc
+        except (ValueError, OverflowError) as exc:
+            raise Invalid("invalid_body", f"{where}.timestamp: {value!r:.100} is not ISO 8601") \
+                from exc
     else:
         ts = float(value)
+    if not in_range(ts):
+        raise Invalid("invalid_body", f"{where}.timestamp: {value!r:.100} is not a time between "
+                                      "1970 and 9999")
     if ts > now + FUTURE_SLACK_S:
         raise Invalid("invalid_body", f"{where}.timestamp: {iso(ts)} is in the future (the hub's "
                                       f"clock says {iso(now)})")

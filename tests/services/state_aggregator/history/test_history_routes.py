@@ -118,6 +118,20 @@ def test_post_one_and_bulk_are_idempotent(client: FlaskClient) -> None:
     assert client.post("/history/readings/bulk", json=bulk).get_json()["duplicates"] == 60
 
 
+@pytest.mark.parametrize("ts", [-1.7976931348623155e308, 1e300, -1, 1e12,
+                                "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59Z"])
+def test_a_time_no_datetime_can_hold_is_refused_not_a_crash(client: FlaskClient,
+                                                             ts: float | str) -> None:
+    """Found by the fuzzer (tests/e2e/test_fuzz_rest.py): ts_utc -1.8e308 answered 500
+    (OverflowError building the row), 1e12 likewise (year out of range)."""
+    reading = {"device_id": "edge_1", "ts_utc": ts, "payload": {"t": 1}}
+    resp = client.post("/history/readings", json=reading)
+    assert resp.status_code == 422, resp.get_data(as_text=True)
+    assert "ts_utc must be between 1970 and 9999" in resp.get_json()["message"]
+    bulk = client.post("/history/readings/bulk", json={"readings": [reading]})
+    assert bulk.status_code == 422 and "readings[0]" in bulk.get_json()["message"]
+
+
 @pytest.mark.parametrize(("body", "status", "message"), [
     ({"readings": []}, 422, "at least 1"),
     ({"readings": [{"device_id": "a"}] * 1001}, 422, "at most 1000"),

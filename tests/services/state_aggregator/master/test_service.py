@@ -180,6 +180,20 @@ def test_data_is_mapped_into_device_state_and_replays_are_ignored(service: Maste
             {"timestamp": clock.now + 3600, "readings": {"t": 1}}]}))
 
 
+@pytest.mark.parametrize("ts", [-1e300, -1, "0001-01-01T00:00:00+14:00"])
+def test_a_time_the_hub_cannot_render_is_refused(service: MasterService, admin: MasterAdmin,
+                                                 agg: Aggregator, ts: float | str) -> None:
+    """A reading at -1e300 s passed (it is not in the future), then broke the history's writer
+    thread and every ISO rendering of it; refused where it enters, with the reason."""
+    admin.create_template(TemplateIn(config_name="Default", sensor_type="esp32_ferm",
+                                     config_data=CONFIG))
+    service.register(ESP)
+    with pytest.raises(Invalid, match=r"batch\.0\.timestamp: .* not a time between 1970 and 9999"):
+        service.data(DataUpload.model_validate({"sensor_id": "esp32_001", "batch": [
+            {"timestamp": ts, "readings": {"sensor.temperature": 1}}]}))
+    assert "temperature" not in agg.devices["esp32_001"].values
+
+
 def test_status_transitions_become_availability_and_events(service: MasterService,
                                                            admin: MasterAdmin, agg: Aggregator,
                                                            clock: Clock) -> None:

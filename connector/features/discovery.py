@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from shared import CONNECTOR_TYPE, __version__
+from shared.errors import TopicError
 from shared.models import to_json
 from shared.topics import DiscoveryTopics, Route, RouteKind
 
@@ -226,7 +227,16 @@ class DiscoveryFeature(Feature):
         for i in range(0, len(chosen), DEVICES_PER_CHUNK):
             yield {topic: (view.info.device_id, payload)
                    for view in chosen[i:i + DEVICES_PER_CHUNK]
-                   for topic, payload in self.builder.device_messages(self.mode, view).items()}
+                   for topic, payload in self._device_messages(view).items()}
+
+    def _device_messages(self, view: DeviceView) -> dict[str, dict[str, Any]]:
+        """One device's configs; none (logged) for a device that cannot be described, so one
+        bad name never stops the others' discovery."""
+        try:
+            return self.builder.device_messages(self.mode, view)
+        except TopicError as exc:
+            log.warning("no discovery for device %s: %s", view.info.device_id, exc)
+            return {}
 
     def _leftovers(self, cleared: list[str], present: set[str]) -> list[str]:
         """The retained device topics of devices that are gone from the instance since an

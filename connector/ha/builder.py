@@ -14,6 +14,7 @@ Assistant's MQTT entities take that payload as "unknown" instead of logging a te
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from . import classes
 from .props import Prop
 
 Payload = dict[str, Any]
+NODE_ID_MAX = 64  # a topic segment (shared.topics.ID_RE)
 # The entities of a device that are not properties; a property of the same name wins.
 ERROR_KEY = "last_error"
 EVENT_KEY = "event"
@@ -104,7 +106,13 @@ class Builder:
         return f"sensor-hub_{self.instance}"
 
     def node_id(self, device_id: str) -> str:
-        return f"{self.instance}_{device_id}"
+        """``{instance}_{device}``; when that is longer than a topic segment may be (a device id
+        of 64 characters is valid), its start and a hash of the whole: unique and stable."""
+        node = f"{self.instance}_{device_id}"
+        if len(node) <= NODE_ID_MAX:
+            return node
+        digest = hashlib.sha256(node.encode()).hexdigest()[:10]
+        return f"{node[:NODE_ID_MAX - len(digest) - 1]}_{digest}"
 
     # --- devices -----------------------------------------------------------------------------
     def device_block(self, info: DeviceInfo) -> Payload:

@@ -220,3 +220,19 @@ def test_any_state_yields_configs_home_assistant_accepts(
             assert float(rendered) == pytest.approx(float(value), rel=1e-6)
         missing = orjson.dumps({"device_id": "dev1", "timestamp": "2026-01-01T00:00:00.000Z"})
         assert ha_rules.render_value(cfg["value_template"], missing) == "None"
+
+
+def test_a_device_id_of_64_characters_gets_valid_discovery_topics() -> None:
+    """Found by the REST fuzzer: a probe registered as a 64-character id (valid) made
+    ``demo_{id}`` too long for a topic segment, and every discovery round of the instance failed
+    from then on. The node id is now its start and a hash of the whole: unique and stable."""
+    long_a, long_b = "a" * 63 + "1", "a" * 63 + "2"
+    node_a, node_b = BUILDER.node_id(long_a), BUILDER.node_id(long_b)
+    assert len(node_a) == 64 and node_a != node_b and node_a.startswith("demo_aaaa")
+    assert BUILDER.node_id(long_a) == node_a  # the same every run: no ghost entities
+    assert BUILDER.node_id("dev1") == "demo_dev1"  # short ids unchanged
+    dev = info(long_a)
+    messages = BUILDER.device_messages("entity", DeviceView(dev, infer({"t": 1.5}, {}, {}), ()))
+    assert messages and all(f"/{node_a}/" in topic for topic in messages)
+    check_all(messages)
+    assert BUILDER.device_messages("device", DeviceView(dev, infer({"t": 1.5}, {}, {}), ()))

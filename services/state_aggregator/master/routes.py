@@ -42,6 +42,9 @@ from .tokens import SensorTokens, TokenOptions
 bp = Blueprint("master", __name__, url_prefix="/master")
 # A batch of 10,000 readings after a long offline period fits; a 10 MB body is refused unread.
 MAX_BODY = 4 * 1024 * 1024
+# Row ids are SQLite INTEGERs: a larger one in a path is no row (404), never an OverflowError.
+# (Checked in the view: werkzeug's int(max=...) answers 405 when two methods share the rule.)
+ROW_ID_MAX = 2**63 - 1
 COMMAND_STATES: tuple[CommandState, ...] = ("pending", "sent", "delivered", "completed", "failed",
                                             "expired", "canceled")
 BAD_BODY = {400: "not JSON, or a bad id", 413: "body too large", 422: "invalid body"}
@@ -79,6 +82,12 @@ def _id(value: str, what: str = "sensor_id") -> str:
         return validate_id(value, what)
     except TopicError as exc:
         raise ApiError(400, "invalid_id", str(exc)) from exc
+
+
+def _row(value: int, what: str) -> int:
+    if value > ROW_ID_MAX:
+        raise ApiError(404, "not_found", f"no {what} {value}")
+    return value
 
 
 def _int_arg(name: str, default: int | None, lo: int, hi: int) -> int | None:
@@ -219,13 +228,14 @@ def create_instance() -> Response:
 @bp.patch("/instances/<int:master_id>")
 @describe(body=MasterInstancePatch, responses={200: "updated", **BAD_BODY, 404: "unknown"})
 def update_instance(master_id: int) -> Response:
-    return ok(_master().admin.update_instance(master_id, parse_body(MasterInstancePatch)))
+    return ok(_master().admin.update_instance(_row(master_id, "master instance"),
+                                              parse_body(MasterInstancePatch)))
 
 
 @bp.delete("/instances/<int:master_id>")
 @describe(responses={200: "deleted", 404: "unknown", 409: "in use"})
 def delete_instance(master_id: int) -> Response:
-    return ok(_master().admin.delete_instance(master_id))
+    return ok(_master().admin.delete_instance(_row(master_id, "master instance")))
 
 
 # --- management: sensors ----------------------------------------------------------------------
@@ -301,7 +311,7 @@ def create_config() -> Response:
 @bp.patch("/configs/<int:template_id>")
 @describe(body=TemplatePatch, responses={200: "updated", **BAD_BODY, 404: "unknown", 409: "conflict"})
 def update_config(template_id: int) -> Response:
-    return ok(_master().admin.update_template(template_id, parse_body(TemplatePatch)))
+    return ok(_master().admin.update_template(_row(template_id, "template"), parse_body(TemplatePatch)))
 
 
 @bp.post("/configs/preview")
@@ -316,13 +326,14 @@ def preview_config() -> Response:
                                      404: "unknown"})
 def preview_config_update(template_id: int) -> Response:
     """What ``PATCH /configs/{id}`` with this body would change, changing nothing."""
-    return ok(_master().admin.preview_template(parse_body(TemplatePatch), template_id))
+    return ok(_master().admin.preview_template(parse_body(TemplatePatch),
+                                                      _row(template_id, "template")))
 
 
 @bp.delete("/configs/<int:template_id>")
 @describe(responses={200: "deleted", 404: "unknown", 409: "in use"})
 def delete_config(template_id: int) -> Response:
-    return ok(_master().admin.delete_template(template_id))
+    return ok(_master().admin.delete_template(_row(template_id, "template")))
 
 
 # --- management: commands ---------------------------------------------------------------------

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from shared.models import ReadingObs, RegisterDevice
-from shared.timeutil import iso, parse_iso
+from shared.timeutil import in_range, iso, parse_iso
 from shared.topics import ID_RE
 
 from .csvlog import CsvLog
@@ -84,7 +84,7 @@ def reading_time(value: Any, now: float, where: str) -> float:
     if isinstance(value, str):
         try:
             ts = parse_iso(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise LanError(422, "invalid_body",
                            f"{where}timestamp: {value[:40]!r} is not ISO 8601") from None
     elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
@@ -92,6 +92,9 @@ def reading_time(value: Any, now: float, where: str) -> float:
     else:
         raise LanError(422, "invalid_body",
                        f"{where}timestamp must be ISO 8601 or epoch seconds, got {value!r}")
+    if not in_range(ts):  # 1e300 would break every rendering of it, this answer's too
+        raise LanError(422, "invalid_body", f"{where}timestamp: {value!r:.40} is not a time "
+                                            "between 1970 and 9999")
     if ts < EARLIEST_TS:
         raise LanError(422, "invalid_body", f"{where}timestamp: {value!r} is before 2020: an "
                                             "uptime or a clock not set yet, not a time; leave it "

@@ -5,9 +5,11 @@ ones (wrong types, missing fields, bad ids). No answer may be a 5xx and no conne
 afterwards no program has restarted (same pid), each still answers ``/health`` and the instance
 is still ``online`` on MQTT.
 
-The management and token-protected routes are fuzzed with their credentials (``SERVER_TOKEN``,
+The locked routes are fuzzed with their credentials, so the fuzzer reaches what is behind them,
+not only the 401s: the internal services with the instance's secret (``X-Hub-Secret``, from
+HUB_RUN_DIR, as the hub's own processes send it), the LAN port with ``SERVER_TOKEN``,
 ``MASTER_API_KEY`` as ``X-API-Key``, and a dashboard session logged in with the key and its CSRF
-token), so the fuzzer reaches what is behind them, not only the 401s.
+token.
 
 Bounded: ``FUZZ_EXAMPLES`` examples per operation and generation mode (default 5: the whole module
 takes about a minute and a half on 2 cores), derandomized, so a run is repeatable; raise it for a
@@ -34,7 +36,7 @@ from schemathesis.core.result import Ok
 
 from shared.processes import PROCESS_NAMES
 from tests.e2e.conftest import Instance, demo_instance
-from tests.helpers import Broker, retained, wait_for
+from tests.helpers import Broker, internal_headers, retained, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -113,9 +115,12 @@ def fuzzed(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Itera
             "http-poller": Service("http-poller", url("HTTP_POLLER_PORT"), "/openapi.json"),
             "web": Service("web", url("PORT"), "/api/openapi.json"),
         }
+        secret = internal_headers(inst.env)  # the internal REST answers only with it
         for svc in services.values():
-            spec_url = f"{svc.base}{svc.spec}"
-            wait_for(partial(answers, spec_url), timeout=60, what=f"{svc.program}'s description")
+            if svc.program != "web":
+                svc.headers = dict(secret)
+            wait_for(partial(answers, f"{svc.base}{svc.spec}", svc.headers), timeout=60,
+                     what=f"{svc.program}'s description")
         web = services["web"]
         csrf, cookies = dashboard_session(web.base)
         web.headers = {"X-Token": TOKEN, "X-API-Key": KEY, **csrf}
@@ -124,9 +129,9 @@ def fuzzed(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield Fuzzed(inst, services, pids)
 
 
-def answers(url: str) -> bool:
+def answers(url: str, headers: dict[str, str]) -> bool:
     try:
-        return requests.get(url, timeout=5).status_code == 200
+        return requests.get(url, headers=headers, timeout=5).status_code == 200
     except requests.RequestException:
         return False
 
@@ -194,7 +199,8 @@ def _produces(op: schemathesis.APIOperation[Any, Any, Any, Any]) -> list[str]:
 @pytest.mark.parametrize("name", ["state-aggregator", "serial-handler", "http-poller", "web"])
 def test_fuzzing_every_route_gets_no_server_error(fuzzed: Fuzzed, name: str) -> None:
     svc = fuzzed.services[name]
-    schema = schemathesis.openapi.from_url(f"{svc.base}{svc.spec}")
+    described = requests.get(f"{svc.base}{svc.spec}", headers=svc.headers, timeout=10)
+    schema = schemathesis.openapi.from_dict(described.json())
     operations = [r.ok() for r in schema.get_all_operations() if isinstance(r, Ok)]
     assert len(operations) >= 5
     failures: list[Failure] = []
@@ -218,7 +224,8 @@ def test_after_the_fuzzing_no_program_restarted_and_the_hub_answers(fuzzed: Fuzz
     assert running_pids(inst) == fuzzed.pids, programs(inst)
     for svc in fuzzed.services.values():
         health = "/api/health" if svc.program == "web" else "/health"
-        assert requests.get(f"{svc.base}{health}", timeout=10).status_code == 200, svc.program
+        answer = requests.get(f"{svc.base}{health}", headers=svc.headers, timeout=10)
+        assert answer.status_code == 200, svc.program
     status = retained(mosquitto.host, mosquitto.port, f"{inst.root_topic}/status")
     assert status.text == "online"
 

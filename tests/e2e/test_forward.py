@@ -24,18 +24,18 @@ pytestmark = pytest.mark.e2e
 TOKEN = "central-secret"
 
 
-def get(port: str, path: str, **params: Any) -> Any:
-    resp = requests.get(f"http://127.0.0.1:{port}{path}", params={**params, "token": TOKEN},
-                        timeout=10)
+def get(port: str, path: str, token: str, **params: Any) -> Any:
+    resp = requests.get(f"http://127.0.0.1:{port}{path}", params=params,
+                        headers={"X-Token": token}, timeout=10)
     assert resp.ok, resp.text
     return resp.json()
 
 
-def all_readings(port: str, **params: Any) -> list[dict[str, Any]]:
+def all_readings(port: str, token: str, **params: Any) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     cursor = None
     while True:
-        page = get(port, "/api/readings", limit=10_000, **params,
+        page = get(port, "/api/readings", token, limit=10_000, **params,
                    **({"cursor": cursor} if cursor else {}))
         out += page["readings"]
         if not (cursor := page["next_cursor"]):
@@ -109,8 +109,9 @@ def test_every_edge_reading_reaches_the_central_history_once(
         # to its LAN API with ids of its own.
         bulk = [{"device_id": "edge_bulk", "ts_utc": f"2026-01-01T00:00:{s:02d}.{s:06d}Z",
                  "reading_id": f"b{s}", "payload": {"s": s}} for s in range(60)]
+        edge_token = edge.hub_token
         assert requests.post(f"http://127.0.0.1:{lan}/api/readings/bulk", json=bulk,
-                             timeout=10).json()["stored"] == 60
+                             headers={"X-Token": edge_token}, timeout=10).json()["stored"] == 60
         down = wait_for(lambda: (h := forward())["failures"] >= 2 and h, timeout=60,
                         what="the edge retrying")
         assert down["state"] == "retrying" and "unreachable" in down["last_error"]
@@ -118,14 +119,14 @@ def test_every_edge_reading_reaches_the_central_history_once(
         central.start()
         # Everything the edge has stored by now must arrive (later readings too, checked by
         # the backlog reaching 0 after this).
-        edge_rows = all_readings(lan)
+        edge_rows = all_readings(lan, edge_token)
         wait_for(lambda: forward()["backlog"] == 0 and forward()["state"] == "ok", timeout=120,
                  interval=0.5, what="the edge's backlog forwarded")
         health = forward()
     # Keys show milliseconds: two readings of one device within one millisecond share a key,
     # so the check is that each key is on the central hub as often as on the edge.
     edge_counts = Counter(key(r) for r in edge_rows)
-    central_counts = Counter(key(r) for r in all_readings(central.port))
+    central_counts = Counter(key(r) for r in all_readings(central.port, TOKEN))
     missing = [k for k, n in edge_counts.items() if central_counts[k] < n]
     assert not missing, f"{len(missing)} of {len(edge_counts)} never reached the central hub"
     twice = [k for k, n in edge_counts.items() if central_counts[k] > n]

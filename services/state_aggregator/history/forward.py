@@ -10,7 +10,7 @@ doubling to ``FORWARD_RETRY_MAX``, and a restart resumes from the committed curs
 That is at-least-once on the wire; the receiving end makes it exactly once: a sensor-hub stores
 a reading once per (device_id, reading id or timestamp), and the timestamp travels with every
 microsecond. Another sensor-hub is a valid target: ``FORWARD_URL=http://central:8088/api`` posts
-to its LAN API's ``/api/readings/bulk``, ``FORWARD_TOKEN`` being its ``SERVER_TOKEN``.
+to its LAN API's ``/api/readings/bulk``, ``FORWARD_TOKEN`` being its hub token.
 """
 
 from __future__ import annotations

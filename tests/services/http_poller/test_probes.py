@@ -95,7 +95,7 @@ def discover_provision_ingest(hub: Hub, probe: FakeProbe, advertiser: Zeroconf,
     answer = probe.push(temperature_c=21.5, rssi=-61, fw="1.0.0")
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"ok": True, "probe_id": "probe_kitchen",
-                             "stored": ["rssi", "temperature_c"], "ignored": ["fw"]}
+                             "stored": ["rssi", "temperature_c"], "ignored": ["fw"], "csv": True}
     device = hub.agg.device("probe_kitchen")
     assert device.source == "probe" and device.name == "Kitchen probe"  # the mDNS name
     wait_for(lambda: device.values == {"temperature_c": 21.5, "rssi": -61}, what="the state")

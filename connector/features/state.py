@@ -139,11 +139,21 @@ class StateFeature(Feature):
                     "thinned": int(durable.get("thinned") or 0)}
         with self._backlog_lock:
             pending = self._pending
-            oldest = (self._pages[0].changes[self._position].ts
-                      if pending and self._pages else None)
+            oldest = self._oldest_pending_ts() if pending else None
         return {"pending": pending,
                 "oldest_age_s": round(max(0.0, time.time() - oldest), 3) if oldest else 0.0,
                 "thinned": 0}
+
+    def _oldest_pending_ts(self) -> float | None:
+        """The time of the first change not yet published (under ``_backlog_lock``). The first
+        page may be wholly published and not yet dropped (its last ``done`` came, the publisher
+        has not popped it): the oldest is then the next page's first change."""
+        position = self._position
+        for page in self._pages:
+            if position < len(page.changes):
+                return page.changes[position].ts
+            position = 0
+        return None
 
     # --- the feed thread -----------------------------------------------------------------------
     def _feed(self) -> None:

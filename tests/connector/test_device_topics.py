@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 
 from connector.bridge import Bridge
-from shared.models import DeviceChange, EventObs, ReadingObs, RegisterDevice
+from shared.models import (
+    ChangesPage,
+    DeviceChange,
+    EventObs,
+    ReadingObs,
+    RegisterDevice,
+    StateChange,
+)
 from tests.connector.conftest import SENSORS, Hub
 from tests.helpers import Broker, Subscriber, publish, retained, wait_for
 
@@ -239,3 +246,25 @@ def test_what_comes_in_while_the_snapshot_waits_for_the_warm_up_reaches_mqtt(
         assert retained(broker.host, broker.port, f"{dev}/state").json()["seq"] == 2
     finally:
         sub.close()
+
+
+def test_the_backlog_figure_survives_a_page_published_but_not_yet_dropped(
+        broker: Broker, hub: Hub, tmp_path: Path) -> None:
+    """``meta/health``'s outbox asked between a page's last change and its removal: the oldest
+    pending change is the next page's first (it raised IndexError at 10,000 devices)."""
+    state = hub.bridge(broker, tmp_path, start=False).state
+    now = time.time()
+
+    def page(first: int, n: int, ts: float) -> ChangesPage:
+        return ChangesPage(epoch="e", seq=first + n - 1, changes=[
+            StateChange(seq=first + i, device_seq=first + i, device_id="s1", ts=ts, values={},
+                        sampled=[]) for i in range(n)])
+
+    state._pages.extend([page(1, 3, now - 50), page(4, 2, now - 20)])
+    state._position, state._pending = 3, 2  # the first page wholly published, still held
+    figure = state.outbox()
+    assert figure["pending"] == 2
+    assert 19 <= figure["oldest_age_s"] < 30
+    state._pages.popleft()
+    state._position, state._pending = 2, 0
+    assert state.outbox() == {"pending": 0, "oldest_age_s": 0.0, "thinned": 0}

@@ -47,6 +47,7 @@ EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "5"))
 # closed socket (up to 10 s): fewer examples than slots, so the fuzzer never fills them.
 STREAM_EXAMPLES = 2
 REQUEST_TIMEOUT_S = 20.0
+SENSOR_ROUTES = re.compile(r"/api/sensor-master/(config/.*|heartbeat|data|commands/.*/ack|token/refresh)")
 # Extra environment of the fuzzed instance. The LAN port's rate limits are raised far above what
 # the fuzzer sends (about 10 requests per operation), so it reaches the routes, not 429s.
 NO_RATE_LIMIT = "1000000/minute"
@@ -59,6 +60,12 @@ class Service:
     spec: str
     headers: dict[str, str] = field(default_factory=dict)
     cookies: dict[str, str] = field(default_factory=dict)
+    # The LAN port's sensor check-ins want the sensor's own token (a Bearer token wins over
+    # X-Token, so it is sent only there).
+    sensor_headers: dict[str, str] = field(default_factory=dict)
+
+    def headers_for(self, path: str) -> dict[str, str]:
+        return self.sensor_headers if SENSOR_ROUTES.fullmatch(path) else self.headers
 
 
 @dataclass
@@ -125,6 +132,12 @@ def fuzzed(mosquitto: Broker, tmp_path_factory: pytest.TempPathFactory) -> Itera
         csrf, cookies = dashboard_session(web.base)
         web.headers = {"X-Token": TOKEN, "X-API-Key": KEY, **csrf}
         web.cookies = cookies
+        registered = requests.post(f"{web.base}/api/sensor-master/register", timeout=10,
+                                   headers={"X-Token": TOKEN},
+                                   json={"sensor_id": "fuzz_sensor", "sensor_type": "esp32_fuzz"})
+        assert registered.status_code == 200, registered.text
+        web.sensor_headers = {"Authorization": f"Bearer {registered.json()['token']}",
+                              "X-API-Key": KEY, **csrf}
         pids = wait_for(lambda: running_pids(inst), timeout=30, what="every program RUNNING")
         yield Fuzzed(inst, services, pids)
 
@@ -169,7 +182,8 @@ def fuzz_operation(op: schemathesis.APIOperation[Any, Any, Any, Any], svc: Servi
         def run(case: schemathesis.Case[Any]) -> None:
             nonlocal sent
             sent += 1
-            kwargs = case.as_transport_kwargs(base_url=svc.base, headers=svc.headers)
+            kwargs = case.as_transport_kwargs(base_url=svc.base,
+                                              headers=svc.headers_for(case.formatted_path))
             kwargs.pop("cookies", None)
             what = f"{svc.program} {case.method} {kwargs['url']}"
             try:

@@ -51,7 +51,7 @@ def test_a_batch_becomes_states_in_time_order_and_a_replay_changes_nothing(
              {"temperature_c": 21.0}]
     answer = post(client, {"probe_id": "probe_b", "batch": batch})
     assert answer.status_code == 200, answer.text
-    assert answer.get_json() == {"ok": True, "probe_id": "probe_b", "accepted": 4,
+    assert answer.get_json() == {"ok": True, "probe_id": "probe_b", "accepted": 4, "csv": True,
                                  "stored": ["rssi", "temperature_c"], "ignored": ["fw"]}
     wait_for(lambda: len(states(hub, "probe_b")) == 4, what="four states")
     got = states(hub, "probe_b")

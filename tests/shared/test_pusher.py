@@ -1,0 +1,77 @@
+"""The handler's pusher against a real HTTP server that plays an aggregator going away: a batch
+that got no answer is sent again unchanged, under the same id, even when more observations came
+in meanwhile; only then does the next batch (with its own id) go."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from flask import Flask, Response, request
+from werkzeug.serving import make_server
+
+from shared.models import ReadingObs
+from shared.pusher import Pusher
+from shared.rest import RestClient
+from tests.helpers import free_port, wait_for
+
+
+class Aggregator:
+    """Records every body it gets; refuses (503) while ``down`` is set."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.down = threading.Event()
+        self.lock = threading.Lock()
+        app = Flask("fake-aggregator")
+
+        @app.post("/ingest")
+        def ingest() -> Response:
+            with self.lock:
+                self.bodies.append(orjson.loads(request.get_data()))
+            if self.down.is_set():
+                return Response(b'{"error": "down"}', status=503, mimetype="application/json")
+            return Response(b'{"accepted": 1, "rejected": 0}', mimetype="application/json")
+
+        self.server = make_server("127.0.0.1", free_port(), app, threaded=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}"
+
+
+@pytest.fixture
+def aggregator() -> Iterator[Aggregator]:
+    agg = Aggregator()
+    yield agg
+    agg.server.shutdown()
+
+
+def test_an_unanswered_batch_is_resent_whole_under_its_id(aggregator: Aggregator) -> None:
+    pusher = Pusher(RestClient(aggregator.url, name="state-aggregator"), source="serial-handler")
+    aggregator.down.set()
+    pusher.start()
+    try:
+        pusher.emit(ReadingObs(device_id="d", ts=1.0, values={"n": 1}))
+        wait_for(lambda: len(aggregator.bodies) >= 1, what="the first attempt")
+        # More comes in while the batch waits for an answer: it must not join the batch.
+        pusher.emit(ReadingObs(device_id="d", ts=2.0, values={"n": 2}))
+        wait_for(lambda: len(aggregator.bodies) >= 2, timeout=10, what="a second attempt")
+        assert pusher.stats()["queued"] == 2  # the unanswered batch counts as held
+        aggregator.down.clear()
+        wait_for(lambda: pusher.stats()["queued"] == 0, timeout=10, what="both delivered")
+    finally:
+        pusher.stop()
+    with aggregator.lock:
+        bodies = list(aggregator.bodies)
+    first_id = bodies[0]["batch_id"]
+    attempts = [b for b in bodies if b["batch_id"] == first_id]
+    assert len(attempts) >= 2 and all(b["items"] == bodies[0]["items"] for b in attempts)
+    assert [i["values"]["n"] for i in bodies[0]["items"]] == [1]
+    after = [b for b in bodies if b["batch_id"] != first_id]
+    assert after and [i["values"]["n"] for b in after for i in b["items"]] == [2]
+    assert after[0]["batch_id"] != first_id

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from shared.errors import ConfigError
@@ -21,6 +24,20 @@ def rollback(conn: sqlite3.Connection) -> None:
     (SQLITE_FULL), and a second ROLLBACK would hide the real error behind "no transaction"."""
     if conn.in_transaction:
         conn.execute("ROLLBACK")
+
+
+@contextmanager
+def write_tx(conn: sqlite3.Connection, lock: threading.Lock | threading.RLock,
+             ) -> Iterator[sqlite3.Connection]:
+    """A write transaction under ``lock``: everything in it lands together or not at all."""
+    with lock:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            rollback(conn)
+            raise
+        conn.execute("COMMIT")
 
 
 def migrate(conn: sqlite3.Connection, path: Path, migrations: Migrations, *, what: str,

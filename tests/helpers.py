@@ -4,6 +4,8 @@ test CA made here), and an MQTT subscriber that records what it receives."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -17,6 +19,7 @@ from typing import Any, Literal, TypeVar
 
 import orjson
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from shared.internal import HEADER, secret_path
@@ -34,6 +37,23 @@ def internal_headers(env: Mapping[str, str]) -> dict[str, str]:
     """The header that opens the internal REST of the instance ``env`` runs (its secret in
     HUB_RUN_DIR), for tests that call the aggregator, serial handler or poller directly."""
     return {HEADER: secret_path(Path(env["HUB_RUN_DIR"])).read_text().strip()}
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (mount's notation, e.g. ``16m``) on ``mount``, a real small disk for
+    the full-disk tests; skipped where mounting needs root the test lacks."""
+    mount.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def wait_for(condition: Callable[[], T | Literal[False] | None], *, timeout: float = 10.0,

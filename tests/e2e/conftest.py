@@ -20,7 +20,7 @@ import pytest
 from services.demo_sensors.__main__ import make_server
 from shared.internal import new_secret
 from tests.conftest import ROOT
-from tests.helpers import Broker, free_port, retained, unique_base, wait_for
+from tests.helpers import Broker, free_port, internal_headers, retained, unique_base, wait_for
 
 
 @dataclass
@@ -38,6 +38,15 @@ class Instance:
 
     def log(self) -> str:
         return "\n".join(self.output[-200:])
+
+    def aggregator_health(self) -> dict[str, Any]:
+        """The state-aggregator's ``/health``, asked with the instance's internal secret."""
+        import requests
+
+        body: dict[str, Any] = requests.get(
+            f"http://127.0.0.1:{self.env['STATE_AGGREGATOR_PORT']}/health", timeout=5,
+            headers=internal_headers(self.env)).json()
+        return body
 
     @property
     def hub_token(self) -> str:

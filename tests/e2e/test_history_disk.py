@@ -4,18 +4,14 @@ last byte while the demo's sensors report. Live states keep reaching MQTT, the a
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 
 from tests.e2e.conftest import Instance, demo_instance
-from tests.helpers import Broker, Subscriber, internal_headers, wait_for
+from tests.helpers import Broker, Subscriber, tmpfs, wait_for
 
 pytestmark = pytest.mark.e2e
 DEVICE = "temp_living_room"
@@ -23,32 +19,15 @@ DEVICE = "temp_living_room"
 
 @pytest.fixture
 def small(mosquitto: Broker, tmp_path: Path) -> Iterator[Instance]:
-    data = tmp_path / "data"
-    data.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(data)],
-                          capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        with demo_instance(mosquitto, tmp_path) as inst:
-            yield inst
-    finally:
-        subprocess.run(["umount", "-l", str(data)], check=False)
-
-
-def health(inst: Instance) -> dict[str, Any]:
-    body: dict[str, Any] = requests.get(
-        f"http://127.0.0.1:{inst.env['STATE_AGGREGATOR_PORT']}/health", timeout=5,
-        headers=internal_headers(inst.env)).json()
-    return body
+    with tmpfs(tmp_path / "data", "16m"), demo_instance(mosquitto, tmp_path) as inst:
+        yield inst
 
 
 def test_a_full_disk_degrades_the_history_not_the_live_data(
         small: Instance, mosquitto: Broker, subscriber: Subscriber) -> None:
     data = Path(small.env["DATA_DIR"])
-    wait_for(lambda: health(small)["history"]["stored"] > 0, timeout=30, what="a stored reading")
+    wait_for(lambda: small.aggregator_health()["history"]["stored"] > 0, timeout=30,
+             what="a stored reading")
     ballast = data / "ballast"
     with ballast.open("wb") as f:
         try:
@@ -57,7 +36,7 @@ def test_a_full_disk_degrades_the_history_not_the_live_data(
         except OSError:
             pass  # ENOSPC: the disk is full to its last block
     # Both stores on the disk say so: the history, and the durable change log (the outbox).
-    degraded = wait_for(lambda: (h := health(small))["history"]["state"] == "degraded"
+    degraded = wait_for(lambda: (h := small.aggregator_health())["history"]["state"] == "degraded"
                         and h["outbox"]["state"] == "degraded" and h,
                         timeout=60, what="the aggregator degraded by the full disk")
     assert degraded["status"] == "degraded"
@@ -84,9 +63,9 @@ def test_a_full_disk_degrades_the_history_not_the_live_data(
                            where=lambda m: m.json()["state"] == "degraded").json()
     assert any(r.startswith("history: ") and "disk is full" in r for r in told["reasons"])
     ballast.unlink()
-    wait_for(lambda: health(small)["history"]["state"] == "ok", timeout=60,
+    wait_for(lambda: small.aggregator_health()["history"]["state"] == "ok", timeout=60,
              what="the history storing again")
-    wait_for(lambda: health(small)["outbox"]["state"] == "ok", timeout=60,
+    wait_for(lambda: small.aggregator_health()["outbox"]["state"] == "ok", timeout=60,
              what="the outbox storing again")
     # One log line when a condition starts and one when it ends, not one per batch. The two
     # stores share the disk: pages one gives back (the outbox thins on a full disk) can let the

@@ -6,13 +6,9 @@ newest state and every event reach MQTT, and ``meta/health`` counts what was thi
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -22,7 +18,7 @@ from shared.models import EventObs, ReadingObs
 from shared.pusher import Pusher
 from shared.rest import RestClient
 from tests.e2e.conftest import Instance, demo_instance
-from tests.helpers import Broker, Received, Subscriber, internal_headers, wait_for
+from tests.helpers import Broker, Received, Subscriber, internal_headers, tmpfs, wait_for
 
 pytestmark = pytest.mark.e2e
 DEVICES = ["thin_a", "thin_b"]
@@ -31,27 +27,10 @@ PAD = "x" * 400
 
 @pytest.fixture
 def small(mosquitto: Broker, tmp_path: Path) -> Iterator[Instance]:
-    data = tmp_path / "data"
-    data.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(data)],
-                          capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        with demo_instance(mosquitto, tmp_path, OUTBOX_MAX_MB="2", OUTBOX_MIN_FREE_MB="1",
-                           OUTBOX_CHECK_INTERVAL="0.5", HISTORY_ENABLED="false") as inst:
-            yield inst
-    finally:
-        subprocess.run(["umount", "-l", str(data)], check=False)
-
-
-def health(inst: Instance) -> dict[str, Any]:
-    body: dict[str, Any] = requests.get(
-        f"http://127.0.0.1:{inst.env['STATE_AGGREGATOR_PORT']}/health", timeout=5,
-        headers=internal_headers(inst.env)).json()
-    return body
+    with tmpfs(tmp_path / "data", "16m"), demo_instance(
+            mosquitto, tmp_path, OUTBOX_MAX_MB="2", OUTBOX_MIN_FREE_MB="1",
+            OUTBOX_CHECK_INTERVAL="0.5", HISTORY_ENABLED="false") as inst:
+        yield inst
 
 
 def test_past_outbox_max_mb_unpublished_states_are_thinned_and_the_hub_runs_on(
@@ -75,7 +54,7 @@ def test_past_outbox_max_mb_unpublished_states_are_thinned_and_the_hub_runs_on(
             pusher.emit(EventObs(device_id=device, ts=t0 + i * 0.1, event=f"mark{i}"))
     wait_for(lambda: pusher.stats()["queued"] == 0, timeout=120, what="the pusher to drain")
     pusher.stop()
-    thinned = wait_for(lambda: (h := health(small)["outbox"])["thinned"] > 0 and h,
+    thinned = wait_for(lambda: (h := small.aggregator_health()["outbox"])["thinned"] > 0 and h,
                        timeout=60, what="the outbox thinned")
     assert thinned["state"] == "ok"  # thinning is what the limit asks for, not a degradation
     assert "OUTBOX_MAX_MB" in thinned.get("thinning", "") or thinned["pending"] < n

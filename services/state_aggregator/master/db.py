@@ -8,10 +8,10 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from shared.sqlite import migrate, rollback
+from shared.sqlite import migrate, rollback, write_tx
 
 log = logging.getLogger(__name__)
 
@@ -147,17 +147,9 @@ class Database:
         with self._lock:
             migrate(self._conn, self.path, MIGRATIONS, what="master control database")
 
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
+    def tx(self) -> AbstractContextManager[sqlite3.Connection]:
         """A write transaction; everything in it lands together or not at all."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                rollback(self._conn)
-                raise
-            self._conn.execute("COMMIT")
+        return write_tx(self._conn, self._lock)
 
     @contextmanager
     def dry_run(self) -> Iterator[sqlite3.Connection]:

@@ -18,15 +18,15 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import TypeAdapter
 
 from shared.models import Change, StateChange
-from shared.sqlite import rollback
+from shared.sqlite import write_tx
 
 from ..history.db import connect, open_db
 
@@ -84,16 +84,8 @@ class OutboxStore:
             self._reader.close()
             self._conn.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                rollback(self._conn)
-                raise
-            self._conn.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return write_tx(self._conn, self._lock)
 
     def _epoch(self) -> str:
         """The log's identity, kept across restarts: a reader's position stays valid until the

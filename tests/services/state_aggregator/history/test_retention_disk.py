@@ -4,9 +4,7 @@ test (root only; skipped elsewhere). Nothing is simulated: the disk really fills
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from services.state_aggregator.history.service import History
 from shared.history_models import ReadingIn
 from shared.instance import parse_instance
 from shared.models import ReadingObs
+from tests.helpers import tmpfs
 
 T0 = 1_700_000_000.0
 MB = 1024 * 1024
@@ -29,16 +28,8 @@ INSTANCE = parse_instance({
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
-                          capture_output=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "small", "8m") as mount:
+        yield mount
 
 
 def fill(path: Path, leave: int) -> None:

@@ -330,15 +330,17 @@ class StateFeature(Feature):
         while not self._stop.is_set():
             self._commit_wake.wait(COMMIT_EVERY_S)
             self._commit_wake.clear()
-            self.commit()
+            try:
+                self.commit()
+            except Exception:  # the next round tries again; the thread must live on
+                log.exception("committing the published position failed")
 
     def commit(self) -> None:
         """Store the newest acknowledged position at the aggregator. The broker acknowledges a
         session's messages in order; a QoS 0 message lost with its connection is never
         "published", so a later acknowledged one moves the cursor past it."""
         with self._sent_lock:
-            acked = [i for i, s in enumerate(self._sent)
-                     if s.info is None or s.info.is_published()]
+            acked = [i for i, s in enumerate(self._sent) if s.info is None or _acked(s.info)]
             if not acked:
                 return
             newest = self._sent[acked[-1]]
@@ -357,3 +359,13 @@ class StateFeature(Feature):
             log.debug("cannot commit the position %d: %s", seq, exc)
             return
         self._committed = (epoch, seq)
+
+
+def _acked(info: paho.MQTTMessageInfo) -> bool:
+    """Whether the broker has the message. paho's ``is_published`` raises for a message handed
+    over while the connection was down (``rc`` stays NO_CONN) even after paho sent it again on
+    the next connection and the PUBACK came: its flag is what counts then."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return bool(getattr(info, "_published", False))

@@ -104,8 +104,12 @@ class Aggregator:
         self.history_sink: Callable[[list[ReadingObs]], None] | None = None
         # Reload what was saved without writing it back once per device; save from now on.
         self._store: RegistryStore | None = None
+        # Not announced: before a restart the bridge had them, and the log goes on (a durable
+        # one keeps its epoch) or starts anew (the bridge then loads the snapshot, which holds
+        # them). An "added" change made now, before the durable log's states are restored,
+        # would say "offline" for a device that is online.
         for saved in store.load() if store else []:
-            self.register(saved.device, handler=saved.handler)
+            self.register(saved.device, handler=saved.handler, announce=False)
         self._store = store
         # Handler batches already applied (id -> accepted, rejected): one resent after it was
         # stored but before its answer arrived (a restart between the two) is not applied twice.
@@ -238,7 +242,7 @@ class Aggregator:
 
     # --- registration at run time ---------------------------------------------------------------
     def register(self, request: RegisterDevice, *, handler: str | None = None,
-                 capped: bool = False) -> bool:
+                 capped: bool = False, announce: bool = True) -> bool:
         """Add a device found at run time (a probe, ``hub_system``); ``False`` when it is known.
         ``RegistryRefusal`` when the id belongs to a device of another source, or, when
         ``capped`` (a registration from outside this process), past ``max_devices``.
@@ -266,8 +270,9 @@ class Aggregator:
             now = self.clock()
             # The device travels with its change, so the bridge publishes it alone.
             info = self.devices[request.device_id].info(now)
-            self.changes.append(lambda seq: DeviceChange(
-                seq=seq, device_id=request.device_id, ts=now, action="added", info=info))
+            if announce:
+                self.changes.append(lambda seq: DeviceChange(
+                    seq=seq, device_id=request.device_id, ts=now, action="added", info=info))
             self._registered[request.device_id] = Registration(device=request, handler=handler)
             if self._store is not None:
                 self._store.save(list(self._registered.values()))

@@ -24,24 +24,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from flask import Flask, Response
+from flask import Flask
 
+from bench.rest_client import make_app as rest_app
 from shared.internal import HEADER, protect
-from shared.web import json_response
 
 SECRET_ENV = "BENCH_INTERNAL_SECRET"  # noqa: S105  (a variable's name)  # how this harness hands its gunicorn the secret
 
 
 def make_app() -> Flask:
-    """What gunicorn runs: one small JSON answer, behind the secret when ``SECRET_ENV`` is set."""
-    app = Flask("bench")
-
-    @app.get("/x")
-    def x() -> Response:
-        return json_response({"device_id": "temp_living_room",
-                              "timestamp": "2026-11-23T03:49:20Z", "temperature": 19.23,
-                              "humidity": 55.0, "pad": "x" * 60})
-
+    """What gunicorn runs: the REST bench's one small JSON answer (``bench.rest_client``),
+    behind the secret when ``SECRET_ENV`` is set."""
+    app = rest_app()
     secret = os.environ.get(SECRET_ENV)
     if secret:
         protect(app, secret)

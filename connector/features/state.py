@@ -136,13 +136,14 @@ class StateFeature(Feature):
         if durable is not None and "pending" in durable:
             return {"pending": int(durable["pending"]),
                     "oldest_age_s": float(durable.get("oldest_age_s") or 0.0),
-                    "thinned": int(durable.get("thinned") or 0)}
+                    "thinned": int(durable.get("thinned") or 0),
+                    "thinned_events": int(durable.get("thinned_events") or 0)}
         with self._backlog_lock:
             pending = self._pending
             oldest = self._oldest_pending_ts() if pending else None
         return {"pending": pending,
                 "oldest_age_s": round(max(0.0, time.time() - oldest), 3) if oldest else 0.0,
-                "thinned": 0}
+                "thinned": 0, "thinned_events": 0}
 
     def _oldest_pending_ts(self) -> float | None:
         """The time of the first change not yet published (under ``_backlog_lock``). The first

@@ -267,4 +267,5 @@ def test_the_backlog_figure_survives_a_page_published_but_not_yet_dropped(
     assert 19 <= figure["oldest_age_s"] < 30
     state._pages.popleft()
     state._position, state._pending = 2, 0
-    assert state.outbox() == {"pending": 0, "oldest_age_s": 0.0, "thinned": 0}
+    assert state.outbox() == {"pending": 0, "oldest_age_s": 0.0, "thinned": 0,
+                              "thinned_events": 0}

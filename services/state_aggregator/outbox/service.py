@@ -23,7 +23,7 @@ from shared.models import Change, StateChange
 from shared.settings import Settings
 
 from ..history.writer import Conditions
-from .store import OutboxStore, Pending
+from .store import OTHER_KINDS, OutboxStore, Pending
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ class Outbox:
         self.interval = interval
         self.conditions = Conditions("outbox")
         self.store: OutboxStore | None = None
-        self.thinned = 0
+        self.thinned = 0  # intermediate states
+        self.thinned_events = 0  # events, errors and command results
         self.released = 0
         self.pending = Pending(0, 0, None)
         self._wake = threading.Event()
@@ -148,17 +149,30 @@ class Outbox:
             self.conditions.clear("over_limit")
         else:
             self.conditions.set("over_limit", f"{why}: unpublished intermediate states are "
-                                "thinned (every n-th kept; the newest per device, events, "
-                                "errors and availability always)")
-            for _ in range(THIN_ROUNDS):
-                removed = store.thin(after, 2)
-                self.thinned += removed
-                pending = store.pending(after)
-                if removed == 0 or self._over(pending) is None:
-                    break
+                                "thinned (every n-th kept; the newest per device, availability "
+                                "always), and when that is not enough, events, errors and "
+                                "command results too")
+            pending = self._thin(store, after, ("state",), pending)
+            if self._over(pending) is not None:
+                # A log full of events, errors or command results: bounded too, the same way.
+                pending = self._thin(store, after, OTHER_KINDS, pending)
             store.give_back()
         store.checkpoint()
         self.pending = pending
+
+    def _thin(self, store: OutboxStore, after: int, kinds: tuple[str, ...],
+              pending: Pending) -> Pending:
+        """Halve the unread rows of ``kinds`` (stratified) until under the limits; counted."""
+        for _ in range(THIN_ROUNDS):
+            removed = store.thin(after, 2, kinds=kinds)
+            if kinds == ("state",):
+                self.thinned += removed
+            else:
+                self.thinned_events += removed
+            pending = store.pending(after)
+            if removed == 0 or self._over(pending) is None:
+                break
+        return pending
 
     def _over(self, pending: Pending) -> str | None:
         if pending.bytes > self.max_bytes:
@@ -172,14 +186,15 @@ class Outbox:
 
     def health(self) -> dict[str, Any]:
         """``outbox`` of ``/health``: ``pending`` changes no reader has passed, the age of the
-        oldest, how many were thinned, and ``state``/``reasons``."""
+        oldest, how many intermediate states (``thinned``) and events, errors and command results
+        (``thinned_events``) were thinned, and ``state``/``reasons``."""
         problems = {k: v for k, v in self.conditions.active().items() if k != "over_limit"}
         oldest = self.pending.oldest_ts
         body: dict[str, Any] = {
             "state": "degraded" if problems else "ok", "reasons": list(problems.values()),
             "pending": self.pending.rows,
             "oldest_age_s": round(max(0.0, time.time() - oldest), 3) if oldest else 0.0,
-            "thinned": self.thinned, "path": str(self.path)}
+            "thinned": self.thinned, "thinned_events": self.thinned_events, "path": str(self.path)}
         if "over_limit" in self.conditions.active():
             body["thinning"] = self.conditions.active()["over_limit"]
         if self.store is not None:

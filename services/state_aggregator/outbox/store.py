@@ -13,6 +13,7 @@ an append here costs a third of a history insert (bench/outbox_log.py).
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -56,7 +57,10 @@ MIGRATIONS: list[tuple[int, str]] = [
 
 _CHANGE = TypeAdapter(Change)
 _STATE = TypeAdapter(StateChange)
-BATCH_IDS_KEPT_S = 24 * 3600.0  # a handler's batch is resent within minutes, not days
+BATCH_IDS_KEPT_S = 24 * 3600.0
+# Thinned only when thinning the intermediate states is not enough (availability and registry
+# changes never: each is rare, and a consumer needs the last one).
+OTHER_KINDS = ("event", "error", "command")  # a handler's batch is resent within minutes, not days
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,11 +190,13 @@ class OutboxStore:
             conn.execute("DELETE FROM batches WHERE at < ?", (time.time() - BATCH_IDS_KEPT_S,))
         return int(deleted)
 
-    def thin(self, after: int, keep_every: int, *, newest_share: float = 0.1) -> int:
-        """Delete unread intermediate states, evenly across time: of each device's states after
-        ``after``, keep every ``keep_every``-th and its newest, and every row of another kind
-        (event, error, availability, registry change). The newest ``newest_share`` of the
-        unread rows (by seq) stays whole: the live edge is not thinned. Returns rows deleted."""
+    def thin(self, after: int, keep_every: int, *, newest_share: float = 0.1,
+             kinds: tuple[str, ...] = ("state",)) -> int:
+        """Delete unread rows of ``kinds`` evenly across time: of each device's rows of each
+        kind after ``after``, keep every ``keep_every``-th and its newest. The newest
+        ``newest_share`` of the unread rows (by seq) stays whole: the live edge is not thinned.
+        The aggregator thins intermediate states (the default) and, only when that is not
+        enough, events, errors and command results (``OTHER_KINDS``). Returns rows deleted."""
         with self._lock:
             lo, hi = self._conn.execute(
                 "SELECT MIN(seq), MAX(seq) FROM log WHERE seq > ?", (after,)).fetchone()
@@ -200,10 +206,10 @@ class OutboxStore:
         with self._tx() as conn:
             deleted = conn.execute(
                 "DELETE FROM log WHERE seq IN (SELECT seq FROM (SELECT seq, row_number() OVER "
-                "(PARTITION BY device_id ORDER BY seq) AS rn, row_number() OVER (PARTITION BY "
-                "device_id ORDER BY seq DESC) AS back FROM log WHERE kind = 'state' AND seq > ? "
-                "AND seq < ?) WHERE back > 1 AND rn % ? != 0)",
-                (after, edge, max(2, keep_every))).rowcount
+                "(PARTITION BY device_id, kind ORDER BY seq) AS rn, row_number() OVER (PARTITION "
+                "BY device_id, kind ORDER BY seq DESC) AS back FROM log WHERE kind IN (SELECT "
+                "value FROM json_each(?)) AND seq > ? AND seq < ?) WHERE back > 1 AND rn % ? != 0)",
+                (json.dumps(kinds), after, edge, max(2, keep_every))).rowcount
         return int(deleted)
 
     def checkpoint(self, mode: str = "PASSIVE") -> None:

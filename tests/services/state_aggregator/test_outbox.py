@@ -115,6 +115,42 @@ def test_past_the_limit_old_intermediate_states_are_thinned(tmp_path: Path) -> N
         assert len(gaps - {1}) <= 2, gaps  # evenly thinned: one stride (and the live edge)
 
 
+def test_a_log_full_of_events_errors_and_command_results_is_bounded_too(
+        tmp_path: Path) -> None:
+    """Past the limit with nothing but events and errors unread (no state to thin), the oldest of
+    them are thinned the same way, evenly across time, and counted apart from the states."""
+    box = outbox(tmp_path, max_mb=0.05)
+    agg = make(box)
+    t0 = time.time() - 10_000
+    agg.ingest([*readings(1, time.time()),
+                *(EventObs(device_id="temp", ts=t0 + i, event="door", data={"i": i})
+                  for i in range(1500)),
+                *(ErrorObs(device_id="slow", ts=t0 + i, error_code="E1", message=f"m{i}")
+                  for i in range(1500))])
+    assert box.store is not None
+    before = box.store.pending(0)
+    assert before.bytes > 0.05 * MB
+    others = [c for c in box.store.changes() if c.kind not in ("state", "event", "error")]
+    assert others  # the device came online: an availability change
+    box.maintain()
+    health = box.health()
+    assert health["thinned"] == 0  # no intermediate state to give
+    assert health["thinned_events"] > 0
+    assert health["pending"] == before.rows - health["thinned_events"]
+    after = box.store.pending(0)
+    assert after.bytes <= 0.05 * MB, after  # under the limit again
+    stored = box.store.changes()
+    assert sum(isinstance(c, StateChange) for c in stored) == 1  # the device's newest state
+    for kind, device, field in (("event", "temp", "data"), ("error", "slow", "message")):
+        kept = [c for c in stored if c.kind == kind and c.device_id == device]
+        assert 0 < len(kept) < 1500
+        assert getattr(kept[-1], field) in ({"i": 1499}, "m1499")  # the newest always stays
+        times = [c.ts for c in kept]
+        assert times == sorted(times) and times[0] - t0 < 100  # old ones kept too: stratified
+    # Availability and registry changes are never thinned.
+    assert [c for c in stored if c.kind not in ("state", "event", "error")] == others
+
+
 def test_a_corrupt_file_is_moved_aside_with_a_log_line(tmp_path: Path,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "outbox.db"

@@ -272,6 +272,8 @@ class Settings(BaseSettings):
     outbox_max_mb: float = Field(default=256.0, gt=0)  # unpublished changes kept, at most
     outbox_min_free_mb: float = Field(default=64.0, ge=0)  # free disk below which it thins
     outbox_check_interval: float = Field(default=2.0, gt=0, le=3600)  # seconds
+    # Published changes kept for the dashboard's reconnecting browsers (their Last-Event-ID).
+    outbox_replay: int = Field(default=100_000, ge=0, le=10_000_000)
 
     @property
     def outbox_db_path(self) -> Path:

@@ -30,6 +30,7 @@ from typing import TypeVar
 
 from pydantic import TypeAdapter
 
+from shared.jsonutil import loads
 from shared.models import (
     AvailabilityChange,
     Change,
@@ -79,6 +80,7 @@ class ChangeLog:
         self._batching = 0
         self._unsaved: list[tuple[AnyChange, bytes]] = []  # this batch's changes, for the outbox
         self._batch: Batch | None = None
+        self._unstored = 0  # the newest seq the disk refused (it lives in memory only)
 
     @property
     def durable(self) -> bool:
@@ -155,7 +157,10 @@ class ChangeLog:
         changes, self._unsaved = self._unsaved, []
         if not changes and key is None:
             return True
-        return self._outbox.append(changes, key)
+        stored = self._outbox.append(changes, key)
+        if not stored and changes:
+            self._unstored = self._seq
+        return stored
 
     def since_json(self, seq: int, *, limit: int = 10_000,
                    wait: float = 0.0) -> tuple[int, bool, list[bytes]]:
@@ -172,6 +177,9 @@ class ChangeLog:
                 last = self._first + start + len(items) - 1 if items else self._seq
                 return last, False, items
             first = self._first
+        floor = self._outbox.floor() if self._outbox is not None else None
+        if floor is None or seq < floor:  # released: a reader that far behind reloads
+            return self._seq, True, []
         stored = self._outbox.since(seq, limit, before=first) if self._outbox is not None else None
         if stored is None:
             return self._seq, True, []
@@ -180,6 +188,26 @@ class ChangeLog:
         # The disk has nothing more before what memory holds (thinned away, or the disk was
         # full when it came in): go on from memory.
         return self.since_json(first - 1, limit=limit)
+
+    def devices_between(self, since: int, until: int) -> list[str] | None:
+        """The devices with a change after ``since`` up to ``until`` (a dashboard browser that
+        reconnects with its position): from memory while it holds the range, else from the
+        durable log; ``None`` when neither holds all of it (the browser reloads)."""
+        with self._cond:
+            until = min(until, self._seq)
+            if since >= until:
+                return []
+            if since + 1 >= self._first:
+                start = since + 1 - self._first
+                items = self._items[start : until + 1 - self._first]
+            else:
+                items = None
+                if self._outbox is None or since < self._unstored:
+                    return None  # part of the range was never on disk and memory let it go
+        if items is not None:  # parsed outside the lock: appends go on meanwhile
+            return list(dict.fromkeys(str(loads(item)["device_id"]) for item in items))
+        assert self._outbox is not None
+        return self._outbox.devices_between(since, until)
 
     def since(self, seq: int, *, limit: int = 10_000,
               wait: float = 0.0) -> tuple[int, bool, list[AnyChange]]:

@@ -184,6 +184,25 @@ def changes() -> Response:
                     mimetype="application/json")
 
 
+@bp.get("/changes/devices")
+@describe(query={"since": int, "until": int, "epoch": str},
+          responses={200: "the devices changed in a range of the log", 400: "bad argument"})
+def changed_devices() -> Response:
+    """``?since=SEQ&until=SEQ&epoch=E``: the devices with a change after ``since`` up to
+    ``until`` (the dashboard's feed, for a browser that reconnects with its Last-Event-ID),
+    from memory or the durable log; ``complete: false`` when the log no longer holds the range
+    (or the epoch is another), and the browser reloads."""
+    agg = _agg()
+    since = _int_arg("since", 0, 0, 2**62)
+    until = _int_arg("until", 2**62, 0, 2**62)
+    epoch = request.args.get("epoch")
+    devices = None
+    if epoch is None or epoch == agg.changes.epoch:
+        devices = agg.changes.devices_between(since, until)
+    return json_response({"epoch": agg.changes.epoch, "since": since, "until": until,
+                          "complete": devices is not None, "devices": devices or []})
+
+
 @bp.get("/cursors/<reader>")
 @describe(responses={200: "the reader's committed position and the log's head"})
 def cursor(reader: str) -> Response:

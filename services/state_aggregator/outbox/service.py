@@ -32,8 +32,9 @@ THIN_ROUNDS = 8  # each round halves the unread intermediate states at most
 
 class Outbox:
     def __init__(self, path: Path, *, max_bytes: int, min_free_bytes: int,
-                 interval: float = 2.0) -> None:
+                 interval: float = 2.0, replay: int = 0) -> None:
         self.path = path
+        self.replay = replay
         self.max_bytes = max_bytes
         self.min_free_bytes = min_free_bytes
         self.interval = interval
@@ -56,7 +57,7 @@ class Outbox:
     def from_settings(cls, settings: Settings) -> Outbox:
         return cls(settings.outbox_db_path, max_bytes=int(settings.outbox_max_mb * 1e6),
                    min_free_bytes=int(settings.outbox_min_free_mb * 1e6),
-                   interval=settings.outbox_check_interval)
+                   interval=settings.outbox_check_interval, replay=settings.outbox_replay)
 
     @property
     def epoch(self) -> str | None:
@@ -142,7 +143,14 @@ class Outbox:
         cursors = store.cursors()
         after = min(cursors.values()) if cursors else 0
         if cursors:
-            self.released += store.release(after)
+            # The newest ``replay`` published changes stay for the dashboard's browsers that
+            # reconnect (their Last-Event-ID), unless the disk is short of space.
+            short = self._short_of_space()
+            upto = after if short or not self.replay else min(after, store.last_seq() - self.replay)
+            if upto > store.floor:
+                self.released += store.release(upto)
+                if short:
+                    store.give_back()  # the space the window held, back to the filesystem
         pending = store.pending(after)
         why = self._over(pending)
         if why is None:
@@ -174,6 +182,25 @@ class Outbox:
                 break
         return pending
 
+    def _short_of_space(self) -> bool:
+        free = free_bytes(self.path.parent)
+        return free is not None and free < self.min_free_bytes
+
+    def devices_between(self, since: int, until: int) -> list[str] | None:
+        """The devices with a change after ``since`` up to ``until`` as the disk has them;
+        ``None`` when the log no longer holds all of that range (released)."""
+        if self.store is None or since < self.store.floor:
+            return None
+        try:
+            return self.store.devices_between(since, until)
+        except sqlite3.Error as exc:
+            self.conditions.set("read_failed", f"{self.path}: {exc}")
+            return None
+
+    def floor(self) -> int | None:
+        """Everything after this seq is on disk (thinning aside); ``None`` without a store."""
+        return None if self.store is None else self.store.floor
+
     def _over(self, pending: Pending) -> str | None:
         if pending.bytes > self.max_bytes:
             return (f"{pending.bytes / 1e6:.1f} MB unpublished, more than OUTBOX_MAX_MB="
@@ -199,6 +226,8 @@ class Outbox:
             body["thinning"] = self.conditions.active()["over_limit"]
         if self.store is not None:
             body["file_bytes"] = self.store.file_bytes()
+            # A dashboard browser whose Last-Event-ID is at or past this replays from the log.
+            body["replay_from"] = self.store.floor
         return body
 
 

@@ -82,6 +82,7 @@ class OutboxStore:
         self._reader = connect(path)
         self._read_lock = threading.Lock()
         self.epoch = self._epoch()
+        self.floor = self._floor()
 
     def close(self) -> None:
         with self._lock, self._read_lock:
@@ -101,6 +102,15 @@ class OutboxStore:
         with self._tx() as conn:
             conn.execute("INSERT INTO meta VALUES ('epoch', ?)", (epoch,))
         return epoch
+
+    def _floor(self) -> int:
+        """Everything after this seq is still here (or was thinned, which never takes a
+        device's last change of a kind): what ``release`` deleted lies at or below it."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'released'").fetchone()
+        if row is not None:
+            return int(row[0])
+        first = self._conn.execute("SELECT MIN(seq) FROM log").fetchone()[0]
+        return 0 if first is None else int(first) - 1  # a file from before the mark was kept
 
     # --- writing --------------------------------------------------------------------------------
     def append(self, changes: Sequence[tuple[Change, bytes]], *,
@@ -181,14 +191,25 @@ class OutboxStore:
 
     # --- keeping it small -----------------------------------------------------------------------
     def release(self, upto: int) -> int:
-        """Delete what every reader has passed (the newest row stays: it carries ``seq`` over a
-        restart), and batch ids older than a day."""
+        """Delete the rows up to ``upto`` (the newest row stays: it carries ``seq`` over a
+        restart), and batch ids older than a day; ``floor`` becomes ``upto``."""
         with self._tx() as conn:
             deleted = conn.execute(
                 "DELETE FROM log WHERE seq <= ? AND seq < (SELECT MAX(seq) FROM log)",
                 (upto,)).rowcount
             conn.execute("DELETE FROM batches WHERE at < ?", (time.time() - BATCH_IDS_KEPT_S,))
+            if upto > self.floor:
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('released', ?)", (str(upto),))
+        self.floor = max(self.floor, upto)
         return int(deleted)
+
+    def devices_between(self, since: int, until: int) -> list[str]:
+        """The devices with a stored change after ``since`` up to ``until``."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT DISTINCT device_id FROM log WHERE seq > ? AND seq <= ?",
+                (since, until)).fetchall()
+        return [str(r[0]) for r in rows]
 
     def thin(self, after: int, keep_every: int, *, newest_share: float = 0.1,
              kinds: tuple[str, ...] = ("state",)) -> int:

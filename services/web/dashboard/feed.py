@@ -9,13 +9,18 @@ readings arrive, and a slow client never makes the follower wait. Past ``max_dir
 subscriber is told to reload instead.
 
 The feed follows the log only while someone looks (a stream is open, or a page was rendered in
-the last ``linger_s`` seconds): an unwatched hub pays nothing for its dashboard. Charts therefore
-show what arrived while the feed was following; there is no longer history until the readings
-history (issue 11) exists.
+the last ``linger_s`` seconds): an unwatched hub pays nothing for its dashboard. Charts start from
+the readings history and go on with what arrived while the feed was following.
 
-SSE ids are ``{epoch}:{seq}`` of the change log. A reconnecting client's ``Last-Event-ID`` is
-replayed from a ring of the last ``ring`` changes (which devices changed after it); older or from
-another epoch (the aggregator restarted), the client is told to reload.
+SSE ids are ``{epoch}:{seq}`` of the change log: a browser's ``Last-Event-ID`` is its cursor in
+the aggregator's durable log (``outbox.db``), whose epoch and numbering survive restarts of the
+aggregator and of this program. A reconnecting client is sent the devices that changed after it:
+from a ring of the last ``ring`` changes while that holds the position (no request), else from the
+log itself (``/changes/devices``: one request answered from the aggregator's memory or disk, a
+list of at most every device). The log keeps the newest ``OUTBOX_REPLAY`` published changes for
+this; a position older than that, or from another epoch (a log that was not durable, or a new
+file), is told to reload (the page is a snapshot). Each device is sent as its current row: the
+browser's backlog is a set of devices, never a queue of readings, whatever the gap was.
 """
 
 from __future__ import annotations
@@ -121,6 +126,7 @@ class Feed:
         self.recent: dict[str, deque[dict[str, Any]]] = {}
         self.subscribers: set[Subscriber] = set()
         self.applied = 0
+        self.replays = 0  # reconnects answered from the aggregator's durable log
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -148,24 +154,51 @@ class Feed:
 
     # --- subscribers -----------------------------------------------------------------------------
     def subscribe(self, last_event_id: str | None, *, device: str | None = None) -> Subscriber:
-        """A new subscriber; the devices changed after ``last_event_id`` are due at once."""
+        """A new subscriber; the devices changed after ``last_event_id`` are due at once: from
+        the ring when it still holds that position, else from the aggregator's durable log
+        (``/changes/devices``). When neither holds it (another epoch, or older than the log
+        keeps: ``OUTBOX_REPLAY``), the subscriber gets a reset and the page reloads."""
         sub = Subscriber(device=device, min_gap=self.min_gap)
         synced = self.watch()  # from a position of the current log, not one being loaded
+        gap: tuple[str, int, int] | None = None
         with self._lock:
-            self.subscribers.add(sub)
+            self.subscribers.add(sub)  # from here on, every change applied marks it
             if not synced:
                 sub.reset = True
             elif last_event_id:
                 epoch, _, raw = last_event_id.partition(":")
                 seq = int(raw) if raw.isdigit() else -1
                 oldest = self._ring[0][0] if self._ring else self.seq + 1
-                if epoch != self.epoch or seq > self.seq or (seq < oldest - 1 and seq < self.seq):
-                    sub.reset = True  # the log moved past what we can replay: reload
+                if epoch != self.epoch or seq > self.seq or seq < 0:
+                    sub.reset = True  # not a position of this log
+                elif seq < oldest - 1 and seq < self.seq:
+                    gap = (self.epoch, seq, self.seq)  # the ring moved past it: ask the log
                 else:
                     for s, device_id in self._ring:
                         if s > seq:
                             sub.mark(device_id)
+        if gap is not None:
+            self.replays += 1
+            devices = self._changed(*gap)
+            if devices is None:
+                sub.resync()
+            else:
+                for device_id in devices:
+                    sub.mark(device_id)
         return sub
+
+    def _changed(self, epoch: str, since: int, until: int) -> list[str] | None:
+        """The devices the durable log says changed after ``since`` up to ``until``; ``None``
+        when it no longer holds that range or cannot be asked."""
+        try:
+            answer = self._agg.get("/changes/devices", params={
+                "since": since, "until": until, "epoch": epoch}, timeout=10.0)
+        except ServiceError as exc:
+            log.warning("dashboard feed: cannot replay from the log: %s", exc)
+            return None
+        if not answer.get("complete"):
+            return None
+        return [str(d) for d in answer.get("devices", [])]
 
     def unsubscribe(self, sub: Subscriber) -> None:
         with self._lock:

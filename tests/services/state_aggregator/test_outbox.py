@@ -151,6 +151,51 @@ def test_a_log_full_of_events_errors_and_command_results_is_bounded_too(
     assert [c for c in stored if c.kind not in ("state", "event", "error")] == others
 
 
+def test_published_changes_stay_for_replay_and_the_range_is_answered_from_disk(
+        tmp_path: Path) -> None:
+    """The newest ``replay`` published changes stay on disk for the dashboard's reconnecting
+    browsers: which devices changed after a position is answered from disk once memory let it
+    go, and a position older than the log keeps is answered "not held" (the browser reloads)."""
+    box = Outbox(tmp_path / "outbox.db", max_bytes=256 * MB, min_free_bytes=0, replay=50)
+    agg = Aggregator(INSTANCE, handlers={}, cache_ttl=10, poll_interval=5, outbox=box,
+                     changelog_capacity=10)
+    t0 = time.time()
+    agg.ingest(readings(100, t0))
+    mid = agg.changes.seq
+    agg.ingest(readings(5, t0 + 200, device="slow"))
+    agg.ingest(readings(20, t0 + 300))
+    last = agg.changes.seq
+    box.commit("mqtt-bridge", last)  # everything published
+    box.maintain()
+    assert box.floor() == last - 50  # released up to the replay window, not the cursor
+    assert box.health()["pending"] == 0
+    # Memory holds the last 10 changes at most: the rest of the range comes from the disk.
+    assert agg.changes.devices_between(last - 5, last) == ["temp"]
+    assert set(agg.changes.devices_between(mid, last) or []) == {"temp", "slow"}
+    assert agg.changes.devices_between(last - 30, last - 20) is not None
+    assert agg.changes.devices_between(last - 51, last) is None  # released: not held
+    assert agg.changes.since(last - 51)[1] is True  # a reader that far behind reloads
+    assert agg.changes.since(last - 50)[1] is False
+    # A new process on the file: the floor, the range and the numbering are the same.
+    again = Aggregator(INSTANCE, handlers={}, cache_ttl=10, poll_interval=5,
+                       outbox=outbox(tmp_path), changelog_capacity=10)
+    assert again.changes.seq == last
+    assert set(again.changes.devices_between(mid, last) or []) == {"temp", "slow"}
+    assert again.changes.devices_between(last - 51, last) is None
+
+
+def test_changed_devices_route(tmp_path: Path) -> None:
+    agg = make(outbox(tmp_path))
+    agg.ingest(readings(3, time.time()))
+    client = create_app(agg).test_client()
+    seq, epoch = agg.changes.seq, agg.changes.epoch
+    body = client.get(f"/changes/devices?since={seq - 2}&until={seq}&epoch={epoch}").json
+    assert body is not None and body["complete"] is True and body["devices"] == ["temp"]
+    other = client.get("/changes/devices?since=0&epoch=elsewhere").json
+    assert other is not None and other["complete"] is False and other["devices"] == []
+    assert client.get("/changes/devices?since=x").status_code == 400
+
+
 def test_a_corrupt_file_is_moved_aside_with_a_log_line(tmp_path: Path,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "outbox.db"

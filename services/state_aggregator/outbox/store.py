@@ -109,8 +109,10 @@ class OutboxStore:
         row = self._conn.execute("SELECT value FROM meta WHERE key = 'released'").fetchone()
         if row is not None:
             return int(row[0])
-        first = self._conn.execute("SELECT MIN(seq) FROM log").fetchone()[0]
-        return 0 if first is None else int(first) - 1  # a file from before the mark was kept
+        # A file from before the mark was kept: release deleted nothing past the slowest
+        # reader's cursor (thinning may have taken the rows right after it).
+        slowest = self._conn.execute("SELECT MIN(seq) FROM cursors").fetchone()[0]
+        return 0 if slowest is None else int(slowest)
 
     # --- writing --------------------------------------------------------------------------------
     def append(self, changes: Sequence[tuple[Change, bytes]], *,

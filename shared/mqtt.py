@@ -19,10 +19,15 @@ about a tenth of the bridge's CPU under load, and the reason a large limit is sl
 one it sends at once and never walks, and the send window alone bounds what is unacknowledged.
 The window follows the broker's Receive Maximum (mosquitto 2.0 advertises 20), which paho
 ignores: MQTT 5 lets a broker disconnect a client that has more unacknowledged (0x93).
+
+``publish`` answers with a ``Delivery`` whose ``acknowledged`` this client sets in paho's
+``on_publish``: paho's own ``MQTTMessageInfo.is_published`` raises for a message handed over while
+the connection was down, even after paho sent it on the next connection and the PUBACK came.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -98,6 +103,37 @@ class SendWindow:
                 self._cond.notify_all()
 
 
+class Delivery:
+    """One message handed to ``MqttClient.publish``: ``acknowledged`` turns true when the broker
+    has it (its PUBACK for QoS>0 without a failure reason; for QoS 0, the packet written to the
+    socket). A QoS>0 message published while disconnected goes out on the next connection and is
+    acknowledged then; a QoS 0 one published while disconnected, or still unwritten when its
+    connection ended, is dropped by paho and never acknowledged."""
+
+    __slots__ = ("_info", "acknowledged", "qos")
+
+    def __init__(self, info: paho.MQTTMessageInfo, qos: int) -> None:
+        self._info = info
+        self.qos = qos
+        self.acknowledged = False
+
+    @property
+    def mid(self) -> int:
+        return self._info.mid
+
+    @property
+    def rc(self) -> MQTTErrorCode:
+        """paho's answer when the message was handed over (``MQTT_ERR_NO_CONN``: disconnected)."""
+        return self._info.rc
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a message sent on the current connection (one
+        handed over while disconnected is not waited for); whether it is acknowledged."""
+        with contextlib.suppress(RuntimeError, ValueError):  # paho: not sent on this connection
+            self._info.wait_for_publish(timeout)
+        return self.acknowledged
+
+
 @dataclass(frozen=True, slots=True)
 class Tls:
     """TLS to the broker: ``ca_file`` the CA that signed its certificate (None: the system's),
@@ -149,7 +185,8 @@ class MqttClient:
         self._pending_sub_mid: int | None = None
         self.connected = threading.Event()
         self.window = SendWindow(send_window)
-        self._windowed: set[int] = set()
+        self._awaiting: dict[int, Delivery] = {}  # by mid: handed to paho, not yet acknowledged
+        self._windowed = 0  # how many of them hold a place in the window (QoS>0)
         self._net_thread: threading.Thread | None = None
         self._stopping = False
         self._default_handler = on_message
@@ -179,6 +216,7 @@ class MqttClient:
                                    max_delay=RECONNECT_MAX_S)  # type: ignore[arg-type]
         client.max_inflight_messages_set(max_inflight)
         client.max_queued_messages_set(0)
+        client.on_pre_connect = self._handle_pre_connect
         client.on_connect = self._handle_connect
         client.on_connect_fail = self._handle_connect_fail
         client.on_disconnect = self._handle_disconnect
@@ -205,15 +243,9 @@ class MqttClient:
         deadline = time.monotonic() + timeout
         if self.connected.is_set():
             for topic, payload, qos, retain in final:
-                info = self.publish(topic, payload, qos=qos, retain=retain,
+                sent = self.publish(topic, payload, qos=qos, retain=retain,
                                     wait=max(0.0, deadline - time.monotonic()))
-                delivered = False
-                try:
-                    info.wait_for_publish(max(0.0, deadline - time.monotonic()))
-                    delivered = info.is_published()
-                except (RuntimeError, ValueError):
-                    pass
-                if not delivered:
+                if not sent.wait(max(0.0, deadline - time.monotonic())):
                     log.warning("final message to %s was not delivered before shutdown", topic)
         self._stopping = True
         self._client.disconnect()
@@ -230,11 +262,12 @@ class MqttClient:
     def publish(
         self, topic: str, payload: str | bytes, *, qos: int = 0, retain: bool = False,
         wait: float | None = None,
-    ) -> paho.MQTTMessageInfo:
-        """Queue one message. For QoS>0 it waits (up to ``wait`` seconds, or for good) for room
-        in the send window. paho's own thread must never block, so callers hand their
-        publishing to their own threads; a QoS>0 message published there that finds the window
-        full is dropped and counted (never a thread per message: a flood made thousands)."""
+    ) -> Delivery:
+        """Queue one message; the answer tells when the broker has it. For QoS>0 it waits (up to
+        ``wait`` seconds, or for good) for room in the send window. paho's own thread must never
+        block, so callers hand their publishing to their own threads; a QoS>0 message published
+        there that finds the window full is dropped and counted (never a thread per message: a
+        flood made thousands)."""
         check_publish_topic(topic)
         took = qos > 0
         if took:
@@ -244,26 +277,32 @@ class MqttClient:
                     self.dropped_on_network_thread += 1
                     log.error("send window full on the network thread: dropped a message to %s",
                               topic)
-                return _unsent()
-        # paho calls on_publish while holding this re-entrant lock, so holding it across
-        # publish() means a fast PUBACK cannot be handled before the mid is recorded, and
-        # taking a lock of our own here instead would deadlock against on_publish.
+                return Delivery(_unsent(), qos)
+        # paho calls on_publish for a PUBACK while holding this re-entrant lock, so holding it
+        # across publish() means a fast PUBACK cannot be handled before the mid is recorded,
+        # and taking a lock of our own here instead would deadlock against on_publish.
         with self._acks_lock:
             info = self._client.publish(topic, payload, qos=qos, retain=retain)
-            if took:
-                if info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                    self._windowed.add(info.mid)
-                else:
-                    self.window.release()
+            sent = Delivery(info, qos)
+            # paho reports (on_publish) every message it accepted, a QoS>0 one kept for the
+            # next connection (NO_CONN) too; a QoS 0 one it could not send it drops. paho
+            # numbers QoS 0 messages without looking at the QoS>0 ones it still waits for: a
+            # QoS 0 twin of one (65,535 messages later) must not take its place in the count.
+            accepted = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (
+                took and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN)
+            if accepted and self._awaiting.setdefault(info.mid, sent) is sent:
+                self._windowed += took
+            elif took:
+                self.window.release()
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             log.error("publish to %s failed: %s", topic, paho.error_string(info.rc))
-        return info
+        return sent
 
     @property
     def unacknowledged(self) -> int:
         """QoS>0 messages handed to paho and not yet acknowledged by the broker."""
         with self._acks_lock:
-            return len(self._windowed)
+            return self._windowed
 
     # --- subscribing -------------------------------------------------------------------------
     def _handle_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
@@ -287,6 +326,14 @@ class MqttClient:
         self._client.message_callback_add(topic_filter, dispatch)
 
     # --- paho callbacks (network thread) -------------------------------------------------------
+    def _handle_pre_connect(self, _c: paho.Client, _u: Any) -> None:
+        """paho has just dropped the QoS 0 packets the last connection had not written (and
+        cannot queue new ones before it connects): they will never be acknowledged."""
+        with self._acks_lock:
+            lost = [mid for mid, sent in self._awaiting.items() if sent.qos == 0]
+            for mid in lost:
+                del self._awaiting[mid]
+
     def _handle_connect(
         self, client: paho.Client, _u: Any, _flags: Any, reason: ReasonCode, props: Any
     ) -> None:
@@ -388,11 +435,17 @@ class MqttClient:
                     log.exception("on_lost failed")
 
     def _handle_publish(
-        self, _c: paho.Client, _u: Any, mid: int, _reason: ReasonCode, _props: Any
+        self, _c: paho.Client, _u: Any, mid: int, reason: ReasonCode, _props: Any
     ) -> None:
-        with self._acks_lock:  # already held by paho here; re-entrant
-            if mid in self._windowed:
-                self._windowed.discard(mid)
+        # paho holds this lock already for a PUBACK (re-entrant); for a QoS 0 message written
+        # to the socket it does not, and waiting here lets publish() record the mid first.
+        with self._acks_lock:
+            sent = self._awaiting.pop(mid, None)
+            if sent is None:
+                return
+            sent.acknowledged = not reason.is_failure
+            if sent.qos > 0:
+                self._windowed -= 1
                 self.window.release()
 
 
@@ -411,7 +464,7 @@ def _set_tls(client: paho.Client, tls: Tls) -> None:
 
 
 def _unsent() -> paho.MQTTMessageInfo:
-    """The info of a message that never reached paho (``is_published`` stays false)."""
+    """The info of a message that never reached paho."""
     info = paho.MQTTMessageInfo(0)
     info.rc = MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
     return info

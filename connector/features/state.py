@@ -28,11 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import paho.mqtt.client as paho
 from pydantic import ValidationError
 
 from shared.errors import ServiceError
 from shared.models import Change, ChangesPage, Snapshot
+from shared.mqtt import Delivery
 
 from ..context import BridgeContext
 from .base import Feature
@@ -52,7 +52,7 @@ class _Sent:
 
     epoch: str
     seq: int
-    info: paho.MQTTMessageInfo | None
+    info: Delivery | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,7 +341,7 @@ class StateFeature(Feature):
         session's messages in order; a QoS 0 message lost with its connection is never
         "published", so a later acknowledged one moves the cursor past it."""
         with self._sent_lock:
-            acked = [i for i, s in enumerate(self._sent) if s.info is None or _acked(s.info)]
+            acked = [i for i, s in enumerate(self._sent) if s.info is None or s.info.acknowledged]
             if not acked:
                 return
             newest = self._sent[acked[-1]]
@@ -361,12 +361,3 @@ class StateFeature(Feature):
             return
         self._committed = (epoch, seq)
 
-
-def _acked(info: paho.MQTTMessageInfo) -> bool:
-    """Whether the broker has the message. paho's ``is_published`` raises for a message handed
-    over while the connection was down (``rc`` stays NO_CONN) even after paho sent it again on
-    the next connection and the PUBACK came: its flag is what counts then."""
-    try:
-        return info.is_published()
-    except (RuntimeError, ValueError):
-        return bool(getattr(info, "_published", False))

@@ -1,6 +1,7 @@
-"""Test helpers: free ports, polling with a deadline (never sleeping for readiness), a real
-mosquitto (optionally with a password file and a TLS listener whose certificates come from a
-test CA made here), and an MQTT subscriber that records what it receives."""
+"""Test helpers: free ports, polling with a deadline (never sleeping for readiness), a clock that
+tests move by hand, a real mosquitto (optionally with a password file and a TLS listener whose
+certificates come from a test CA made here), and an MQTT subscriber that records what it
+receives."""
 
 from __future__ import annotations
 
@@ -70,6 +71,16 @@ def wait_for(condition: Callable[[], T | Literal[False] | None], *, timeout: flo
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
 
 
+class Clock:
+    """A clock for code that takes one (``clock=``): it stands still until a test sets ``now``."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def port_open(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
@@ -123,6 +134,10 @@ def make_test_ca(directory: Path) -> TestCa:
                 "-extfile", f"{name}.ext")
     return TestCa(directory / "ca.crt", directory / "server.crt", directory / "server.key",
                   directory / "client.crt", directory / "client.key")
+
+
+# The accounts of a locked broker (the ``locked`` fixture): the hub's and a subscriber's.
+LOCKED_USERS = {"hub": "hub-pass", "observer": "observer-pass"}
 
 
 @dataclass

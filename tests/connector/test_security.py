@@ -18,28 +18,13 @@ from connector.bridge import Bridge
 from shared.jsonutil import loads
 from shared.models import ReadingObs
 from tests.connector.conftest import Hub
-from tests.helpers import Broker, Subscriber, TestCa, make_test_ca, start_broker, wait_for
-
-USERS = {"hub": "hub-pass", "observer": "observer-pass"}
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCa:
-    return make_test_ca(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture
-def locked(tmp_path: Path, ca: TestCa) -> Iterator[Broker]:
-    """Passwords on every listener; TLS on a second one that also wants a client certificate."""
-    broker = start_broker(tmp_path, users=USERS, tls=ca, require_certificate=True)
-    yield broker
-    broker.stop()
+from tests.helpers import LOCKED_USERS, Broker, Subscriber, TestCa, make_test_ca, wait_for
 
 
 @pytest.fixture
 def observer(locked: Broker) -> Iterator[Subscriber]:
     sub = Subscriber(locked.host, locked.port, username="observer",
-                     password=USERS["observer"])
+                     password=LOCKED_USERS["observer"])
     yield sub
     sub.close()
 
@@ -48,7 +33,7 @@ def tls_settings(broker: Broker, ca: TestCa, **more: Any) -> dict[str, Any]:
     assert broker.tls_port is not None
     return {"mqtt_port": broker.tls_port, "mqtt_tls": True, "mqtt_ca_file": ca.ca,
             "mqtt_cert_file": ca.client_cert, "mqtt_key_file": ca.client_key,
-            "mqtt_username": "hub", "mqtt_password": USERS["hub"], **more}
+            "mqtt_username": "hub", "mqtt_password": LOCKED_USERS["hub"], **more}
 
 
 def status_file(bridge: Bridge) -> dict[str, object]:
@@ -72,7 +57,7 @@ def test_the_bridge_works_through_a_password_and_tls_with_a_client_certificate(
 def test_the_bridge_works_with_a_password_on_the_plain_listener(
         hub: Hub, locked: Broker, observer: Subscriber, tmp_path: Path) -> None:
     observer.subscribe(f"{hub.root}/status")
-    hub.bridge(locked, tmp_path, mqtt_username="hub", mqtt_password=USERS["hub"])
+    hub.bridge(locked, tmp_path, mqtt_username="hub", mqtt_password=LOCKED_USERS["hub"])
     observer.wait(f"{hub.root}/status", where=lambda m: m.text == "online")
 
 

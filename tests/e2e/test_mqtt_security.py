@@ -9,32 +9,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import Instance, instance_env, start_supervisord, stop_supervisord
-from tests.helpers import Broker, Subscriber, TestCa, make_test_ca, start_broker, wait_for
+from tests.helpers import LOCKED_USERS, Broker, Subscriber, TestCa, wait_for
 
 pytestmark = pytest.mark.e2e
 
-USERS = {"hub": "hub-pass", "observer": "observer-pass"}
 SENSOR = {"sensor_id": "t1", "sensor_type": "climate", "interval": 1,
           "source": {"type": "serial", "port": "sim://sec?profile=climate&ids=t1",
                      "mode": "poll", "read_timeout": 1.0}}
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCa:
-    return make_test_ca(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture
-def locked(tmp_path: Path, ca: TestCa) -> Iterator[Broker]:
-    broker = start_broker(tmp_path, users=USERS, tls=ca, require_certificate=True)
-    yield broker
-    broker.stop()
 
 
 def start(broker: Broker, tmp: Path, **env: str) -> Instance:
@@ -57,8 +43,8 @@ def test_the_instance_works_through_a_password_and_tls(locked: Broker, ca: TestC
     inst = start(locked, tmp_path, MQTT_PORT=str(locked.tls_port), MQTT_TLS="true",
                  MQTT_CA_FILE=str(ca.ca), MQTT_CERT_FILE=str(ca.client_cert),
                  MQTT_KEY_FILE=str(ca.client_key), MQTT_USERNAME="hub",
-                 MQTT_PASSWORD=USERS["hub"])
-    sub = Subscriber(locked.host, locked.port, username="observer", password=USERS["observer"])
+                 MQTT_PASSWORD=LOCKED_USERS["hub"])
+    sub = Subscriber(locked.host, locked.port, username="observer", password=LOCKED_USERS["observer"])
     try:
         sub.subscribe(f"{inst.root_topic}/#")
         try:
@@ -78,7 +64,7 @@ def test_the_instance_works_through_a_password_and_tls(locked: Broker, ca: TestC
 def test_a_wrong_password_is_one_line_and_the_instance_never_online(locked: Broker,
                                                                      tmp_path: Path) -> None:
     inst = start(locked, tmp_path, MQTT_USERNAME="hub", MQTT_PASSWORD="wrong")
-    sub = Subscriber(locked.host, locked.port, username="observer", password=USERS["observer"])
+    sub = Subscriber(locked.host, locked.port, username="observer", password=LOCKED_USERS["observer"])
     try:
         sub.subscribe(f"{inst.root_topic}/#")
         # The bridge's status file (rewritten every few seconds) carries why, for the check.

@@ -10,14 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.serial_handler.schedule import MAX_BACKOFF_S, PortSchedule
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import Clock
 
 
 class Bus:
@@ -26,7 +19,7 @@ class Bus:
 
     def __init__(self, sensors: list[tuple[str, float, float]], *, answer_s: float = 0.01,
                  silent: frozenset[str] = frozenset()) -> None:
-        self.clock = Clock()
+        self.clock = Clock(1000.0)
         self.schedule = PortSchedule("bus", sensors, clock=self.clock)
         self.schedule.restart()
         self.answer_s = answer_s
@@ -79,7 +72,7 @@ def test_a_silent_sensor_backs_off_exponentially_and_recovers() -> None:
 
 
 def test_only_the_first_unanswered_request_of_an_outage_is_to_be_reported() -> None:
-    schedule = PortSchedule("p", [("s", 10, 1)], clock=Clock())
+    schedule = PortSchedule("p", [("s", 10, 1)], clock=Clock(1000.0))
     assert schedule.unanswered("s") is True
     assert schedule.unanswered("s") is False
     assert schedule.unanswered("s") is False
@@ -89,7 +82,7 @@ def test_only_the_first_unanswered_request_of_an_outage_is_to_be_reported() -> N
 
 @given(st.integers(min_value=2, max_value=2000), st.sampled_from([0.5, 1, 10, 60, 600]))
 def test_backoff_is_capped(failures: int, interval: float) -> None:
-    schedule = PortSchedule("p", [("s", interval, 0.1)], clock=Clock())
+    schedule = PortSchedule("p", [("s", interval, 0.1)], clock=Clock(1000.0))
     for _ in range(failures):
         schedule.unanswered("s")
     rounds = schedule.polled["s"].backoff_rounds()

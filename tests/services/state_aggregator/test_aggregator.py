@@ -25,6 +25,7 @@ from shared.models import (
     StateChange,
 )
 from shared.rest import RestClient
+from tests.helpers import Clock
 
 INSTANCE = parse_instance({
     "instance_id": "t", "friendly_name": "test", "update_interval": 10,
@@ -38,14 +39,6 @@ INSTANCE = parse_instance({
     ]},
     "groups": [{"group_id": "all", "devices": ["temp", "relay"]}],
 })
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

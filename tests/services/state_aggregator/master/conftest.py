@@ -12,7 +12,8 @@ from services.state_aggregator.core import Aggregator
 from services.state_aggregator.master.admin import MasterAdmin
 from services.state_aggregator.master.db import Database
 from services.state_aggregator.master.service import MasterOptions, MasterService
-from tests.services.state_aggregator.test_aggregator import INSTANCE, Clock
+from tests.helpers import Clock
+from tests.services.state_aggregator.test_aggregator import INSTANCE
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from services.state_aggregator.master.admin import MasterAdmin
 from services.state_aggregator.master.db import Database
 from services.state_aggregator.master.routes import MasterControl
 from services.state_aggregator.master.service import MasterService
-from tests.services.state_aggregator.test_aggregator import INSTANCE, Clock
+from tests.helpers import Clock
+from tests.services.state_aggregator.test_aggregator import INSTANCE
 
 SID = "esp32_fermentation_001"
 REGISTER: dict[str, Any] = {

@@ -30,7 +30,7 @@ from shared.models import (
     StateChange,
 )
 from shared.timeutil import iso
-from tests.services.state_aggregator.test_aggregator import Clock
+from tests.helpers import Clock
 
 ESP = SensorRegister(sensor_id="esp32_001", sensor_name="Chamber 1", sensor_type="esp32_ferm",
                      hardware_info="ESP32-WROOM-32", capabilities=["temperature"])

@@ -22,7 +22,8 @@ from shared.master_models import (
     TemplateIn,
     TemplatePatch,
 )
-from tests.services.state_aggregator.test_aggregator import INSTANCE, Clock
+from tests.helpers import Clock
+from tests.services.state_aggregator.test_aggregator import INSTANCE
 
 ESP = SensorRegister(sensor_id="esp32_001", sensor_name="Chamber 1", sensor_type="esp32_ferm",
                      capabilities=["temperature"])

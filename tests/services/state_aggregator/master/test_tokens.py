@@ -14,21 +14,14 @@ from services.state_aggregator.master.errors import NotFound
 from services.state_aggregator.master.service import MasterService
 from services.state_aggregator.master.tokens import SensorTokens, TokenOptions, TokenRefused
 from shared.master_models import SensorRegister
+from tests.helpers import Clock
 
 TTL, OVERLAP = 3600.0, 60.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(1_800_000_000.0)
 
 
 @pytest.fixture

@@ -9,8 +9,11 @@ lock so two hubs starting against one server do not race.
 
 The connections are made when first needed and made again after the server went away. While
 the server is unreachable the writer keeps its queue and tries again (``HistoryWriter``), so a
-server restart costs no readings unless the queue (``HISTORY_QUEUE``) fills meanwhile; a server
-that is down when the aggregator starts leaves it without a history (``/health`` says why).
+server restart costs no readings unless the queue (``HISTORY_QUEUE``) fills meanwhile. A server
+that is down when the aggregator starts is the same case (``start_error``): the writer connects
+with backoff and migrates when it answers (a connection refused for a database that does not
+exist yet or for credentials is retried too: both heal on the server's side). A schema newer
+than the code still stops the history at start.
 """
 
 from __future__ import annotations
@@ -103,8 +106,16 @@ class PostgresBackend:
         self._writer: psycopg.Connection[Any] | None = None
         self._reader: psycopg.Connection[Any] | None = None
         self._migrated = False
+        self.start_error: StoreError | None = None
         with self.lock:
-            self._connection()  # migrate now: a bad URL or schema shows at start
+            try:
+                self._connection()  # migrate now: a bad URL or schema shows at start
+            except StoreError as exc:
+                if not exc.unavailable:
+                    raise
+                # The server is away (not up yet, restarting): the writer connects (and
+                # migrates) when it answers; readings queue meanwhile.
+                self.start_error = exc
 
     def _error(self, exc: psycopg.Error) -> StoreError:
         # No SQLSTATE: the connection failed or broke; class 08 is a connection exception,

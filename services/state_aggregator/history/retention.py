@@ -70,7 +70,10 @@ class Retention:
             try:
                 self.check()
             except StoreError as exc:
-                self._conditions.set(failure_key(exc), f"retention could not thin: {exc}")
+                # A database server that is away is the writer's condition to report (and to
+                # clear when it answers again); the next check tries again.
+                if not exc.unavailable:
+                    self._conditions.set(failure_key(exc), f"retention could not thin: {exc}")
             except OSError as exc:
                 self._conditions.set("retention", f"retention could not measure the disk: {exc}")
             self._wake.wait(self._interval)

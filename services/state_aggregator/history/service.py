@@ -4,7 +4,9 @@ PostgreSQL with ``DATABASE_URL``), its writer thread, its retention thread and, 
 readings it accepted (``append``); the routes query it and post readings into it.
 
 A history that cannot open its file (a full disk at start) does not stop the aggregator: it runs
-without a store, says so in ``/health``, and live data flows as before.
+without a store, says so in ``/health``, and live data flows as before. A PostgreSQL server that
+is away at the start is not that case: the store is made, the writer connects when the server
+answers, and ``/health`` says ``degraded`` (``unavailable``) until then.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ class History:
                                 "aggregator runs without one")
             return
         self.path = self.store.where
+        if self.store.start_error is not None:
+            self.conditions.set("unavailable", f"{self.store.start_error}; live data still "
+                                f"flows, up to {max_pending} readings queue for the history "
+                                "while it connects again (0.5 s doubling to 30 s)")
         self.retention = Retention(self.store, limits, self.conditions, interval=check_interval)
         self.writer = HistoryWriter(self.store, self.rows, self.conditions,
                                     max_pending=max_pending, on_full=self.retention.wake)

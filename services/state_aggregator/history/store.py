@@ -159,10 +159,17 @@ class HistoryStore:
             self.backend = SqliteBackend(Path(location))
         self.where = self.backend.where
         self.local_dir = self.backend.local_dir
+        # A database server that did not answer at the start (the writer keeps trying).
+        self.start_error: StoreError | None = getattr(self.backend, "start_error", None)
         self._columns = f"r.id, r.device_id, r.ts_us, r.ts_local, r.rkey, {self.backend.payload_sql}"
 
     def close(self) -> None:
         self.backend.close()
+
+    def connect(self) -> None:
+        """Reach the database (a server: connect and migrate); ``StoreError`` when it cannot."""
+        with self._tx():
+            pass
 
     def upgrade(self) -> None:
         """The schema migrations too slow for the start (SQLite: an index rebuild of a large

@@ -127,6 +127,7 @@ class HistoryWriter:
         except StoreError as exc:
             self._conditions.set("upgrade", f"schema upgrade failed: {exc}; the history runs on "
                                  "the old schema")
+        self._reach()
         delay = 0.0
         while (batch := self._take()) is not None:
             if not self.write(batch):
@@ -147,6 +148,25 @@ class HistoryWriter:
                 self._cv.notify_all()
             if self._pending < self._max_pending // 2:
                 self._conditions.clear("queue_full")
+
+    def _reach(self) -> None:
+        """A database server that was away at the start: try it again, 0.5 s doubling to
+        ``RETRY_MAX_S``, until it answers, so ``/health`` recovers even with nothing to write.
+        Readings that arrive meanwhile end this: the write loop retries them itself."""
+        delay = 0.5
+        while "unavailable" in self._conditions.active():
+            with self._cv:
+                if self._cv.wait_for(lambda: self._stop or bool(self._queue), delay):
+                    return
+            try:
+                self._store.connect()
+            except StoreError as exc:
+                if not exc.unavailable:
+                    self._conditions.set(failure_key(exc), str(exc))
+                    return
+                delay = min(RETRY_MAX_S, delay * 2)
+                continue
+            self._conditions.clear("unavailable")
 
     def write(self, readings: Sequence[ReadingObs]) -> bool:
         """Store ``readings``; ``False`` only when the database was unreachable and the batch

@@ -51,3 +51,45 @@ def test_a_server_restart_loses_no_reading(server: Postgres) -> None:
         assert [r["payload"]["i"] for r in stored] == list(range(300))
     finally:
         history.stop()
+
+
+def test_a_server_away_at_the_start_is_connected_when_it_answers(server: Postgres) -> None:
+    """The aggregator starts while its server is down: the history is made all the same, says
+    ``degraded`` (one reason, ``unavailable``), queues the readings, and once the server answers
+    it connects, creates its schema and stores every reading queued meanwhile."""
+    url = server.create_database("late")
+    server.halt()
+    history = History(url, tz="UTC", limits=Limits(max_bytes=None, disk_percent=100),
+                      check_interval=3600)
+    history.start()
+    try:
+        assert history.writer is not None and history.store is not None
+        health = history.health()
+        assert health["state"] == "degraded" and len(health["reasons"]) == 1
+        assert "queue for the history" in health["reasons"][0], health["reasons"]
+        history.append(batch(0, 100))
+        history.append(batch(100, 50))
+        server.serve()
+        assert history.writer.flush(timeout=60)
+        assert history.health()["state"] == "ok"
+        stored = history.store.query(start=None, end=None, device_id="s", limit=1000).readings
+        assert [r["payload"]["i"] for r in stored] == list(range(150))
+    finally:
+        history.stop()
+
+
+def test_with_nothing_to_write_the_history_still_reconnects(server: Postgres) -> None:
+    url = server.create_database("idle")
+    server.halt()
+    history = History(url, tz="UTC", limits=Limits(max_bytes=None, disk_percent=100),
+                      check_interval=3600)
+    history.start()
+    try:
+        assert history.health()["state"] == "degraded"
+        server.serve()
+        wait_for(lambda: history.health()["state"] == "ok", timeout=60,
+                 what="the history to reach the server by itself")
+        assert history.store is not None
+        assert history.store.latest("s", raw=False) == []  # the schema is there
+    finally:
+        history.stop()

@@ -236,11 +236,16 @@ def test_postgresql_migrates_once_and_refuses_a_newer_schema(postgres_store: His
 
 
 def test_postgresql_unreachable_is_a_store_error() -> None:
+    """At the start it is kept as the store's ``start_error`` (the writer connects later);
+    afterwards, every use of the store raises it."""
     from tests.helpers import free_port
 
+    store = HistoryStore(f"postgresql://hub:secret@127.0.0.1:{free_port()}/nothing")
+    assert store.start_error is not None and store.start_error.unavailable
+    assert "127.0.0.1" in str(store.start_error) and "secret" not in str(store.start_error)
     with pytest.raises(StoreError, match=r"127\.0\.0\.1") as refused:
-        HistoryStore(f"postgresql://hub:secret@127.0.0.1:{free_port()}/nothing")
-    assert "secret" not in str(refused.value)
+        store.connect()
+    assert refused.value.unavailable and "secret" not in str(refused.value)
 
 
 def test_a_large_file_gets_its_covering_index_after_the_start(

@@ -5,13 +5,15 @@ from __future__ import annotations
 from flask import Flask
 
 from shared import openapi
+from shared.compact import detached
 from shared.config import load_config
 from shared.internal import protect
 from shared.pusher import Pusher
 from shared.rest import RestClient
+from shared.settings import Settings
 from shared.web import install_error_handlers
 
-from .core import SerialHandler
+from .core import SerialHandler, SerialPlan
 from .routes import bp
 
 
@@ -21,12 +23,16 @@ def create_app(handler: SerialHandler | None = None, *, secret: str | None = Non
     app answers only with ``secret`` when it gives one)."""
     app = Flask(__name__)
     if handler is None:
-        settings, instance = load_config("serial-handler")
+        def load() -> tuple[Settings, SerialPlan]:
+            settings, instance = load_config("serial-handler")
+            return settings, SerialPlan.of(instance, settings.update_interval)
+
+        settings, plan = detached(load)  # the instance file's models are gone by then
         secret = settings.internal_secret
         pusher = Pusher(RestClient(settings.state_aggregator, name="state-aggregator",
                                    secret=secret),
                         source="serial-handler")
-        handler = SerialHandler(instance, pusher.emit, update_interval=settings.update_interval)
+        handler = SerialHandler(plan, pusher.emit)
         pusher.start()
         handler.start()
         app.extensions["pusher"] = pusher

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import ReadError, UnknownDevice
@@ -28,33 +29,66 @@ Emit = Callable[[ReadingObs | ErrorObs | EventObs | LinkObs], None]
 MAX_ERRORS = 500  # the most recent errors /errors keeps
 
 
+@dataclass(frozen=True, slots=True)
+class SerialSensor:
+    """What the handler keeps of one serial sensor of the instance file."""
+
+    sensor_id: str
+    sensor_type: str
+    name: str
+    port: str
+    interval: float
+    writable: bool
+    read_timeout: float | None  # its own; None: the port's
+
+
+@dataclass(frozen=True, slots=True)
+class SerialPlan:
+    """The instance file as the handler needs it: its serial sensors in the file's order and
+    how each port is opened (the first sensor's source; the file check makes them agree). The
+    instance file's models (about 2.3 KB a sensor) are not kept; the app makes the plan with
+    ``shared.compact.detached``, out of the memory of loading them."""
+
+    sensors: list[SerialSensor]
+    ports: dict[str, SerialSource]
+
+    @classmethod
+    def of(cls, instance: Instance, update_interval: float | None = None) -> SerialPlan:
+        sensors: list[SerialSensor] = []
+        ports: dict[str, SerialSource] = {}
+        for sensor in instance.sensors_of("serial"):
+            src = sensor.source
+            assert isinstance(src, SerialSource)
+            ports.setdefault(src.port, src)
+            sensors.append(SerialSensor(
+                sensor.sensor_id, sensor.sensor_type, sensor.friendly_name or sensor.sensor_id,
+                src.port, instance.interval_of(sensor, update_interval), src.writable,
+                sensor.read_timeout))
+        return cls(sensors, ports)
+
+
 class SerialHandler:
-    def __init__(self, instance: Instance, emit: Emit, *, update_interval: float | None = None,
+    def __init__(self, instance: Instance | SerialPlan, emit: Emit, *,
+                 update_interval: float | None = None,
                  clock: Callable[[], float] = time.time,
                  backoff: tuple[float, float] = (0.5, 10.0),
                  bad_line_report_every: float = 1.0) -> None:
+        plan = (instance if isinstance(instance, SerialPlan)
+                else SerialPlan.of(instance, update_interval))
         self._emit = emit
         self._clock = clock
         self._errors_lock = threading.Lock()
         self.errors: deque[dict[str, Any]] = deque(maxlen=MAX_ERRORS)
         self.error_counts: dict[str, int] = defaultdict(int)
-        # Only what /sensors shows of each sensor (type, name), in the instance file's order;
-        # the instance file's models (about 2.3 KB a sensor) are not kept.
+        # Only what /sensors shows of each sensor (type, name), in the instance file's order.
         self.sensors: dict[str, tuple[str, str]] = {}
         by_port: dict[str, list[SensorSlot]] = defaultdict(list)
-        configs: dict[str, SerialSource] = {}
-        for sensor in instance.sensors_of("serial"):
-            src = sensor.source
-            assert isinstance(src, SerialSource)
-            self.sensors[sensor.sensor_id] = (sensor.sensor_type,
-                                              sensor.friendly_name or sensor.sensor_id)
-            configs.setdefault(src.port, src)
-            by_port[src.port].append(SensorSlot(
-                sensor_id=sensor.sensor_id,
-                interval=instance.interval_of(sensor, update_interval),
-                writable=src.writable,
-                read_timeout=sensor.read_timeout,
-            ))
+        for sensor in plan.sensors:
+            self.sensors[sensor.sensor_id] = (sensor.sensor_type, sensor.name)
+            by_port[sensor.port].append(SensorSlot(
+                sensor_id=sensor.sensor_id, interval=sensor.interval,
+                writable=sensor.writable, read_timeout=sensor.read_timeout))
+        configs = plan.ports
         self.ports = {
             url: PortWorker(url, configs[url], slots, self._observe, on_bad_line=self._bad_line,
                             clock=clock, backoff=backoff,

@@ -8,6 +8,7 @@ import gc
 from flask import Flask
 
 from shared import openapi
+from shared.compact import detached
 from shared.config import load_config
 from shared.instance import Instance
 from shared.internal import protect
@@ -23,21 +24,24 @@ from .master.routes import MasterControl, build_master
 from .master.routes import bp as master_bp
 from .outbox.service import Outbox
 from .persist import RegistryStore
+from .registry import InstanceRegistry
 from .routes import bp
 from .system import SystemSampler
 
 
-def build_aggregator(settings: Settings, instance: Instance,
+def build_aggregator(settings: Settings, instance: Instance | InstanceRegistry,
                      outbox: Outbox | None = None) -> Aggregator:
+    registry = instance if isinstance(instance, InstanceRegistry) else InstanceRegistry.of(
+        instance, poll_interval=settings.poll_interval, update_interval=settings.update_interval)
     return Aggregator(
-        instance,
+        registry,
         handlers={
             "serial": RestClient(settings.serial_handler, name="serial-handler",
                                  secret=settings.internal_secret),
             "http": RestClient(settings.http_poller, name="http-poller",
                                secret=settings.internal_secret),
         },
-        cache_ttl=settings.cache_ttl if settings.cache_ttl is not None else instance.config.cache_ttl,
+        cache_ttl=settings.cache_ttl if settings.cache_ttl is not None else registry.cache_ttl,
         poll_interval=settings.poll_interval,
         update_interval=settings.update_interval,
         store=RegistryStore(settings.data_dir / "registry.json"),
@@ -56,16 +60,21 @@ def create_app(aggregator: Aggregator | None = None,
     test's app answers only with ``secret`` when it gives one)."""
     system: SystemSampler | None = None
     if aggregator is None:
-        settings, instance = load_config("state-aggregator")
+        def load() -> tuple[Settings, InstanceRegistry]:
+            settings, instance = load_config("state-aggregator")
+            return settings, InstanceRegistry.of(instance, poll_interval=settings.poll_interval,
+                                                 update_interval=settings.update_interval)
+
+        settings, registry = detached(load)  # the instance file's models are gone by then
         secret = settings.internal_secret
         outbox = Outbox.from_settings(settings) if settings.outbox_enabled else None
-        aggregator = build_aggregator(settings, instance, outbox)
+        aggregator = build_aggregator(settings, registry, outbox)
         if outbox is not None:
             outbox.start()
             atexit.register(outbox.stop)
         aggregator.start()
         system = SystemSampler(aggregator, data_dir=settings.data_dir,
-                               interval=settings.update_interval or instance.update_interval)
+                               interval=settings.update_interval or registry.update_interval)
         system.start()
         master = build_master(settings, aggregator)
         master.service.start()

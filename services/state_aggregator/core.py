@@ -48,7 +48,7 @@ from shared.timeutil import iso
 from .changes import ChangeLog
 from .outbox.service import Outbox
 from .persist import Registration, RegistryStore
-from .registry import Device, RegistryRefusal, build_registry, refusal
+from .registry import Device, InstanceRegistry, RegistryRefusal, refusal
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _updated(seq: int, *, device_id: str, ts: float, info: DeviceInfo) -> Device
 class Aggregator:
     def __init__(
         self,
-        instance: Instance,
+        instance: Instance | InstanceRegistry,
         *,
         handlers: Mapping[str, RestClient],
         cache_ttl: float,
@@ -76,16 +76,16 @@ class Aggregator:
         max_devices: int = 1000,
         outbox: Outbox | None = None,
     ) -> None:
-        # Only its id is kept: the instance file's sensor models (about 2.3 KB a sensor) are
-        # turned into the registry below and left to the collector.
-        self.instance_id = instance.instance_id
+        # The instance file's sensor models (about 2.3 KB a sensor) are turned into the
+        # registry and left to the collector.
+        registry = instance if isinstance(instance, InstanceRegistry) else InstanceRegistry.of(
+            instance, poll_interval=poll_interval, update_interval=update_interval)
+        self.instance_id = registry.instance_id
         self.handlers = dict(handlers)
         self.clock = clock
         self.started = clock()
-        self.devices: dict[str, Device] = build_registry(
-            instance, poll_interval=poll_interval, update_interval=update_interval
-        )
-        self.groups: dict[str, list[str]] = {g.group_id: list(g.devices) for g in instance.groups}
+        self.devices: dict[str, Device] = registry.devices
+        self.groups: dict[str, list[str]] = registry.groups
         self.cache_ttl = cache_ttl
         self.cache_counters = {"hits": 0, "misses": 0, "expired": 0}
         self.outbox = outbox

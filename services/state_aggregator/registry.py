@@ -8,6 +8,7 @@ Availability is derived from ``last_seen`` and the device's cadence each time it
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,17 +91,19 @@ def _from_sensor(sensor: SensorConfig, interval: float) -> Device:
         source, handler, model = "http", "http", f"HTTP {sensor.sensor_type} sensor"
     else:
         source, handler, model = "probe", "http", "ESP32 probe"
+    # Types, models and units repeat across thousands of sensors: one string each, not one
+    # per sensor.
     return Device(
         device_id=sensor.sensor_id,
         name=sensor.friendly_name or sensor.sensor_id,
-        model=sensor.model or model,
-        sensor_type=sensor.sensor_type,
+        model=sys.intern(sensor.model or model),
+        sensor_type=sys.intern(sensor.sensor_type),
         source=source,
         handler=handler,
         enabled=sensor.enabled,
         writable=getattr(src, "writable", False),
         interval=interval,
-        units={k: v.unit for k, v in sensor.properties.items() if v.unit},
+        units={sys.intern(k): sys.intern(v.unit) for k, v in sensor.properties.items() if v.unit},
     )
 
 
@@ -112,6 +115,28 @@ def build_registry(instance: Instance, *, poll_interval: float,
         default = poll_interval if sensor.source.type == "http" else update_interval
         devices[sensor.sensor_id] = _from_sensor(sensor, instance.interval_of(sensor, default))
     return devices
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRegistry:
+    """The instance file as the aggregator keeps it: its devices, groups and defaults. The
+    instance file's models (about 2.3 KB a sensor) are not kept; the app makes this with
+    ``shared.compact.detached``, out of the memory of loading them."""
+
+    instance_id: str
+    devices: dict[str, Device]
+    groups: dict[str, list[str]]
+    update_interval: float
+    cache_ttl: float
+
+    @classmethod
+    def of(cls, instance: Instance, *, poll_interval: float,
+           update_interval: float | None = None) -> InstanceRegistry:
+        return cls(instance.instance_id,
+                   build_registry(instance, poll_interval=poll_interval,
+                                  update_interval=update_interval),
+                   {g.group_id: list(g.devices) for g in instance.groups},
+                   instance.update_interval, instance.config.cache_ttl)
 
 
 def refusal(device: Device | None, device_id: str, source: str) -> tuple[str, str] | None:

@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 
+from services.serial_handler.core import SerialHandler, SerialPlan
 from services.serial_handler.protocol import MAX_LINE, MAX_TEXT
+from shared.compact import detached
 from shared.errors import ReadError
 from shared.models import CommandRequest, ErrorObs, EventObs, LinkObs, ReadingObs
 from tests.helpers import Recorder, wait_for
 
-from .conftest import BoardFactory, HandlerFactory, serial_sensor
+from .conftest import BoardFactory, HandlerFactory, make_instance, serial_sensor
 
 
 def test_json_and_key_value_lines_become_readings(board: BoardFactory, start_handler: HandlerFactory,
@@ -304,3 +306,30 @@ def test_a_command_that_cannot_be_encoded_is_an_error_unwritten(board: BoardFact
     result = handler.command("relay1", _command({"label": "\ud800"}))
     assert result.status == "error" and "cannot encode" in (result.error or "")
     assert b.pending() == b""
+
+
+def test_a_handler_built_from_a_detached_plan_reads_its_ports(board: BoardFactory,
+                                                              recorder: Recorder) -> None:
+    """What the app does: the plan made from the instance file and copied out of its load
+    (``shared.compact.detached``) is the handler's whole configuration."""
+    b = board()
+    named = {**serial_sensor("t1", b.path, read_timeout=0.5), "friendly_name": "Living room",
+             "interval": 30, "read_timeout": 0.2}
+    plan = detached(lambda: SerialPlan.of(make_instance(named, serial_sensor("t2", b.path,
+                                                                             read_timeout=0.5)),
+                                          update_interval=7))
+    assert [s.sensor_id for s in plan.sensors] == ["t1", "t2"]
+    handler = SerialHandler(plan, recorder, backoff=(0.05, 0.2))
+    handler.start()
+    try:
+        recorder.wait(LinkObs, "t1", lambda o: o.up)
+        b.send("id=t2 temperature=21.5")
+        assert recorder.wait(ReadingObs, "t2")[0].values == {"temperature": 21.5}
+        one, two = handler.sensor_view("t1"), handler.sensor_view("t2")
+        assert (one["friendly_name"], one["interval"], two["friendly_name"], two["interval"]) \
+            == ("Living room", 30, "t2", 7)
+        worker = handler.ports[b.path]
+        assert worker.read_timeout_of(worker.slots["t1"]) == 0.2
+        assert worker.read_timeout_of(worker.slots["t2"]) == 0.5
+    finally:
+        handler.stop()

@@ -12,6 +12,8 @@ from flask.testing import FlaskClient
 from services.state_aggregator.app import create_app
 from services.state_aggregator.changes import ChangeLog
 from services.state_aggregator.core import Aggregator
+from services.state_aggregator.registry import InstanceRegistry
+from shared.compact import detached
 from shared.errors import ServiceError
 from shared.instance import parse_instance
 from shared.models import (
@@ -262,3 +264,20 @@ def test_the_snapshot_json_made_in_chunks_is_the_snapshot(agg: Aggregator, clock
 def test_changes_with_another_epoch_asks_for_resync(client: FlaskClient) -> None:
     assert body(client.get("/changes?since=0&epoch=stale"))["resync"] is True
     assert client.get("/changes?since=x").status_code == 400
+
+
+def test_an_aggregator_built_from_a_detached_registry_is_the_instance_files(clock: Clock) -> None:
+    """What the app does: the registry made from the instance file and copied out of its load
+    (``shared.compact.detached``) gives the same devices, groups and defaults."""
+    registry = detached(lambda: InstanceRegistry.of(INSTANCE, poll_interval=5))
+    assert (registry.instance_id, registry.groups, registry.update_interval,
+            registry.cache_ttl) == ("t", {"all": ["temp", "relay"]}, 10, 10)
+    dead = {"serial": RestClient("http://127.0.0.1:9", name="serial-handler", timeout=0.5),
+            "http": RestClient("http://127.0.0.1:9", name="http-poller", timeout=0.5)}
+    from_file = Aggregator(INSTANCE, handlers=dead, cache_ttl=10, poll_interval=5, clock=clock)
+    detached_agg = Aggregator(registry, handlers=dead, cache_ttl=10, poll_interval=5, clock=clock)
+    assert detached_agg.device_infos() == from_file.device_infos()
+    assert (detached_agg.devices["slow"].interval, detached_agg.devices["relay"].writable) \
+        == (60, True)
+    detached_agg.ingest([ReadingObs(device_id="temp", ts=clock.now, values={"t": 1})])
+    assert kinds(detached_agg) == [("state", "temp"), ("availability", "temp")]

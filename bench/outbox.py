@@ -1,4 +1,5 @@
-"""``python -m bench.outbox [--rate R] [--outage S] [--devices N]``: the durable change log.
+"""``python -m bench.outbox [--rate R] [--outage S] [--devices N] [--restart-bridge]
+[--pad BYTES] [--outbox-max-mb MB]``: the durable change log.
 
 1. What an append costs: the aggregator's durable log (``outbox.db``) against the readings
    history's insert, 1,000-change batches, per change (why the log is a sibling table).
@@ -8,6 +9,13 @@
    restart) counts every reading by its number and each device's ``seq``: lost must be 0. The
    backlog's drain rate is the MQTT messages that arrived after the restart divided by the time
    from the first to the last of them.
+3. ``--restart-bridge``: the same, but the bridge is stopped (``supervisorctl stop
+   mqtt-bridge``) for the outage while the broker runs on, and started again after it: the
+   backlog is what the durable log holds beyond the bridge's committed cursor, and the drain is
+   a restarted bridge's replay. ``--pad`` adds a string of that many bytes to each reading;
+   ``--outbox-max-mb`` bounds the log, so a large backlog is thinned before the bridge is back
+   (then only the newest reading of each device must arrive, and ``lost`` counts what is
+   missing beyond what was thinned).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -35,7 +44,7 @@ from shared.pusher import Pusher
 from shared.rest import RestClient
 
 from .broker import free_port, port_open, wait_until
-from .hub import Hub, instance_doc
+from .hub import ROOT, Hub, instance_doc
 from .procs import mosquitto_binary
 
 
@@ -110,11 +119,51 @@ class Counter:
                 if "n" in body:
                     self.numbers[body["device_id"]].add(body["n"])
 
+    def settled(self, start: int, quiet: float = 1.0) -> list[float]:
+        """The arrival times from the ``start``-th on, once none came for ``quiet`` seconds
+        (a page's property topics leave after its states)."""
+        while True:
+            with self.lock:
+                last = self.arrivals[-1] if self.arrivals else 0.0
+            if time.monotonic() - last >= quiet:
+                with self.lock:
+                    return self.arrivals[start:]
+            time.sleep(quiet / 4)
 
-def outage(rate: float, seconds: float, devices: int) -> dict[str, Any]:
+
+def push(pusher: Pusher, emitted: dict[str, int], rate: float, seconds: float,
+         extra: dict[str, Any]) -> None:
+    """``rate`` readings/s for ``seconds``, the devices in turn, each reading numbered ``n``
+    per device (counted in ``emitted``); returns once the pusher has delivered them."""
+    names = list(emitted)
+    start = time.monotonic()
+    i = 0
+    while (now := time.monotonic()) < start + seconds:
+        name = names[i % len(names)]
+        pusher.emit(ReadingObs(device_id=name, ts=time.time(),
+                               values={"n": emitted[name], **extra}))
+        emitted[name] += 1
+        i += 1
+        ahead = start + i / rate - now
+        if ahead > 0:
+            time.sleep(ahead)
+    wait_until(lambda: pusher.stats()["queued"] == 0, timeout=120, what="the pusher")
+
+
+def supervisorctl(hub: Hub, *args: str) -> None:
+    subprocess.run([str(Path(sys.executable).parent / "supervisorctl"), "-c",
+                    str(ROOT / "supervisord.conf"), *args], env=hub.env(), check=True,
+                   capture_output=True, timeout=60)
+
+
+def outage(rate: float, seconds: float, devices: int, *, restart_bridge: bool = False,
+           pad: int = 0, outbox_max_mb: float | None = None) -> dict[str, Any]:
+    """The broker (or, with ``restart_bridge``, the bridge) away for ``seconds`` while
+    ``rate`` readings/s come in, then back: what arrived, and how fast the backlog drained."""
     work = Path(tempfile.mkdtemp(prefix="sensor-hub-outage-"))
     broker = Mosquitto(work)
-    hub = Hub(instance_doc([]), broker.port)
+    env = {"OUTBOX_MAX_MB": f"{outbox_max_mb:g}"} if outbox_max_mb is not None else {}
+    hub = Hub(instance_doc([]), broker.port, env_extra=env)
     hub.start()
     try:
         hub.wait_healthy()
@@ -128,34 +177,44 @@ def outage(rate: float, seconds: float, devices: int) -> dict[str, Any]:
                                    secret=hub.secret), source="http-poller")
         pusher.start()
         emitted = dict.fromkeys(names, 0)
-        broker.stop()
-        start = time.monotonic()
-        i = 0
-        while (now := time.monotonic()) < start + seconds:
-            name = names[i % devices]
-            pusher.emit(ReadingObs(device_id=name, ts=time.time(), values={"n": emitted[name]}))
-            emitted[name] += 1
-            i += 1
-            ahead = start + i / rate - now
-            if ahead > 0:
-                time.sleep(ahead)
-        wait_until(lambda: pusher.stats()["queued"] == 0, timeout=120, what="the pusher")
+        extra = {"pad": "x" * pad} if pad else {}
+        if restart_bridge:
+            supervisorctl(hub, "stop", "mqtt-bridge")
+        else:
+            broker.stop()
+        push(pusher, emitted, rate, seconds, extra)
+        if outbox_max_mb is not None:  # the log's upkeep thins what is over the bound
+            time.sleep(3 * 2.0)  # OUTBOX_CHECK_INTERVAL's default, three rounds
         health = hub.get("aggregator", "/health")["outbox"]
         with counter.lock:
             before = len(counter.arrivals)
         restarted = time.monotonic()
-        broker.start()
+        if restart_bridge:
+            supervisorctl(hub, "start", "mqtt-bridge")
+        else:
+            broker.start()
         load = os.getloadavg()[0]
-        wait_until(lambda: all(counter.numbers[n] >= set(range(emitted[n])) for n in names),
-                   timeout=600, what="every reading on MQTT", interval=0.2)
-        with counter.lock:
-            after = counter.arrivals[before:]
-        lost = sum(emitted[n] - len(counter.numbers[n] & set(range(emitted[n]))) for n in names)
+        thinned = int(health.get("thinned") or 0)
+
+        def arrived() -> bool:
+            with counter.lock:
+                if thinned:  # the newest of each device is never thinned
+                    return all(emitted[n] - 1 in counter.numbers[n] for n in names)
+                return all(counter.numbers[n] >= set(range(emitted[n])) for n in names)
+
+        wait_until(arrived, timeout=600, what="every reading on MQTT", interval=0.2)
+        after = counter.settled(before)
+        got = sum(len(counter.numbers[n] & set(range(emitted[n]))) for n in names)
+        # Thinned states are thinned on disk; the aggregator's memory may still serve them.
+        missing = sum(emitted.values()) - got
+        lost = max(0, missing - thinned)
         gaps = sum(1 for n in names for a, b in zip(counter.seqs[n], counter.seqs[n][1:],
                                                    strict=False) if b > a + 1)
         span = after[-1] - after[0] if len(after) > 1 else 0.0
-        return {"readings": sum(emitted.values()), "rate": rate, "outage_s": seconds,
-                "pending_before_restart": health["pending"], "lost": lost, "seq_gaps": gaps,
+        return {"away": "mqtt-bridge" if restart_bridge else "broker",
+                "readings": sum(emitted.values()), "rate": rate, "outage_s": seconds,
+                "pad_bytes": pad, "pending_before_restart": health["pending"],
+                "thinned": thinned, "readings_received": got, "lost": lost, "seq_gaps": gaps,
                 "msgs_after_restart": len(after),
                 "drain_msgs_per_s": round(len(after) / span) if span > 0 else None,
                 "restart_to_last_s": round(after[-1] - restarted, 2),
@@ -170,9 +229,17 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--outage", type=float, default=60.0)
     parser.add_argument("--devices", type=int, default=10)
+    parser.add_argument("--restart-bridge", action="store_true",
+                        help="stop the bridge instead of the broker for the outage")
+    parser.add_argument("--pad", type=int, default=0, help="bytes of padding per reading")
+    parser.add_argument("--outbox-max-mb", type=float, default=None)
+    parser.add_argument("--no-append-cost", action="store_true")
     args = parser.parse_args()
-    print("append cost:", append_cost())
-    print("outage:", outage(args.rate, args.outage, args.devices))
+    if not args.no_append_cost:
+        print("append cost:", append_cost())
+    print("outage:", outage(args.rate, args.outage, args.devices,
+                            restart_bridge=args.restart_bridge, pad=args.pad,
+                            outbox_max_mb=args.outbox_max_mb))
 
 
 if __name__ == "__main__":

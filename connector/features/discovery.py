@@ -105,11 +105,7 @@ class DiscoveryFeature(Feature):
     # --- the loop ------------------------------------------------------------------------------
     def _loop(self) -> None:
         while not self._stop.is_set():
-            with self._lock:
-                due = self._full_at
-            now = time.monotonic()
-            wait = CHECK_EVERY_S if due is None else min(CHECK_EVERY_S, max(0.0, due - now))
-            if self._wake.wait(wait):
+            if self._wake.wait(self.next_wait()):
                 self._wake.clear()
             if self._stop.is_set() or not self._connected or not self.ctx.mirror.synced:
                 continue
@@ -118,6 +114,19 @@ class DiscoveryFeature(Feature):
             except Exception:
                 log.exception("discovery round failed; retrying")
                 self._stop.wait(CHECK_EVERY_S)
+
+    def next_wait(self) -> float:
+        """Seconds until the next round: the time a full republish is due, but only once the
+        mirror can be published. Until the state feature has synced it (a restarted bridge
+        replays its backlog first, for as long as that takes) a due republish cannot start,
+        and waiting for it (0 s, again and again) was a busy loop that held the GIL from the
+        state publisher and paho's thread: a restarted bridge replayed at a tenth of its
+        speed."""
+        with self._lock:
+            due = self._full_at
+        if due is None or not self.ctx.mirror.synced:
+            return CHECK_EVERY_S
+        return min(CHECK_EVERY_S, max(0.0, due - time.monotonic()))
 
     def _round(self) -> None:
         with self._lock:

@@ -16,7 +16,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from connector.bridge import Bridge
-from connector.features.discovery import DiscoveryFeature
+from connector.features.discovery import CHECK_EVERY_S, DiscoveryFeature
 from services.state_aggregator.app import create_app
 from services.state_aggregator.core import Aggregator
 from shared.instance import Instance, parse_instance
@@ -219,3 +219,23 @@ def test_home_assistant_online_and_a_new_device_are_answered(
                  what="every config again after a rebirth")
     finally:
         sub.close()
+
+
+def test_a_republish_due_before_the_mirror_is_synced_waits_instead_of_spinning(
+        mosquitto: Broker, ids: tuple[str, str], tmp_path: Path) -> None:
+    """A restarted bridge connects, then replays its backlog before the snapshot syncs the
+    mirror. The republish that the connection asked for is due all that time and cannot start:
+    the discovery thread must sleep until it can, not wait 0 s again and again (that busy loop
+    held the GIL from the publisher: the replay ran at a tenth of its speed)."""
+    settings = Settings(instance_name="ha", mqtt_host=mosquitto.host, mqtt_port=mosquitto.port,
+                        mqtt_base_topic=ids[0], state_aggregator_url="http://127.0.0.1:9",
+                        hub_run_dir=tmp_path / "run", data_dir=tmp_path,
+                        ha_discovery_prefix=ids[1])
+    bridge = Bridge(settings, instance("s1"))  # not started: nothing connects or syncs
+    discovery = next(f for f in bridge.features if isinstance(f, DiscoveryFeature))
+    assert discovery.next_wait() == CHECK_EVERY_S  # nothing due
+    discovery.on_connect()  # a full republish, due now
+    assert not bridge.ctx.mirror.synced
+    assert discovery.next_wait() == CHECK_EVERY_S
+    bridge.ctx.mirror.synced = True  # the snapshot is loaded: the republish goes at once
+    assert discovery.next_wait() == 0.0

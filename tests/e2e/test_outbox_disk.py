@@ -46,7 +46,7 @@ def test_past_outbox_max_mb_unpublished_states_are_thinned_and_the_hub_runs_on(
                     source="http-poller")
     pusher.start()
     t0 = time.time() - 3600
-    n = 6_000  # about 2.7 MB of states: more than OUTBOX_MAX_MB (2)
+    n = 12_000  # about 5.4 MB of states: more than twice OUTBOX_MAX_MB (2)
     for i in range(n):
         device = DEVICES[i % len(DEVICES)]
         pusher.emit(ReadingObs(device_id=device, ts=t0 + i * 0.1, values={"n": i, "pad": PAD}))

@@ -52,6 +52,7 @@ C = TypeVar("C", StateChange, ErrorChange, EventChange, AvailabilityChange, Devi
 
 _CHANGES: TypeAdapter[list[AnyChange]] = TypeAdapter(list[Change])
 KEEP = 0.75  # a trim keeps this share of each bound
+NOTE_KINDS = frozenset({"event", "error", "command"})  # what a dashboard lists per device
 
 
 @dataclass(slots=True)
@@ -189,14 +190,17 @@ class ChangeLog:
         # full when it came in): go on from memory.
         return self.since_json(first - 1, limit=limit)
 
-    def devices_between(self, since: int, until: int) -> list[str] | None:
-        """The devices with a change after ``since`` up to ``until`` (a dashboard browser that
-        reconnects with its position): from memory while it holds the range, else from the
-        durable log; ``None`` when neither holds all of it (the browser reloads)."""
+    def changed_between(self, since: int, until: int, *,
+                        notes: int = 1000) -> tuple[list[str], list[bytes]] | None:
+        """What a dashboard browser that reconnects with its position needs: the devices with a
+        change after ``since`` up to ``until``, and the newest ``notes`` events, errors and
+        command results among those changes (JSON, oldest first). From memory while it holds
+        the range, else from the durable log; ``None`` when neither holds all of it (the
+        browser reloads)."""
         with self._cond:
             until = min(until, self._seq)
             if since >= until:
-                return []
+                return [], []
             if since + 1 >= self._first:
                 start = since + 1 - self._first
                 items = self._items[start : until + 1 - self._first]
@@ -205,9 +209,20 @@ class ChangeLog:
                 if self._outbox is None or since < self._unstored:
                     return None  # part of the range was never on disk and memory let it go
         if items is not None:  # parsed outside the lock: appends go on meanwhile
-            return list(dict.fromkeys(str(loads(item)["device_id"]) for item in items))
+            devices: dict[str, None] = {}
+            found: list[bytes] = []
+            for item in items:
+                change = loads(item)
+                devices[str(change["device_id"])] = None
+                if change["kind"] in NOTE_KINDS:
+                    found.append(item)
+            return list(devices), found[-notes:] if notes else []
         assert self._outbox is not None
-        return self._outbox.devices_between(since, until)
+        changed = self._outbox.devices_between(since, until)
+        noted = self._outbox.notes_between(since, until, notes) if notes else []
+        if changed is None or noted is None:
+            return None
+        return changed, noted
 
     def since(self, seq: int, *, limit: int = 10_000,
               wait: float = 0.0) -> tuple[int, bool, list[AnyChange]]:

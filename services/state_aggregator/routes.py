@@ -189,18 +189,23 @@ def changes() -> Response:
           responses={200: "the devices changed in a range of the log", 400: "bad argument"})
 def changed_devices() -> Response:
     """``?since=SEQ&until=SEQ&epoch=E``: the devices with a change after ``since`` up to
-    ``until`` (the dashboard's feed, for a browser that reconnects with its Last-Event-ID),
-    from memory or the durable log; ``complete: false`` when the log no longer holds the range
-    (or the epoch is another), and the browser reloads."""
+    ``until`` and the newest 1,000 events, errors and command results among those changes
+    (``notes``), for the dashboard's feed when a browser reconnects with its Last-Event-ID; from
+    memory or the durable log. ``complete: false`` when the log no longer holds the range (or
+    the epoch is another): the browser reloads."""
     agg = _agg()
     since = _int_arg("since", 0, 0, 2**62)
     until = _int_arg("until", 2**62, 0, 2**62)
     epoch = request.args.get("epoch")
-    devices = None
+    found = None
     if epoch is None or epoch == agg.changes.epoch:
-        devices = agg.changes.devices_between(since, until)
-    return json_response({"epoch": agg.changes.epoch, "since": since, "until": until,
-                          "complete": devices is not None, "devices": devices or []})
+        found = agg.changes.changed_between(since, until)
+    devices, notes = found if found is not None else ([], [])
+    head = to_json({"epoch": agg.changes.epoch, "since": since, "until": until,
+                    "complete": found is not None, "devices": devices})
+    # The notes are kept as their JSON: joined as they are, as ``/changes`` does.
+    return Response(b"".join((head[:-1], b',"notes":[', b",".join(notes), b"]}")),
+                    mimetype="application/json")
 
 
 @bp.get("/cursors/<reader>")

@@ -2,9 +2,9 @@
 supervisord with a small in-memory change log (``CHANGELOG_MAX=1000``). A browser's SSE stream
 (its ``Last-Event-ID`` is its cursor in the log) reconnects after the aggregator's memory let
 its position go and after the ``web`` program restarted (so the feed's own ring is empty): the
-first message brings every device that changed meanwhile, with its newest values, from the log,
-not a reset. A position older than the log keeps (``OUTBOX_REPLAY``) gets the documented
-bounded answer: a ``reset`` event, and the page reloads its snapshot."""
+first message brings every device that changed meanwhile, with its newest values and the events
+of the gap, from the log, not a reset. A position older than the log keeps (``OUTBOX_REPLAY``)
+gets the documented bounded answer: a ``reset`` event, and the page reloads its snapshot."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import orjson
 import pytest
 import requests
 
-from shared.models import IngestBatch, ReadingObs, to_json
+from shared.models import EventObs, IngestBatch, ReadingObs, to_json
 from tests.e2e.conftest import Instance, demo_instance
 from tests.helpers import Broker, internal_headers, wait_for
 
@@ -70,6 +70,13 @@ class Aggregator:
             requests.post(f"{self.url}/ingest", data=body, timeout=30, headers={
                 **self.headers, "Content-Type": "application/json"}).raise_for_status()
 
+    def event(self, device: str, event: str) -> None:
+        self.batch += 1
+        body = to_json(IngestBatch(source="http-poller", batch_id=f"replay-test-{self.batch}",
+                                   items=[EventObs(device_id=device, ts=time.time(), event=event)]))
+        requests.post(f"{self.url}/ingest", data=body, timeout=30, headers={
+            **self.headers, "Content-Type": "application/json"}).raise_for_status()
+
     def head(self) -> int:
         return int(self.get("/cursors/mqtt-bridge")["head"])
 
@@ -96,6 +103,7 @@ def test_a_reconnecting_browser_gets_what_changed_from_the_durable_log(
         # Meanwhile replay_a changes once and replay_b 1,500 times: the aggregator's memory
         # (1,000 changes) lets the browser's position go.
         agg.push("replay_a", [{"n": 7}])
+        agg.event("replay_a", "door_opened")
         agg.push("replay_b", [{"n": i} for i in range(1500)])
         assert agg.memory_first() > seq + 1
         # The web program restarts: its feed starts from a snapshot, its ring is empty.
@@ -106,6 +114,8 @@ def test_a_reconnecting_browser_gets_what_changed_from_the_durable_log(
         rows = {row["device_id"]: row for row in data["devices"]}
         assert rows["replay_a"]["values"] == {"n": 7}
         assert rows["replay_b"]["values"] == {"n": 1499}  # the newest, not every reading
+        # The event the restarted feed never followed is in the device's recent list.
+        assert [e.get("event") for e in rows["replay_a"]["recent"]] == ["door_opened"]
         assert new_position.split(":")[0] == epoch and int(new_position.split(":")[1]) > seq
         # Past what the log keeps for replay: a reset, and the page reloads its snapshot.
         agg.push("replay_b", [{"n": i} for i in range(REPLAY + 500)])

@@ -197,6 +197,16 @@ class Outbox:
             self.conditions.set("read_failed", f"{self.path}: {exc}")
             return None
 
+    def notes_between(self, since: int, until: int, limit: int) -> list[bytes] | None:
+        """``OutboxStore.notes_between``; ``None`` when the log no longer holds the range."""
+        if self.store is None or since < self.store.floor:
+            return None
+        try:
+            return self.store.notes_between(since, until, limit)
+        except sqlite3.Error as exc:
+            self.conditions.set("read_failed", f"{self.path}: {exc}")
+            return None
+
     def floor(self) -> int | None:
         """Everything after this seq is on disk (thinning aside); ``None`` without a store."""
         return None if self.store is None else self.store.floor

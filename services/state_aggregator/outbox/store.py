@@ -205,6 +205,16 @@ class OutboxStore:
         self.floor = max(self.floor, upto)
         return int(deleted)
 
+    def notes_between(self, since: int, until: int, limit: int) -> list[bytes]:
+        """The newest ``limit`` events, errors and command results after ``since`` up to
+        ``until``, oldest first, as JSON."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT body FROM log WHERE seq > ? AND seq <= ? AND kind IN "
+                "('event', 'error', 'command') ORDER BY seq DESC LIMIT ?",
+                (since, until, limit)).fetchall()
+        return [bytes(r[0]) for r in reversed(rows)]
+
     def devices_between(self, since: int, until: int) -> list[str]:
         """The devices with a stored change after ``since`` up to ``until``."""
         with self._read_lock:

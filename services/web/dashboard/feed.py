@@ -17,10 +17,12 @@ the aggregator's durable log (``outbox.db``), whose epoch and numbering survive 
 aggregator and of this program. A reconnecting client is sent the devices that changed after it:
 from a ring of the last ``ring`` changes while that holds the position (no request), else from the
 log itself (``/changes/devices``: one request answered from the aggregator's memory or disk, a
-list of at most every device). The log keeps the newest ``OUTBOX_REPLAY`` published changes for
-this; a position older than that, or from another epoch (a log that was not durable, or a new
-file), is told to reload (the page is a snapshot). Each device is sent as its current row: the
-browser's backlog is a set of devices, never a queue of readings, whatever the gap was.
+list of at most every device, and the gap's newest 1,000 events, errors and command results,
+which join the recent lists: the feed may not have followed them). The log keeps the newest
+``OUTBOX_REPLAY`` published changes for this; a position older than that, or from another epoch
+(a log that was not durable, or a new file), is told to reload (the page is a snapshot). Each
+device is sent as its current row: the browser's backlog is a set of devices, never a queue of
+readings, whatever the gap was.
 """
 
 from __future__ import annotations
@@ -179,7 +181,7 @@ class Feed:
                             sub.mark(device_id)
         if gap is not None:
             self.replays += 1
-            devices = self._changed(*gap)
+            devices = self._replay(*gap)
             if devices is None:
                 sub.resync()
             else:
@@ -187,9 +189,11 @@ class Feed:
                     sub.mark(device_id)
         return sub
 
-    def _changed(self, epoch: str, since: int, until: int) -> list[str] | None:
-        """The devices the durable log says changed after ``since`` up to ``until``; ``None``
-        when it no longer holds that range or cannot be asked."""
+    def _replay(self, epoch: str, since: int, until: int) -> list[str] | None:
+        """The devices the durable log says changed after ``since`` up to ``until``; the
+        events, errors and command results among those changes join the devices' recent lists
+        (the feed may not have followed them: it was unwatched, or this program restarted).
+        ``None`` when the log no longer holds that range or cannot be asked."""
         try:
             answer = self._agg.get("/changes/devices", params={
                 "since": since, "until": until, "epoch": epoch}, timeout=10.0)
@@ -198,7 +202,37 @@ class Feed:
             return None
         if not answer.get("complete"):
             return None
+        with self._lock:
+            for change in answer.get("notes", []):
+                self._remember(change)
         return [str(d) for d in answer.get("devices", [])]
+
+    def _remember(self, change: dict[str, Any]) -> None:
+        """An event, error or command result into its device's recent list, in seq order and
+        once (under the lock); an error newer than the row's becomes the row's."""
+        device_id, seq = str(change.get("device_id")), int(change["seq"])
+        row = self.rows.get(device_id)
+        if row is None:
+            return
+        kind = change.get("kind")
+        entry: dict[str, Any] = {"kind": kind, "ts": change["ts"], "seq": seq}
+        if kind == "error":
+            entry.update(error_code=change.get("error_code"), message=change.get("message"),
+                         severity=change.get("severity"))
+            if row["error"] is None or row["error"].get("seq", -1) < seq:
+                row["error"] = entry
+        elif kind == "event":
+            entry.update(event=change.get("event"), data=change.get("data"))
+        else:  # a command's result, whoever sent it (MQTT, this page, another browser)
+            entry.update({k: change.get(k) for k in ("cmd_id", "values", "status", "result",
+                                                     "error")})
+        recent = self.recent.setdefault(device_id, deque(maxlen=RECENT))
+        if not recent or recent[-1].get("seq", -1) < seq:
+            recent.append(entry)  # the usual case: following the log
+        elif all(e.get("seq") != seq for e in recent):
+            kept = sorted([*recent, entry], key=lambda e: int(e.get("seq", -1)))
+            recent.clear()
+            recent.extend(kept[-RECENT:])
 
     def unsubscribe(self, sub: Subscriber) -> None:
         with self._lock:
@@ -319,14 +353,4 @@ class Feed:
         elif kind == "availability":
             row["online"] = bool(change["online"])
         elif kind in ("error", "event", "command"):
-            entry = {"kind": kind, "ts": change["ts"]}
-            if kind == "error":
-                entry.update(error_code=change.get("error_code"), message=change.get("message"),
-                             severity=change.get("severity"))
-                row["error"] = entry
-            elif kind == "event":
-                entry.update(event=change.get("event"), data=change.get("data"))
-            else:  # a command's result, whoever sent it (MQTT, this page, another browser)
-                entry.update({k: change.get(k) for k in ("cmd_id", "values", "status", "result",
-                                                         "error")})
-            self.recent.setdefault(device_id, deque(maxlen=RECENT)).append(entry)
+            self._remember(change)

@@ -10,6 +10,7 @@ import logging
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from services.state_aggregator.app import create_app
@@ -170,18 +171,46 @@ def test_published_changes_stay_for_replay_and_the_range_is_answered_from_disk(
     assert box.floor() == last - 50  # released up to the replay window, not the cursor
     assert box.health()["pending"] == 0
     # Memory holds the last 10 changes at most: the rest of the range comes from the disk.
-    assert agg.changes.devices_between(last - 5, last) == ["temp"]
-    assert set(agg.changes.devices_between(mid, last) or []) == {"temp", "slow"}
-    assert agg.changes.devices_between(last - 30, last - 20) is not None
-    assert agg.changes.devices_between(last - 51, last) is None  # released: not held
+    assert agg.changes.changed_between(last - 5, last) == (["temp"], [])
+    assert set(devices(agg, mid, last)) == {"temp", "slow"}
+    assert agg.changes.changed_between(last - 30, last - 20) is not None
+    assert agg.changes.changed_between(last - 51, last) is None  # released: not held
     assert agg.changes.since(last - 51)[1] is True  # a reader that far behind reloads
     assert agg.changes.since(last - 50)[1] is False
     # A new process on the file: the floor, the range and the numbering are the same.
     again = Aggregator(INSTANCE, handlers={}, cache_ttl=10, poll_interval=5,
                        outbox=outbox(tmp_path), changelog_capacity=10)
     assert again.changes.seq == last
-    assert set(again.changes.devices_between(mid, last) or []) == {"temp", "slow"}
-    assert again.changes.devices_between(last - 51, last) is None
+    assert set(devices(again, mid, last)) == {"temp", "slow"}
+    assert again.changes.changed_between(last - 51, last) is None
+
+
+def devices(agg: Aggregator, since: int, until: int) -> list[str]:
+    found = agg.changes.changed_between(since, until)
+    assert found is not None
+    return found[0]
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_the_events_errors_and_command_results_of_a_range_come_with_it(
+        tmp_path: Path, in_memory: bool) -> None:
+    box = Outbox(tmp_path / "outbox.db", max_bytes=256 * MB, min_free_bytes=0, replay=10_000)
+    agg = Aggregator(INSTANCE, handlers={}, cache_ttl=10, poll_interval=5, outbox=box,
+                     changelog_capacity=100_000 if in_memory else 1000)
+    t0 = time.time()
+    agg.ingest(readings(10, t0))
+    since = agg.changes.seq
+    agg.ingest([*readings(1500, t0 + 20), EventObs(device_id="temp", ts=t0 + 30, event="door"),
+                ErrorObs(device_id="slow", ts=t0 + 31, error_code="E1", message="m"),
+                *readings(5, t0 + 40, device="slow")])
+    found = agg.changes.changed_between(since, agg.changes.seq)
+    assert found is not None
+    changed, notes = found
+    assert set(changed) == {"temp", "slow"}
+    assert [orjson.loads(n)["kind"] for n in notes] == ["event", "error"]
+    assert [orjson.loads(n)["device_id"] for n in notes] == ["temp", "slow"]
+    found = agg.changes.changed_between(since, agg.changes.seq, notes=1)
+    assert found is not None and [orjson.loads(n)["kind"] for n in found[1]] == ["error"]
 
 
 def test_changed_devices_route(tmp_path: Path) -> None:
@@ -191,6 +220,7 @@ def test_changed_devices_route(tmp_path: Path) -> None:
     seq, epoch = agg.changes.seq, agg.changes.epoch
     body = client.get(f"/changes/devices?since={seq - 2}&until={seq}&epoch={epoch}").json
     assert body is not None and body["complete"] is True and body["devices"] == ["temp"]
+    assert body["notes"] == []
     other = client.get("/changes/devices?since=0&epoch=elsewhere").json
     assert other is not None and other["complete"] is False and other["devices"] == []
     assert client.get("/changes/devices?since=x").status_code == 400

@@ -114,6 +114,27 @@ def test_a_command_result_joins_the_device_recent_list_and_wakes_its_page() -> N
     assert feed.subscribe("e1:15", device="a").take(0) == ["a"]  # replayed from the ring
     row = feed.device("a")
     assert row is not None and row["recent"][-1] == {
-        "kind": "command", "ts": 16.0, "cmd_id": "mqtt-1", "values": {"state": "on"},
+        "kind": "command", "ts": 16.0, "seq": 16, "cmd_id": "mqtt-1", "values": {"state": "on"},
         "status": "success", "result": None, "error": None}
     assert sub.take(0) == []  # _apply alone marks nobody: _follow does, after the batch
+
+
+def test_replayed_notes_join_the_recent_list_in_order_and_once() -> None:
+    """Events the feed did not follow (it was unwatched, or the program restarted) come from the
+    durable log with a replay: merged by seq, never twice, the newest error on the row."""
+    feed = fed()
+    feed._apply({"kind": "event", "seq": 20, "device_id": "a", "ts": 20.0, "event": "late"})
+    for seq in (14, 20, 12):  # 20 is already there; 12 and 14 were missed
+        feed._remember({"kind": "event", "seq": seq, "device_id": "a", "ts": float(seq),
+                        "event": f"e{seq}"})
+    feed._remember({"kind": "error", "seq": 13, "device_id": "a", "ts": 13.0,
+                    "error_code": "E", "message": "m", "severity": "error"})
+    row = feed.device("a")
+    assert row is not None
+    assert [e["seq"] for e in row["recent"]] == [12, 13, 14, 20]
+    assert row["error"]["seq"] == 13
+    feed._remember({"kind": "error", "seq": 9, "device_id": "a", "ts": 9.0,
+                    "error_code": "OLD", "message": "m", "severity": "error"})
+    assert feed.rows["a"]["error"]["error_code"] == "E"  # an older error does not replace it
+    feed._remember({"kind": "event", "seq": 30, "device_id": "gone", "ts": 30.0, "event": "x"})
+    assert "gone" not in feed.recent

@@ -150,6 +150,15 @@ def push(pusher: Pusher, emitted: dict[str, int], rate: float, seconds: float,
     wait_until(lambda: pusher.stats()["queued"] == 0, timeout=120, what="the pusher")
 
 
+def peak_rss_mb(pids: list[int]) -> float | None:
+    """The largest resident size the process has had (``VmHWM``), in MB."""
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
 def supervisorctl(hub: Hub, *args: str) -> None:
     subprocess.run([str(Path(sys.executable).parent / "supervisorctl"), "-c",
                     str(ROOT / "supervisord.conf"), *args], env=hub.env(), check=True,
@@ -204,6 +213,7 @@ def outage(rate: float, seconds: float, devices: int, *, restart_bridge: bool = 
 
         wait_until(arrived, timeout=600, what="every reading on MQTT", interval=0.2)
         after = counter.settled(before)
+        bridge_peak = peak_rss_mb(hub.pids().get("mqtt-bridge", []))
         got = sum(len(counter.numbers[n] & set(range(emitted[n]))) for n in names)
         # Thinned states are thinned on disk; the aggregator's memory may still serve them.
         missing = sum(emitted.values()) - got
@@ -218,7 +228,7 @@ def outage(rate: float, seconds: float, devices: int, *, restart_bridge: bool = 
                 "msgs_after_restart": len(after),
                 "drain_msgs_per_s": round(len(after) / span) if span > 0 else None,
                 "restart_to_last_s": round(after[-1] - restarted, 2),
-                "load_avg_1m": round(load, 1)}
+                "bridge_peak_rss_mb": bridge_peak, "load_avg_1m": round(load, 1)}
     finally:
         hub.stop(graceful=False)
         broker.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from shared.models import (
@@ -48,6 +49,17 @@ def state_payload(device_id: str, ts: float, seq: int, values: dict[str, Any]) -
 def same(a: Any, b: Any) -> bool:
     """Equal as JSON values: ``1``, ``1.0`` and ``true`` are different readings."""
     return type(a) is type(b) and a == b
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """A replay in progress: the seq of the state each device of the snapshot holds
+    (``None``: none), and each device's values so far (a property topic goes out when its
+    value changed). A restarted bridge's backlog is as long as its outage was, so it is
+    replayed a page at a time, never held whole."""
+
+    held: dict[str, int | None]
+    values: dict[str, dict[str, Any]]
 
 
 class DeviceTopics:
@@ -111,16 +123,21 @@ class DeviceTopics:
         for topic, value in later:
             pub.json(topic, value, qos=qos, retain=True)
 
-    def replay(self, changes: list[Change], snap: Snapshot) -> None:
-        """Publish what ``snap`` took in and cannot carry, before it is loaded: the events and
-        errors among ``changes``, and the states and availability of its devices that came
-        before the ones it holds (``load`` and the publishing after it send those). The mirror
-        is left alone; a device the snapshot does not hold is skipped (gone again, it would
-        leave retained topics behind)."""
+    def start_replay(self, snap: Snapshot) -> Replay:
+        """A replay of what ``snap`` took in (see ``replay``), before it is loaded."""
         held = {e.info.device_id: e.state.seq if e.state is not None else None
                 for e in snap.devices}
         values = {d: r.state.values for d, r in self.ctx.mirror.devices.items()
                   if r.state is not None}
+        return Replay(held, values)
+
+    def replay(self, replay: Replay, changes: list[Change]) -> None:
+        """Publish one page of what a snapshot took in and cannot carry, before it is loaded:
+        the events and errors among ``changes``, and the states and availability of its
+        devices that came before the ones it holds (``load`` and the publishing after it send
+        those). The mirror is left alone; a device the snapshot does not hold is skipped (gone
+        again, it would leave retained topics behind)."""
+        held, values = replay.held, replay.values
         for change in changes:
             if isinstance(change, ErrorChange | EventChange):
                 self.apply(change)
@@ -132,6 +149,7 @@ class DeviceTopics:
                 before = values.get(change.device_id, {})
                 values[change.device_id] = change.values
                 self._state(change, self._properties(change, before))
+        self.flush()
 
     def publish_device(self, rec: DeviceRecord) -> None:
         self._availability(rec.info.device_id, rec.online)

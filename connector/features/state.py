@@ -14,7 +14,9 @@ written to the socket for QoS 0), the committer thread stores the page's last ``
 aggregator (``POST /cursors/mqtt-bridge``). A bridge that starts again (after a crash, a kill,
 a restart during a broker outage) publishes from that position, before the snapshot: what was
 accepted and not yet delivered goes out, in order per device, at least once; what was delivered
-is not published again (at most the last unacknowledged page).
+is not published again (at most the last unacknowledged page). That backlog is replayed like
+the live log, a page at a time through the same short queue, each page committing its position:
+it is as long as the outage was, and is never held whole.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from shared.mqtt import Delivery
 
 from ..context import BridgeContext
 from .base import Feature
-from .device_topics import DeviceTopics
+from .device_topics import DeviceTopics, Replay
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +58,22 @@ class _Sent:
 
 
 @dataclass(frozen=True, slots=True)
-class _Loaded:
-    """A snapshot, and the changes it took in while the aggregator made the bridge wait for it
-    (``folded``): the snapshot holds only their end result."""
+class _Folded:
+    """One page of what ``snapshot`` took in and holds only the end result of: the changes
+    that came in while the aggregator made the bridge wait for it, and those a restarted bridge
+    had not delivered (from its committed cursor on). Published before the snapshot is loaded;
+    once they are, everything up to ``upto`` is delivered."""
 
     snapshot: Snapshot
-    folded: list[Change]
+    changes: list[Change]
+    upto: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """A snapshot, after the pages of what it took in."""
+
+    snapshot: Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +90,7 @@ class _Rebirth:
     done: Callable[[int], None]
 
 
-_Item = _Loaded | ChangesPage | _Republish | _Rebirth
+_Item = _Folded | _Loaded | ChangesPage | _Republish | _Rebirth
 
 
 class StateFeature(Feature):
@@ -105,6 +117,10 @@ class StateFeature(Feature):
         self._sent_lock = threading.Lock()
         self._committed: tuple[str, int] | None = None
         self._resumed = False  # the committed cursor is read once, when the bridge starts
+        # Where the next snapshot's fold starts when the last one broke off (the aggregator
+        # went away during a long replay): the pages queued so far are not fetched again.
+        self._unfolded: tuple[str, int] | None = None
+        self._replay: tuple[Snapshot, Replay] | None = None  # the publisher's replay in progress
         self._commit_wake = threading.Event()
 
     def start(self) -> None:
@@ -176,40 +192,56 @@ class StateFeature(Feature):
                 backoff = min(backoff * 2, 10.0)
 
     def _load_snapshot(self) -> None:
-        resume = None if self._resumed else self._cursor()
+        cursor = None if self._resumed else self._cursor()
+        resume = cursor or self._unfolded
         # The body validated straight from JSON: one pass instead of decode, then validate.
         snap = Snapshot.model_validate_json(self.ctx.aggregator.get_bytes("/snapshot",
                                                                           timeout=30.0))
         asked = snap.seq if snap.asked_seq is None else snap.asked_seq
         if resume is not None and resume[0] == snap.epoch:
             if resume[1] < asked:
-                log.info("resuming from the committed position %d: %d changes were accepted "
-                         "and not yet delivered", resume[1], asked - resume[1])
+                log.info("resuming from position %d: %d changes were accepted and not yet "
+                         "delivered", resume[1], asked - resume[1])
                 snap = snap.model_copy(update={"asked_seq": resume[1]})
-            self._committed = resume
+            if cursor is not None:
+                self._committed = cursor
         self._resumed = True
-        folded = self._folded(snap)
+        self._fold(snap)
+        self._unfolded = None
         self.epoch, self.seq = snap.epoch, snap.seq
-        self._put(_Loaded(snap, folded))
+        self._put(_Loaded(snap))
 
-    def _folded(self, snap: Snapshot) -> list[Change]:
-        """The changes between the position the snapshot was asked at and the one it was made
-        at. A restarted aggregator answers only after its warm-up (up to seconds): a device
-        registered meanwhile, its first states, its events would otherwise reach MQTT only as
-        the snapshot's last state, and its events and errors never."""
+    def _fold(self, snap: Snapshot) -> None:
+        """Queue, a page at a time, the changes between the position the snapshot was asked at
+        and the one it was made at. A restarted aggregator answers only after its warm-up (up
+        to seconds): a device registered meanwhile, its first states, its events would
+        otherwise reach MQTT only as the snapshot's last state, and its events and errors
+        never. A restarted bridge asks from its committed cursor: its whole backlog is folded
+        in, as long as the outage was, so the pages go to the publisher as they come (the
+        queue's back-pressure bounds what is held) and each commits its position.
+
+        The state a device holds in the snapshot is left to ``load`` (published once, not
+        twice): a page past it commits only the position before it until the snapshot is
+        loaded, or a restart in between would skip it."""
         seq = snap.seq if snap.asked_seq is None else snap.asked_seq
-        folded: list[Change] = []
+        held = {e.state.seq for e in snap.devices if e.state is not None}
+        safe = snap.seq  # the newest position that is delivered once the pages are
+        folded = 0
         while seq < snap.seq:
             page = ChangesPage.model_validate_json(self.ctx.aggregator.get_bytes(
                 "/changes", params={"since": seq, "epoch": snap.epoch}, timeout=30.0))
             if page.resync or not page.changes:
                 break  # the aggregator restarted again: _follow finds out and resyncs
-            folded.extend(c for c in page.changes if c.seq <= snap.seq)
-            seq = page.seq
+            changes = [c for c in page.changes if c.seq <= snap.seq]
+            seq = min(page.seq, snap.seq)
+            safe = min([safe, *(c.seq - 1 for c in changes if c.seq in held)])
+            upto = min(seq, safe)
+            self._put(_Folded(snap, changes, upto))
+            self._unfolded = (snap.epoch, upto)
+            folded += len(changes)
         if folded:
             log.info("%d changes came in while the snapshot was made: published before it",
-                     len(folded))
-        return folded
+                     folded)
 
     def _cursor(self) -> tuple[str, int] | None:
         """This bridge's committed position in the aggregator's durable log (``None`` without
@@ -279,20 +311,28 @@ class StateFeature(Feature):
         return None
 
     def _handle(self, item: _Item, generation: int) -> None:
-        if isinstance(item, _Loaded):
+        if isinstance(item, _Folded):
+            if self._replay is None or self._replay[0] is not item.snapshot:
+                self._replay = (item.snapshot, self.devices.start_replay(item.snapshot))
+            self.devices.replay(self._replay[1], item.changes)
+            self._delivered(item.snapshot.epoch, item.upto)
+        elif isinstance(item, _Loaded):
             self._handle_loaded(item, generation)
             self._delivered(item.snapshot.epoch, item.snapshot.seq)
         elif isinstance(item, ChangesPage):
             self._publish_page(item)
             self._delivered(item.epoch, item.seq)
         elif isinstance(item, _Republish):
-            if self.ctx.mirror.synced and self._full_gen < item.generation:
+            # During a replay the mirror is older than what went out: the snapshot's load
+            # that ends the replay publishes everything for this session instead.
+            if (self.ctx.mirror.synced and self._replay is None
+                    and self._full_gen < item.generation):
                 self._publish_all(generation)
         else:
             item.done(self._publish_all(generation))
 
     def _handle_loaded(self, item: _Loaded, generation: int) -> None:
-        self.devices.replay(item.folded, item.snapshot)
+        self._replay = None
         changed = self.devices.load(item.snapshot)
         if self._full_gen < generation:
             self._publish_all(generation)

@@ -10,12 +10,14 @@ and snapshot hold them, and ``to_json`` writes them at the REST edge in one orjs
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticUndefined
 
+from shared.timeutil import obs_time_problem
 from shared.topics import ID_RE, validate_id
 
 DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -26,6 +28,20 @@ Source = Literal["serial", "http", "probe", "sensor", "system"]
 
 
 _is_id = ID_RE.fullmatch
+
+
+def _check_obs_time(ts: float) -> float:
+    problem = obs_time_problem(ts, time.time())
+    if problem is not None:
+        raise ValueError(problem)
+    return ts
+
+
+ObsTime = Annotated[float, AfterValidator(_check_obs_time)]
+"""An observation's time, epoch seconds: from 2000-01-01 to ``FUTURE_SKEW_S`` (300 s) ahead of
+this host's clock (``shared.timeutil.obs_time_problem``). Checked wherever one is built or
+parsed, so a handler's bad clock is a 422 at the aggregator's ``/ingest`` naming the field, not
+a device state frozen in the future."""
 
 
 def _check_property_names(values: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +125,7 @@ class ReadingObs(_Model):
 
     kind: Literal["reading"] = "reading"
     device_id: DeviceId
-    ts: float
+    ts: ObsTime
     values: dict[str, Any]
 
     _names = field_validator("values")(_check_property_names)
@@ -120,7 +136,7 @@ class ErrorObs(_Model):
 
     kind: Literal["error"] = "error"
     device_id: DeviceId
-    ts: float
+    ts: ObsTime
     error_code: str
     message: str
     severity: Severity = "error"
@@ -131,7 +147,7 @@ class EventObs(_Model):
 
     kind: Literal["event"] = "event"
     device_id: DeviceId
-    ts: float
+    ts: ObsTime
     event: str
     data: dict[str, Any] | None = None
 
@@ -141,7 +157,7 @@ class LinkObs(_Model):
 
     kind: Literal["link"] = "link"
     device_id: DeviceId
-    ts: float
+    ts: ObsTime
     up: bool
     reason: str | None = None
 

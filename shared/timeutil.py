@@ -10,6 +10,11 @@ from datetime import UTC, datetime
 # (``iso`` and the history's ``ts_local`` build one). Times from outside [0, EPOCH_MAX) are refused
 # where they enter the hub, so nothing downstream (a writer thread, the bridge) meets them.
 EPOCH_MAX = 253_402_214_400.0  # 9999-12-31T00:00:00Z
+# The times an observation may carry (``shared.models.ObsTime``): from 2000-01-01 to FUTURE_SKEW_S
+# ahead of the hub's clock. Earlier is an uptime counter or a clock not set yet, not a time; a
+# reading stamped later would freeze its device's state until the clock caught up.
+EARLIEST_OBS_TS = 946_684_800.0  # 2000-01-01T00:00:00Z
+FUTURE_SKEW_S = 300.0
 
 
 def now() -> float:
@@ -33,3 +38,17 @@ def parse_iso(value: str) -> float:
 def in_range(ts: float) -> bool:
     """Whether ``ts`` is an epoch time the hub can render (1970 to 9999; never NaN or inf)."""
     return 0.0 <= ts < EPOCH_MAX
+
+
+def obs_time_problem(ts: float, now: float) -> str | None:
+    """Why ``ts`` cannot be an observation's time when the hub's clock says ``now`` (``None``:
+    it can)."""
+    if ts >= EARLIEST_OBS_TS and ts <= now + FUTURE_SKEW_S:  # NaN fails both
+        return None
+    if not in_range(ts):
+        return f"{ts!r:.40} is not a time between 1970 and 9999"
+    if ts < EARLIEST_OBS_TS:
+        return (f"{iso(ts)} is before 2000-01-01: an uptime counter or a clock not set yet, "
+                "not a time")
+    return (f"{iso(ts)} is in the future: more than {FUTURE_SKEW_S:g} s ahead of the hub's clock "
+            f"({iso(now)})")

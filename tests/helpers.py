@@ -72,9 +72,11 @@ def wait_for(condition: Callable[[], T | Literal[False] | None], *, timeout: flo
 
 
 class Clock:
-    """A clock for code that takes one (``clock=``): it stands still until a test sets ``now``."""
+    """A clock for code that takes one (``clock=``): it stands still until a test sets ``now``.
+    It starts in 2023: an observation's time must lie between 2000 and the real clock's now
+    (``shared.models.ObsTime``)."""
 
-    def __init__(self, now: float = 1_000_000.0) -> None:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
         self.now = now
 
     def __call__(self) -> float:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from shared.models import ReadingObs, RegisterDevice
-from shared.timeutil import in_range, iso, parse_iso
+from shared.timeutil import in_range, obs_time_problem, parse_iso
 from shared.topics import ID_RE
 
 from .csvlog import CsvLog
@@ -33,8 +33,10 @@ log = logging.getLogger(__name__)
 
 NOT_READINGS = frozenset({"probe_id", "token", "name", "id"})
 MAX_BATCH = 500  # readings per batch (a probe's buffer goes up in slices of 20)
-FUTURE_SLACK_S = 300.0  # a reading stamped further ahead would freeze the device's state
-EARLIEST_TS = 1_577_836_800.0  # 2020-01-01: anything earlier is an uptime or an unset clock
+# 2020-01-01: anything earlier is an uptime or an unset clock. A probe's reading is held to this
+# as well as to every observation's limits (shared.models.ObsTime: from 2000, at most
+# FUTURE_SKEW_S ahead), so what this program takes the aggregator takes too.
+EARLIEST_TS = 1_577_836_800.0
 UNITS = {"temperature_c": "°C", "humidity": "%", "rssi": "dBm", "uptime_s": "s"}
 # How long a registration the aggregator accepted is taken as still good before it is asked again
 # (it is asked at once after a removal through this program). Saves a call per reading without
@@ -99,9 +101,9 @@ def reading_time(value: Any, now: float, where: str) -> float:
         raise LanError(422, "invalid_body", f"{where}timestamp: {value!r} is before 2020: an "
                                             "uptime or a clock not set yet, not a time; leave it "
                                             "out and the reading is stamped when it arrives")
-    if ts > now + FUTURE_SLACK_S:
-        raise LanError(422, "invalid_body", f"{where}timestamp: {iso(ts)} is in the future "
-                                            f"(the hub's clock says {iso(now)})")
+    problem = obs_time_problem(ts, now)
+    if problem is not None:
+        raise LanError(422, "invalid_body", f"{where}timestamp: {problem}")
     return ts
 
 

@@ -56,10 +56,10 @@ def test_an_unanswered_batch_is_resent_whole_under_its_id(aggregator: Aggregator
     aggregator.down.set()
     pusher.start()
     try:
-        pusher.emit(ReadingObs(device_id="d", ts=1.0, values={"n": 1}))
+        pusher.emit(ReadingObs(device_id="d", ts=1_700_000_001.0, values={"n": 1}))
         wait_for(lambda: len(aggregator.bodies) >= 1, what="the first attempt")
         # More comes in while the batch waits for an answer: it must not join the batch.
-        pusher.emit(ReadingObs(device_id="d", ts=2.0, values={"n": 2}))
+        pusher.emit(ReadingObs(device_id="d", ts=1_700_000_002.0, values={"n": 2}))
         wait_for(lambda: len(aggregator.bodies) >= 2, timeout=10, what="a second attempt")
         assert pusher.stats()["queued"] == 2  # the unanswered batch counts as held
         aggregator.down.clear()

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from shared.master_models import CommandAck, DataUpload, Heartbeat, SensorRegister, SensorStatus
 from shared.models import ErrorObs, EventObs, LinkObs, Observation, ReadingObs, RegisterDevice
-from shared.timeutil import in_range, iso, parse_iso
+from shared.timeutil import in_range, obs_time_problem, parse_iso
 
 from . import resolve
 from .commands import CommandQueue
@@ -28,7 +28,6 @@ from .feed import Feed
 log = logging.getLogger(__name__)
 
 SEEN_KEYS_KEEP_S = 7 * 86400  # how long a replayed reading is recognised
-FUTURE_SLACK_S = 300.0  # a reading further ahead than this would freeze the device's state
 
 
 class DeviceSink(Protocol):
@@ -405,9 +404,10 @@ def _timestamp(value: str | float | None, now: float, where: str) -> float:
     if not in_range(ts):
         raise Invalid("invalid_body", f"{where}.timestamp: {value!r:.100} is not a time between "
                                       "1970 and 9999")
-    if ts > now + FUTURE_SLACK_S:
-        raise Invalid("invalid_body", f"{where}.timestamp: {iso(ts)} is in the future (the hub's "
-                                      f"clock says {iso(now)})")
+    # The limits of every observation's time (shared.models.ObsTime), said here with the field.
+    problem = obs_time_problem(ts, now)
+    if problem is not None:
+        raise Invalid("invalid_body", f"{where}.timestamp: {problem}")
     return ts
 
 

@@ -160,7 +160,7 @@ def test_published_changes_stay_for_replay_and_the_range_is_answered_from_disk(
     box = Outbox(tmp_path / "outbox.db", max_bytes=256 * MB, min_free_bytes=0, replay=50)
     agg = Aggregator(INSTANCE, handlers={}, cache_ttl=10, poll_interval=5, outbox=box,
                      changelog_capacity=10)
-    t0 = time.time()
+    t0 = time.time() - 1000  # the last readings below are 320 s later, still not in the future
     agg.ingest(readings(100, t0))
     mid = agg.changes.seq
     agg.ingest(readings(5, t0 + 200, device="slow"))

@@ -40,7 +40,7 @@ def test_register_route_validates_and_reports_added() -> None:
     bad = client.post("/devices/register", json={"device_id": "bad id!", "source": "probe"})
     assert bad.status_code == 422 and "device_id" in bad.get_json()["message"]
     # A reading for the new device is accepted, not rejected as unknown.
-    assert agg.ingest([ReadingObs(device_id="p2", ts=1.0, values={"t": 1})]) == {
+    assert agg.ingest([ReadingObs(device_id="p2", ts=1_700_000_000.0, values={"t": 1})]) == {
         "accepted": 1, "rejected": 0, "durable": False}
 
 

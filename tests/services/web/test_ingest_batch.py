@@ -91,6 +91,26 @@ def test_a_bad_batch_is_refused_whole_with_the_reading_named(hub: Hub, client: F
     assert not states(hub, "probe_c") and not hub.csv.exists()
 
 
+def test_the_probe_api_takes_what_the_aggregator_takes_and_no_more(hub: Hub,
+                                                                     client: FlaskClient) -> None:
+    """Every observation's time is limited (``shared.models.ObsTime``: 2000 to 300 s ahead): a
+    probe's reading this program accepts must be one the aggregator's ``/ingest`` takes too, or
+    it would be answered 200 here and never become a state."""
+    now = hub.agg.clock()
+    ahead = post(client, {"probe_id": "probe_f", "batch": [
+        {"timestamp": now + 250, "temperature_c": 5.0}]})
+    assert ahead.status_code == 200, ahead.text
+    wait_for(lambda: states(hub, "probe_f"), what="the reading 250 s ahead as a state")
+    assert round(states(hub, "probe_f")[0].ts - now) == 250
+    beyond = post(client, {"probe_id": "probe_f", "batch": [
+        {"timestamp": now + 400, "temperature_c": 6.0}]})
+    assert beyond.status_code == 422, beyond.text
+    message = beyond.get_json()["message"]
+    assert message.startswith("batch.0.timestamp: "), message
+    assert "is in the future: more than 300 s ahead of the hub's clock" in message
+    assert [s.values["temperature_c"] for s in states(hub, "probe_f")] == [5.0]
+
+
 def test_a_batch_needs_the_token(client: FlaskClient) -> None:
     answer = client.post("/api/ingest", json={"probe_id": "p", "batch": [{"temperature_c": 1}]})
     assert answer.status_code == 401

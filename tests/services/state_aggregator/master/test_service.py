@@ -178,6 +178,11 @@ def test_data_is_mapped_into_device_state_and_replays_are_ignored(service: Maste
     with pytest.raises(Invalid, match=r"batch\.0\.timestamp: .* is in the future"):
         service.data(DataUpload.model_validate({"sensor_id": "esp32_001", "batch": [
             {"timestamp": clock.now + 3600, "readings": {"t": 1}}]}))
+    # Before 2000: an uptime counter, not a time (a reading could not even be built with it).
+    with pytest.raises(Invalid, match=r"batch\.0\.timestamp: 1999-12-31T23:59:59.000Z is before "
+                                      r"2000-01-01"):
+        service.data(DataUpload.model_validate({"sensor_id": "esp32_001", "batch": [
+            {"timestamp": 946_684_799, "readings": {"t": 1}}]}))
 
 
 @pytest.mark.parametrize("ts", [-1e300, -1, "0001-01-01T00:00:00+14:00"])

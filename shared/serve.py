@@ -37,10 +37,12 @@ MASTER_FLAG = "--gunicorn-master"
 
 @dataclass(frozen=True)
 class Spec:
-    """How to serve a process, found by its start-up check: the bind address, the worker's
-    threads and class, and more gunicorn flags without their ``--``."""
+    """How to serve a process, found by its start-up check: the bind address and the setting
+    that chose its port (for the message when it is taken), the worker's threads and class, and
+    more gunicorn flags without their ``--``."""
 
     bind: str
+    port_setting: str = "the port setting"
     threads: int = 8
     worker_class: str = "gthread"
     options: Mapping[str, str | int] = field(default_factory=dict)
@@ -86,8 +88,13 @@ def run(process: Process, prepare: Callable[[], Spec]) -> NoReturn:
         sys.argv = [f"{process.name} (gunicorn)", *sys.argv[2:]]
         WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]").run()
         raise SystemExit(0)
-    argv = [sys.executable, "-m", process.module, MASTER_FLAG,
-            *gunicorn_args(process, prepare())]
+    spec = prepare()
+    # Here, not at the top: this module is also the master's config file (standard library).
+    from shared.portcheck import ensure_free
+
+    if not ensure_free(spec.bind, spec.port_setting):
+        raise SystemExit(2)  # as a configuration error: supervisord does not retry it
+    argv = [sys.executable, "-m", process.module, MASTER_FLAG, *gunicorn_args(process, spec)]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)  # noqa: S606 (our own interpreter, a fixed argv)

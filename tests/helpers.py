@@ -6,7 +6,9 @@ receives."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -24,14 +26,42 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from shared.internal import HEADER, secret_path
+from shared.portcheck import can_bind, ephemeral_range
 
 T = TypeVar("T")
 
 
+# Ports for tests' servers come from below the kernel's ephemeral range: a port the kernel
+# hands out for bind(0) is free now, but once released any outgoing connection on this host may
+# get it as its local port before the server binds it (seen in CI: a service's port taken by a
+# keep-alive connection of the instance itself). Tests of several runs on one machine reserve
+# their ports with a lock file each, held until the process exits.
+PORTS_LOW = 20000
+PORT_LOCKS = Path(os.environ.get("TMPDIR", "/tmp")) / "sensor-hub-test-ports"
+_reserved: list[int] = []  # the lock files' descriptors, kept open for the whole run
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port on 127.0.0.1 that nothing listens on, that no outgoing connection will be given,
+    and that no other test run on this machine has taken."""
+    low, high = ephemeral_range()
+    candidates = [p for p in range(PORTS_LOW, 65536) if not low <= p <= high] or \
+        list(range(PORTS_LOW, 65536))  # a host whose range covers them all: the old risk
+    PORT_LOCKS.mkdir(parents=True, exist_ok=True)
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.choice(candidates)
+        fd = os.open(PORT_LOCKS / f"{port}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        if can_bind("127.0.0.1", port):
+            _reserved.append(fd)
+            return port
+        os.close(fd)
+    raise RuntimeError(f"no free port found between {PORTS_LOW} and 65535 outside {low}-{high}")
 
 
 def internal_headers(env: Mapping[str, str]) -> dict[str, str]:

@@ -11,7 +11,8 @@ def prepare() -> Spec:
 
     settings, _ = load_config(HTTP_POLLER.name)
     wait_for_health([settings.state_aggregator], secret=settings.internal_secret)
-    return Spec(bind=f"{settings.service_host}:{settings.http_poller_port}")
+    return Spec(bind=f"{settings.service_host}:{settings.http_poller_port}",
+                port_setting="HTTP_POLLER_PORT")
 
 
 if __name__ == "__main__":

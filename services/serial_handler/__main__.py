@@ -11,7 +11,8 @@ def prepare() -> Spec:
 
     settings, _ = load_config(SERIAL_HANDLER.name)
     wait_for_health([settings.state_aggregator], secret=settings.internal_secret)
-    return Spec(bind=f"{settings.service_host}:{settings.serial_handler_port}")
+    return Spec(bind=f"{settings.service_host}:{settings.serial_handler_port}",
+                port_setting="SERIAL_HANDLER_PORT")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ def prepare() -> Spec:
     from shared.config import load_config
 
     settings, _ = load_config(STATE_AGGREGATOR.name)
-    return Spec(bind=f"{settings.service_host}:{settings.state_aggregator_port}", threads=16)
+    return Spec(bind=f"{settings.service_host}:{settings.state_aggregator_port}",
+                port_setting="STATE_AGGREGATOR_PORT", threads=16)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ def prepare() -> Spec:
     os.environ[TIMEOUT_ENV] = str(settings.web_request_timeout)
     # keep-alive: a probe posts every few seconds at most; an idle LAN socket is not kept for
     # long. worker-connections: the open LAN sockets at most (see worker.py when they are full).
-    return Spec(bind=f"{settings.host}:{settings.port}", threads=settings.web_threads,
+    return Spec(bind=f"{settings.host}:{settings.port}", port_setting="PORT",
+                threads=settings.web_threads,
                 worker_class="services.web.worker.LanWorker",
                 options={"worker-connections": settings.web_connections, "keep-alive": 5})
 

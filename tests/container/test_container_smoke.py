@@ -2,22 +2,30 @@
 broker: what an operator of `docker run` sees on the wire, in supervisorctl and in the health
 check.
 
-The container runs with host networking against the test broker on 127.0.0.1, with a unique base
-topic and unique ports for the programs, and mounts instances/demo.json read-only as a user
-would. It runs as docker-compose.yml runs it: as the image's user, on a read-only root
-filesystem with a tmpfs on /tmp only (podman's own extra tmpfs mounts are turned off, as Docker
-has none). The demo's HTTP motion sensor polls ``${DEMO_SENSORS_HOST}:${DEMO_SENSORS_PORT}``;
-the test runs that demo server from the same image, in a second container, on a free port, so every
-configured device is checked, the polled one included.
+The container runs in a network namespace of its own, as under compose, so its programs listen
+on their default internal ports (5001-5003) where nothing else can hold them; the test holds the
+host's copies of those ports while it runs, to show that. (It once ran with host networking and
+free ports picked on the host: one was the local end of an outgoing connection by the time
+serial-handler bound it, "Connection in use", and no serial device had a state in 90 s.)
+slirp4netns lets the container reach the test broker on the host's 127.0.0.1 at 10.0.2.2, and
+podman publishes the LAN port on a host port it picks itself. It runs with a unique base topic,
+mounts instances/demo.json read-only as a user would, and runs as docker-compose.yml runs it: as
+the image's user, on a read-only root filesystem with a tmpfs on /tmp only (podman's own extra
+tmpfs mounts are turned off, as Docker has none). The demo's HTTP motion sensor polls
+``${DEMO_SENSORS_HOST}:${DEMO_SENSORS_PORT}``; the test runs that demo server from the same image
+in a second container that owns the shared network namespace (as a pod's first container), so
+every configured device is checked, the polled one included.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,8 +38,9 @@ if TYPE_CHECKING:  # mypy knows the module by its place in the tree (conftest.py
 else:
     from container_support import SCRIPTS, Message, Subscriber, wait_until
 
-from shared.processes import PROCESS_NAMES
-from tests.helpers import Broker, free_port
+from shared.portcheck import can_bind
+from shared.processes import HANDLERS, LAN_PORT, PROCESS_NAMES, STATE_AGGREGATOR
+from tests.helpers import Broker
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
 
@@ -41,6 +50,12 @@ IMAGE = "localhost/sensor-hub:test"
 # Generous: the first reading of every device, on a 2-core machine that may be busy.
 STARTUP_S = 90.0
 STOP_S = 5.0
+# The containers' own network namespace; the host's 127.0.0.1 is 10.0.2.2 in it.
+NETWORK = "slirp4netns:allow_host_loopback=true"
+HOST_LOOPBACK = "10.0.2.2"
+DEMO_PORT = 5010  # the demo sensor server's, inside the namespace (compose's too)
+# What the programs listen on inside: the defaults, as no variable moves them.
+INTERNAL_PORTS = [p.port for p in (STATE_AGGREGATOR, *HANDLERS) if p.port] + [DEMO_PORT]
 
 
 def podman(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -75,7 +90,7 @@ class Hub:
     broker: Broker
     devices: list[str]
     containers: list[str] = field(default_factory=list)
-    lan_port: int = 0  # PORT: the web program's LAN API
+    lan_port: int = 0  # the host port podman publishes the web program's LAN API on
 
     @property
     def topic(self) -> str:
@@ -104,11 +119,32 @@ def configured_devices(instance_file: Path) -> list[str]:
 READ_ONLY = ("--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp:rw,mode=1777")
 
 
-def run_container(hub: Hub, name: str, *args: str) -> None:
-    started = podman(hub.env, "run", "--detach", "--name", name, "--network=host", *args)
+def run_container(hub: Hub, name: str, network: str, *args: str) -> None:
+    started = podman(hub.env, "run", "--detach", "--name", name, f"--network={network}", *args)
     if started.returncode != 0:
         pytest.fail(f"podman run {name} failed: {started.stderr}")
     hub.containers.append(name)
+
+
+@contextmanager
+def hold_host_ports(ports: list[int]) -> Iterator[None]:
+    """Listen on the host's 127.0.0.1 at ``ports`` (those another program holds already are held
+    all the same), so a container whose programs shared the host's network could not start."""
+    held: list[socket.socket] = []
+    try:
+        for port in ports:
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
+            except OSError:
+                sock.close()  # taken by someone else: held either way
+                continue
+            held.append(sock)
+        yield
+    finally:
+        for sock in held:
+            sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -119,53 +155,42 @@ def hub(
     repo: Path,
 ) -> Iterator[Hub]:
     suffix = uuid.uuid4().hex[:10]
-    demo_port = free_port()
     instance_file = repo / "instances" / f"{INSTANCE}.json"
     devices = configured_devices(instance_file)
-    hub = Hub(podman_env, f"sensor-hub-test-{suffix}", f"sensor-hub-test-{suffix}", mosquitto, devices,
-              lan_port=free_port())
-    try:
-        run_container(
-            hub,
-            f"{hub.name}-demo-sensors",
-            "--entrypoint",
-            "python",
-            image,
-            "-m",
-            "services.demo_sensors",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(demo_port),
-        )
-        ports = {
-            "SERIAL_HANDLER_PORT": free_port(),
-            "HTTP_POLLER_PORT": free_port(),
-            "STATE_AGGREGATOR_PORT": free_port(),
-            "PORT": hub.lan_port,
-        }
-        environment = {
-            "INSTANCE_NAME": INSTANCE,
-            "MQTT_HOST": mosquitto.host,
-            "MQTT_PORT": str(mosquitto.port),
-            "MQTT_BASE_TOPIC": hub.base,
-            "DEMO_SENSORS_HOST": "127.0.0.1",
-            "DEMO_SENSORS_PORT": str(demo_port),
-            **{key: str(value) for key, value in ports.items()},
-        }
-        run_container(
-            hub,
-            hub.name,
-            *READ_ONLY,
-            *[arg for key, value in environment.items() for arg in ("--env", f"{key}={value}")],
-            "--volume",
-            f"{instance_file}:/app/instances/{INSTANCE}.json:ro",
-            image,
-        )
-        yield hub
-    finally:
-        for name in reversed(hub.containers):
-            podman(podman_env, "rm", "--force", "--volumes", "--time", "0", name)
+    hub = Hub(podman_env, f"sensor-hub-test-{suffix}", f"sensor-hub-test-{suffix}", mosquitto, devices)
+    demo = f"{hub.name}-demo-sensors"
+    with hold_host_ports([*INTERNAL_PORTS, LAN_PORT]):
+        try:
+            # First, it makes the namespace and publishes the hub's LAN port from it.
+            run_container(
+                hub, demo, NETWORK, "--publish", f"127.0.0.1::{LAN_PORT}",
+                "--entrypoint", "python", image,
+                "-m", "services.demo_sensors", "--host", "127.0.0.1", "--port", str(DEMO_PORT),
+            )
+            published = podman(podman_env, "port", demo, f"{LAN_PORT}/tcp").stdout.strip()
+            hub.lan_port = int(published.rpartition(":")[2])
+            environment = {
+                "INSTANCE_NAME": INSTANCE,
+                "MQTT_HOST": HOST_LOOPBACK,
+                "MQTT_PORT": str(mosquitto.port),
+                "MQTT_BASE_TOPIC": hub.base,
+                "DEMO_SENSORS_HOST": "127.0.0.1",
+                "DEMO_SENSORS_PORT": str(DEMO_PORT),
+            }
+            run_container(
+                hub,
+                hub.name,
+                f"container:{demo}",
+                *READ_ONLY,
+                *[arg for key, value in environment.items() for arg in ("--env", f"{key}={value}")],
+                "--volume",
+                f"{instance_file}:/app/instances/{INSTANCE}.json:ro",
+                image,
+            )
+            yield hub
+        finally:
+            for name in reversed(hub.containers):
+                podman(podman_env, "rm", "--force", "--volumes", "--time", "0", name)
 
 
 def test_image_is_configured_as_documented(image: str, podman_env: dict[str, str]) -> None:
@@ -304,12 +329,33 @@ def test_the_internal_rest_answers_with_the_secret_only(hub: Hub) -> None:
                    "aggregator", "/health")
     assert asked.returncode == 0, asked.stderr + hub.logs()
     assert json.loads(asked.stdout)["status"] in ("ok", "degraded"), asked.stdout
-    port = podman(hub.env, "exec", hub.name, "printenv", "STATE_AGGREGATOR_PORT").stdout.strip()
-    try:
-        answer = requests.get(f"http://127.0.0.1:{port}/devices", timeout=5)  # from the host
-    except requests.RequestException as exc:
-        pytest.fail(f"the aggregator did not answer at all: {exc}")
-    assert answer.status_code == 401, answer.text
+    # Without the secret, from inside (from the host the port is not reachable at all).
+    bare = ("import urllib.error, urllib.request\n"
+            "try:\n"
+            f"    urllib.request.urlopen('http://127.0.0.1:{STATE_AGGREGATOR.port}/devices', timeout=5)\n"
+            "except urllib.error.HTTPError as exc:\n"
+            "    print(exc.code)\n")
+    answer = podman(hub.env, "exec", hub.name, "python", "-c", bare)
+    assert answer.stdout.strip() == "401", answer.stdout + answer.stderr
+
+
+def test_the_programs_listen_on_their_own_ports_while_the_hosts_are_held(hub: Hub) -> None:
+    """The CI failure cannot happen: the host's 127.0.0.1 at the internal ports (and the LAN
+    port) is held by this test or another program for the whole run, and the programs listen on
+    those same ports in the container's namespace."""
+    for port in [*INTERNAL_PORTS, LAN_PORT]:
+        assert not can_bind("127.0.0.1", port), f"the host's {port} should be held"
+    wait_until(lambda: set(supervisor_status(hub).values()) == {"RUNNING"}, timeout=STARTUP_S,
+               what="every program RUNNING", context=hub.logs)
+    probe = ("import socket\n"
+             f"for port in {[*INTERNAL_PORTS, LAN_PORT]}:\n"
+             "    socket.create_connection(('127.0.0.1', port), timeout=5).close()\n"
+             "print('listening')\n")
+    inside = podman(hub.env, "exec", hub.name, "python", "-c", probe)
+    assert inside.stdout.strip() == "listening", inside.stdout + inside.stderr + hub.logs()
+    # Nothing the hub started was given another port: none of them is set.
+    env = podman(hub.env, "exec", hub.name, "printenv").stdout
+    assert "SERIAL_HANDLER_PORT" not in env and "STATE_AGGREGATOR_PORT" not in env, env
 
 
 def test_healthcheck_passes(hub: Hub) -> None:

@@ -82,6 +82,20 @@ def instance_env(broker: Broker, tmp: Path, instances: Path, name: str) -> dict[
     }
 
 
+def states(inst: Instance) -> dict[str, str]:
+    lines = inst.supervisorctl("status").stdout.splitlines()
+    return {words[0]: words[1] for words in map(str.split, lines) if len(words) > 1}
+
+
+def stopped_for_good(inst: Instance, program: str) -> bool:
+    """FATAL: the program exited on its configuration within startsecs, a failed start. A
+    machine too busy to run the check within startsecs (5 s) makes it a stop after the start
+    instead: EXITED with the expected status 2, not restarted either."""
+    state = states(inst).get(program)
+    return state == "FATAL" or (
+        state == "EXITED" and f"exited: {program} (exit status 2; expected)" in inst.log())
+
+
 def start_supervisord(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], list[str]]:
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "supervisord"), "-c", str(ROOT / "supervisord.conf"),

@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.e2e.conftest import Instance, instance_env, start_supervisord, stop_supervisord
+from tests.e2e.conftest import (
+    Instance,
+    instance_env,
+    start_supervisord,
+    states,
+    stop_supervisord,
+    stopped_for_good,
+)
 from tests.helpers import Broker, internal_headers, retained, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -37,20 +44,6 @@ def healthy(port: int, headers: dict[str, str]) -> bool:
             return bool(answer.status == 200)
     except OSError:
         return False
-
-
-def states(inst: Instance) -> dict[str, str]:
-    lines = inst.supervisorctl("status").stdout.splitlines()
-    return {words[0]: words[1] for words in map(str.split, lines) if len(words) > 1}
-
-
-def stopped_for_good(inst: Instance, program: str) -> bool:
-    """FATAL: the program exited on its configuration within startsecs, a failed start. A
-    machine too busy to run the check within startsecs (5 s) makes it a stop after the start
-    instead: EXITED with the expected status 2, not restarted either."""
-    state = states(inst).get(program)
-    return state == "FATAL" or (
-        state == "EXITED" and f"exited: {program} (exit status 2; expected)" in inst.log())
 
 
 def test_a_copied_instance_file_stops_every_program_for_good_with_its_message_once(

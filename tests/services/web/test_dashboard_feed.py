@@ -10,18 +10,11 @@ import pytest
 
 from services.web.dashboard.feed import RESET, Feed, Subscriber, numeric
 from shared.rest import RestClient
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import Clock
 
 
 def test_changes_coalesce_and_each_device_is_sent_at_most_once_a_second() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     sub = Subscriber(clock=clock)
     for _ in range(50):  # a burst of readings of two devices
         sub.mark("a")
@@ -37,14 +30,14 @@ def test_changes_coalesce_and_each_device_is_sent_at_most_once_a_second() -> Non
 
 
 def test_a_device_page_subscriber_sees_only_its_device() -> None:
-    sub = Subscriber(device="a", clock=Clock())
+    sub = Subscriber(device="a", clock=Clock(1000.0))
     sub.mark("b")
     sub.mark("a")
     assert sub.take(0) == ["a"]
 
 
 def test_the_backlog_is_bounded_and_overflow_asks_for_a_reload() -> None:
-    sub = Subscriber(max_dirty=3, clock=Clock())
+    sub = Subscriber(max_dirty=3, clock=Clock(1000.0))
     for d in ("a", "b", "c", "d"):
         sub.mark(d)
     assert len(sub.dirty) == 3

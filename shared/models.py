@@ -17,7 +17,7 @@ import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticUndefined
 
-from shared.timeutil import obs_time_problem
+from shared.timeutil import EARLIEST_OBS_TS, FUTURE_SKEW_S, obs_time_problem
 from shared.topics import ID_RE, validate_id
 
 DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -31,10 +31,10 @@ _is_id = ID_RE.fullmatch
 
 
 def _check_obs_time(ts: float) -> float:
-    problem = obs_time_problem(ts, time.time())
-    if problem is not None:
-        raise ValueError(problem)
-    return ts
+    # The good case first, in one comparison: this runs for every reading that crosses a process.
+    if EARLIEST_OBS_TS <= ts <= time.time() + FUTURE_SKEW_S:
+        return ts
+    raise ValueError(obs_time_problem(ts, time.time()))
 
 
 ObsTime = Annotated[float, AfterValidator(_check_obs_time)]

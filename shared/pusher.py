@@ -18,6 +18,12 @@ same batch again under the same id. The aggregator stores a batch's changes (and
 it answers, so a batch it stored but could not answer (it was killed in between) is recognised
 when it comes again, and not applied twice. What a handler holds in memory (its queue and the
 unanswered batch) is the only window in which a crash of the handler itself loses readings.
+
+A batch the aggregator refuses as invalid (422) is not sent again: it never will be taken, and
+it would hold every newer observation back. The one way a handler's own, validated observations
+get there is time: one stamped before the host's clock stepped back by more than the skew an
+observation may have (``shared.models.ObsTime``). It is dropped, counted in ``refused`` and
+logged with the aggregator's reason.
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ class Pusher:
         self.sent = 0
         self.batches = 0
         self.dropped = 0
+        self.refused = 0
+        self._refused_batches = 0
         self.failures = 0
 
     def emit(self, obs: Obs) -> None:
@@ -82,7 +90,7 @@ class Pusher:
         with self._cond:
             queued = len(self._queue) + len(self._inflight)
         return {"queued": queued, "sent": self.sent, "batches": self.batches,
-                "dropped": self.dropped, "failures": self.failures}
+                "dropped": self.dropped, "refused": self.refused, "failures": self.failures}
 
     def _take(self) -> tuple[str, list[Obs]] | None:
         """The next batch and its id (``None`` when stopping with nothing left)."""
@@ -106,11 +114,20 @@ class Pusher:
             # model_construct: these are the handler's own, already validated models.
             body = to_json(IngestBatch.model_construct(source=self._source, items=batch,
                                                        batch_id=batch_id))
+            delivered = True
             while True:
                 try:
                     self._client.post("/ingest", body, timeout=10.0)
                     break
                 except ServiceError as exc:
+                    if exc.status == 422:
+                        delivered = False
+                        self.refused += len(batch)
+                        self._refused_batches += 1
+                        if self._refused_batches == 1 or self._refused_batches % 100 == 0:
+                            log.error("the aggregator refused %d observations, dropped (%d "
+                                      "refused in all): %s", len(batch), self.refused, exc)
+                        break
                     self.failures += 1
                     if self.failures == 1 or backoff >= 5.0:
                         log.warning("cannot deliver %d observations (%s); retrying",
@@ -123,5 +140,6 @@ class Pusher:
             self._last_post_end = time.monotonic()
             with self._cond:
                 self._inflight = []
-            self.sent += len(batch)
-            self.batches += 1
+            if delivered:
+                self.sent += len(batch)
+                self.batches += 1

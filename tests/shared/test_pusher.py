@@ -1,10 +1,12 @@
 """The handler's pusher against a real HTTP server that plays an aggregator going away: a batch
 that got no answer is sent again unchanged, under the same id, even when more observations came
-in meanwhile; only then does the next batch (with its own id) go."""
+in meanwhile; only then does the next batch (with its own id) go. Against the real aggregator: a
+batch it refuses as invalid is dropped, not sent for ever ahead of the newer ones."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,10 +15,13 @@ import pytest
 from flask import Flask, Response, request
 from werkzeug.serving import make_server
 
+from services.state_aggregator.app import create_app as aggregator_app
+from services.state_aggregator.core import Aggregator as RealAggregator
 from shared.models import ReadingObs
 from shared.pusher import Pusher
 from shared.rest import RestClient
 from tests.helpers import free_port, wait_for
+from tests.services.state_aggregator.test_aggregator import INSTANCE
 
 
 class Aggregator:
@@ -75,3 +80,28 @@ def test_an_unanswered_batch_is_resent_whole_under_its_id(aggregator: Aggregator
     after = [b for b in bodies if b["batch_id"] != first_id]
     assert after and [i["values"]["n"] for b in after for i in b["items"]] == [2]
     assert after[0]["batch_id"] != first_id
+
+
+def test_a_batch_the_aggregator_refuses_is_dropped_and_the_next_one_goes(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Stamped in time by the handler, out of range by the time it arrives: the host's clock
+    # stepped back an hour meanwhile (built unchecked here, as it was checked when it was made).
+    agg = RealAggregator(INSTANCE, handlers={}, cache_ttl=10, poll_interval=5)
+    server = make_server("127.0.0.1", free_port(), aggregator_app(agg), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    pusher = Pusher(RestClient(f"http://127.0.0.1:{server.server_port}", name="state-aggregator"),
+                    source="serial-handler")
+    pusher.start()
+    try:
+        pusher.emit(ReadingObs.model_construct(device_id="temp", ts=time.time() + 3600,
+                                               values={"t": 1.0}))
+        wait_for(lambda: pusher.stats()["refused"] == 1, what="the batch refused")
+        pusher.emit(ReadingObs(device_id="temp", ts=time.time(), values={"t": 2.0}))
+        wait_for(lambda: agg.device("temp").values.get("t") == 2.0, what="the next reading")
+        assert pusher.stats()["queued"] == 0 and pusher.stats()["sent"] == 1
+        said = [r.getMessage() for r in caplog.records if r.name == "shared.pusher"]
+        assert len(said) == 1 and "refused 1 observations, dropped" in said[0], said
+        assert "items.0.reading.ts" in said[0] and "is in the future" in said[0], said
+    finally:
+        pusher.stop()
+        server.shutdown()

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from paho.mqtt.enums import MQTTErrorCode
 
 from shared.mqtt import MqttClient, SendWindow, Will
-from tests.helpers import Subscriber, retained, start_broker, unique_base, wait_for
+from tests.helpers import Broker, Subscriber, retained, start_broker, unique_base, wait_for
 
 
 def test_the_window_follows_the_brokers_receive_maximum(tmp_path: Path) -> None:
@@ -118,49 +121,57 @@ def test_stop_waits_for_nothing_when_the_broker_is_gone(tmp_path: Path) -> None:
     assert time.monotonic() - began < 1.0
 
 
-def test_a_message_published_while_disconnected_is_acknowledged_after_the_reconnection(
-        tmp_path: Path) -> None:
-    # paho's own is_published raises for such a message even after its PUBACK (its rc stays
-    # NO_CONN): the bridge's committed cursor depends on this answer.
+@dataclass
+class Connected:
+    broker: Broker
+    client: MqttClient
+    base: str
+
+
+@pytest.fixture
+def connected(tmp_path: Path) -> Iterator[Connected]:
+    """A client connected to a broker of its own (the test may stop and restart it)."""
     broker = start_broker(tmp_path)
     base = unique_base()
     client = MqttClient(host=broker.host, port=broker.port, client_id=f"{base}-c")
+    client.start()
     try:
-        client.start()
         assert client.connected.wait(10)
-        before = client.publish(f"{base}/m", "before", qos=1)
-        wait_for(lambda: before.acknowledged, what="the message sent while connected")
-        broker.stop()
-        wait_for(lambda: not client.connected.is_set(), what="the client to notice")
-        kept = client.publish(f"{base}/m", "kept", qos=1, retain=True)
-        dropped = client.publish(f"{base}/m", "dropped", qos=0)  # paho keeps no QoS 0 offline
-        assert kept.rc == MQTTErrorCode.MQTT_ERR_NO_CONN
-        assert dropped.rc == MQTTErrorCode.MQTT_ERR_NO_CONN
-        assert not kept.acknowledged and client.unacknowledged == 1
-        broker.restart()
-        assert client.connected.wait(10)
-        wait_for(lambda: kept.acknowledged, what="the kept message acknowledged")
-        assert client.unacknowledged == 0
-        assert retained(broker.host, broker.port, f"{base}/m").text == "kept"
-        assert not dropped.acknowledged
+        yield Connected(broker, client, base)
     finally:
         client.stop()
         broker.stop()
 
 
-def test_a_qos0_message_is_acknowledged_once_written(tmp_path: Path) -> None:
-    broker = start_broker(tmp_path)
-    base = unique_base()
+def test_a_message_published_while_disconnected_is_acknowledged_after_the_reconnection(
+        connected: Connected) -> None:
+    # paho's own is_published raises for such a message even after its PUBACK (its rc stays
+    # NO_CONN): the bridge's committed cursor depends on this answer.
+    broker, client, base = connected.broker, connected.client, connected.base
+    before = client.publish(f"{base}/m", "before", qos=1)
+    wait_for(lambda: before.acknowledged, what="the message sent while connected")
+    broker.stop()
+    wait_for(lambda: not client.connected.is_set(), what="the client to notice")
+    kept = client.publish(f"{base}/m", "kept", qos=1, retain=True)
+    dropped = client.publish(f"{base}/m", "dropped", qos=0)  # paho keeps no QoS 0 offline
+    assert kept.rc == MQTTErrorCode.MQTT_ERR_NO_CONN
+    assert dropped.rc == MQTTErrorCode.MQTT_ERR_NO_CONN
+    assert not kept.acknowledged and client.unacknowledged == 1
+    broker.restart()
+    assert client.connected.wait(10)
+    wait_for(lambda: kept.acknowledged, what="the kept message acknowledged")
+    assert client.unacknowledged == 0
+    assert retained(broker.host, broker.port, f"{base}/m").text == "kept"
+    assert not dropped.acknowledged
+
+
+def test_a_qos0_message_is_acknowledged_once_written(connected: Connected) -> None:
+    broker, client, base = connected.broker, connected.client, connected.base
     sub = Subscriber(broker.host, broker.port).subscribe(f"{base}/#")
-    client = MqttClient(host=broker.host, port=broker.port, client_id=f"{base}-c")
     try:
-        client.start()
-        assert client.connected.wait(10)
         sent = [client.publish(f"{base}/q0", str(i), qos=0) for i in range(200)]
         wait_for(lambda: all(s.acknowledged for s in sent), what="every QoS 0 message written")
         wait_for(lambda: len(sub.on(f"{base}/q0")) == 200, what="all 200 received")
         assert client.unacknowledged == 0
     finally:
-        client.stop()
         sub.close()
-        broker.stop()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from shared.instance import Instance
-from shared.models import DeviceInfo, StateChange
+from shared.models import DeviceInfo, StateChange, to_json
 from shared.mqtt import MqttClient
 from shared.rest import RestClient
 from shared.settings import Settings
@@ -16,15 +17,49 @@ from .answers import Answers
 from .publisher import Publisher
 
 
+@dataclass(frozen=True, slots=True)
+class LastState:
+    """A device's last state as the bridge published it. ``device_seq`` (the aggregator's
+    count of this device's states) is the contract's ``seq``, so a republish of the same state
+    carries the same seq."""
+
+    device_seq: int
+    ts: float
+    values: dict[str, Any]
+
+    @classmethod
+    def of(cls, change: StateChange) -> LastState:
+        return cls(change.device_seq, change.ts, change.values)
+
+
 @dataclass(slots=True)
 class DeviceRecord:
-    """What the bridge last published of one device."""
+    """What the bridge last published of one device, kept small: 10,000 of them live as long
+    as the bridge. The registry entry is kept as its JSON (about 250 bytes, where the model
+    with its dict and fields-set is about 1.7 KB) and made a model again when asked for
+    (discovery, when a device or a property is new); the state without the change log's fields."""
 
-    info: DeviceInfo
+    device_id: str
+    info_json: bytes
     online: bool
-    # The last state; its ``device_seq`` (the aggregator's count of this device's states) is
-    # the contract's ``seq``, so a republish of the same state carries the same seq.
-    state: StateChange | None = None
+    state: LastState | None = None
+
+    @classmethod
+    def of(cls, info: DeviceInfo, *, online: bool | None = None,
+           state: LastState | None = None) -> DeviceRecord:
+        """A record of ``info`` (``online``: its own unless given)."""
+        # An exact copy: orjson's result keeps a 4 KB buffer however short the JSON.
+        return cls(info.device_id, bytes(memoryview(to_json(info))),
+                   info.online if online is None else online, state)
+
+    @property
+    def info(self) -> DeviceInfo:
+        """The registry entry as the aggregator last sent it (its ``online`` and ``last_seen``
+        as of then: ``online`` here is the current one)."""
+        return DeviceInfo.model_validate_json(self.info_json)
+
+    def set_info(self, info: DeviceInfo) -> None:
+        self.info_json = bytes(memoryview(to_json(info)))
 
 
 @dataclass

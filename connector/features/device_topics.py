@@ -28,7 +28,7 @@ from shared.models import (
 )
 from shared.timeutil import iso
 
-from ..context import BridgeContext, DeviceRecord
+from ..context import BridgeContext, DeviceRecord, LastState
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,8 @@ class DeviceTopics:
             before = old.get(device_id)
             new_state = entry.state is not None and (
                 before is None or before.state is None or before.state.ts != entry.state.ts)
-            rec = DeviceRecord(info=entry.info, online=entry.info.online, state=entry.state)
+            rec = DeviceRecord.of(entry.info, state=None if entry.state is None
+                                  else LastState.of(entry.state))
             devices[device_id] = rec
             if before is None or new_state or before.online != rec.online:
                 changed.append(rec)
@@ -148,13 +149,15 @@ class DeviceTopics:
             elif isinstance(change, StateChange) and change.seq != held[change.device_id]:
                 before = values.get(change.device_id, {})
                 values[change.device_id] = change.values
-                self._state(change, self._properties(change, before))
+                self._state(change.device_id, LastState.of(change),
+                            self._properties(change, before))
         self.flush()
 
     def publish_device(self, rec: DeviceRecord) -> None:
-        self._availability(rec.info.device_id, rec.online)
+        self._availability(rec.device_id, rec.online)
         if rec.state is not None:
-            self._state(rec.state, list(rec.state.values) if self.policy != "off" else [])
+            self._state(rec.device_id, rec.state,
+                        list(rec.state.values) if self.policy != "off" else [])
 
     # --- one change -----------------------------------------------------------------------------
     def apply(self, change: Change) -> None:
@@ -183,10 +186,10 @@ class DeviceTopics:
             log.debug("state of %s, which the mirror does not hold yet", change.device_id)
             return
         before = rec.state.values if rec.state is not None else {}
-        rec.state = change
+        rec.state = LastState.of(change)
         if len(change.values) != len(before):  # a state only ever gains properties
             self.ctx.mirror.shape += 1
-        self._state(change, self._properties(change, before))
+        self._state(change.device_id, rec.state, self._properties(change, before))
 
     def _properties(self, change: StateChange, before: dict[str, Any]) -> list[str]:
         """The properties of ``change`` that get their own topic, after the values ``before``."""
@@ -214,11 +217,10 @@ class DeviceTopics:
         if change.action == "updated" and before is not None:
             # New units, name or interval: discovery sees the new info (its round compares the
             # records); the device's topics already hold what is current.
-            before.info = info
+            before.set_info(info)
             mirror.shape += 1
             return
-        rec = DeviceRecord(info=info, online=info.online,
-                           state=before.state if before else None)
+        rec = DeviceRecord.of(info, state=before.state if before else None)
         mirror.devices[change.device_id] = rec
         mirror.shape += 1
         self.publish_device(rec)  # only the new device, never every device again
@@ -233,13 +235,12 @@ class DeviceTopics:
         return None
 
     # --- publishing -----------------------------------------------------------------------------
-    def _state(self, change: StateChange, props: list[str]) -> None:
+    def _state(self, device_id: str, state: LastState, props: list[str]) -> None:
         topics, pub = self.ctx.topics, self.ctx.publisher
-        device_id = change.device_id
-        pub.json(topics.state(device_id), state_payload(device_id, change.ts, change.device_seq,
-                                                        change.values),
+        pub.json(topics.state(device_id), state_payload(device_id, state.ts, state.device_seq,
+                                                        state.values),
                  retain=pub.state_retain)
-        self._later.extend((topics.state_property(device_id, prop), change.values[prop])
+        self._later.extend((topics.state_property(device_id, prop), state.values[prop])
                            for prop in props)
 
     def _availability(self, device_id: str, online: bool) -> None:
@@ -249,7 +250,7 @@ class DeviceTopics:
     def _clear(self, rec: DeviceRecord) -> None:
         """Empty retained payloads, so a removed device leaves no ghost topics behind."""
         topics, pub = self.ctx.topics, self.ctx.publisher
-        device_id = rec.info.device_id
+        device_id = rec.device_id
         pub.raw(topics.availability(device_id), b"", qos=1, retain=True)
         if rec.state is not None:
             pub.raw(topics.state(device_id), b"", qos=1, retain=True)

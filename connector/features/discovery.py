@@ -166,14 +166,14 @@ class DiscoveryFeature(Feature):
         views: list[DeviceView] = []
         frozen: set[str] = set()
         for device_id, rec in list(mirror.devices.items()):
-            info = rec.info
+            # The round's own copy: its availability is not part of any config.
+            info = rec.info_with(online=False, last_seen=None)
             values: dict[str, Any] = rec.state.values if rec.state else {}
             if not values and device_id in ledgered:
                 frozen.add(device_id)
             props = infer(values, self._declared.get(device_id, {}), info.units)
             events = {e for p in props for e in p.events} | set(SOURCE_EVENTS.get(info.source, ()))
-            views.append(DeviceView(info.model_copy(update={"online": False, "last_seen": None}),
-                                    props, tuple(sorted(events))))
+            views.append(DeviceView(info, props, tuple(sorted(events))))
         # A hash of the views' JSON: the views themselves are not kept between rounds.
         signature = hash(to_json([[(v.info, v.props, v.events) for v in views], sorted(frozen)]))
         return views, frozenset(frozen), signature

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 LONG_POLL_S = 20
 QUEUE_PAGES = 4  # pages fetched ahead of the publisher; beyond that the aggregator keeps them
+# Changes per page. Up to QUEUE_PAGES + 2 pages are in memory at once as models (about 1.5 KB a
+# change): pages of the aggregator's 10,000 were a peak of tens of MB that the process kept.
+PAGE_CHANGES = 1000
 READER = "mqtt-bridge"  # this bridge's cursor in the aggregator's durable log
 COMMIT_EVERY_S = 0.5
 
@@ -261,7 +264,8 @@ class StateFeature(Feature):
 
     def _follow(self) -> None:
         page = ChangesPage.model_validate_json(self.ctx.aggregator.get_bytes(
-            "/changes", params={"since": self.seq, "epoch": self.epoch, "wait": LONG_POLL_S},
+            "/changes", params={"since": self.seq, "epoch": self.epoch, "wait": LONG_POLL_S,
+                                 "limit": PAGE_CHANGES},
             timeout=LONG_POLL_S + 10.0,
         ))
         if page.resync:

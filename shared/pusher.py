@@ -22,8 +22,10 @@ unanswered batch) is the only window in which a crash of the handler itself lose
 A batch the aggregator refuses as invalid (422) is not sent again: it never will be taken, and
 it would hold every newer observation back. The one way a handler's own, validated observations
 get there is time: one stamped before the host's clock stepped back by more than the skew an
-observation may have (``shared.models.ObsTime``). It is dropped, counted in ``refused`` and
-logged with the aggregator's reason.
+observation may have (``shared.models.ObsTime``). The aggregator applies nothing of a refused
+batch, so the observations whose time is now out of range are dropped, counted in ``refused``
+and logged with the aggregator's reason, and the rest of the batch goes again under its id; a
+batch refused for any other reason is dropped whole.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from collections import deque
 from shared.errors import ServiceError
 from shared.models import ErrorObs, EventObs, IngestBatch, LinkObs, ReadingObs, to_json
 from shared.rest import RestClient
+from shared.timeutil import obs_time_problem
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +110,19 @@ class Pusher:
         self._batch_no += 1
         return f"{self._prefix}-{self._batch_no}", self._inflight
 
+    @staticmethod
+    def _in_time(batch: list[Obs]) -> list[Obs]:
+        """What of ``batch`` the aggregator's clock still takes (``shared.models.ObsTime``)."""
+        now = time.time()
+        return [obs for obs in batch if obs_time_problem(obs.ts, now) is None]
+
+    def _refuse(self, n: int, exc: ServiceError) -> None:
+        self.refused += n
+        self._refused_batches += 1
+        if self._refused_batches == 1 or self._refused_batches % 100 == 0:
+            log.error("the aggregator refused %d observations, dropped (%d refused in all): %s",
+                      n, self.refused, exc)
+
     def _run(self) -> None:
         backoff = 0.2
         while (taken := self._take()) is not None:
@@ -121,12 +137,17 @@ class Pusher:
                     break
                 except ServiceError as exc:
                     if exc.status == 422:
+                        if (kept := self._in_time(batch)) and len(kept) < len(batch):
+                            # the aggregator applied none of it: the rest goes under the same id
+                            self._refuse(len(batch) - len(kept), exc)
+                            batch = kept
+                            with self._cond:
+                                self._inflight = kept
+                            body = to_json(IngestBatch.model_construct(
+                                source=self._source, items=batch, batch_id=batch_id))
+                            continue
                         delivered = False
-                        self.refused += len(batch)
-                        self._refused_batches += 1
-                        if self._refused_batches == 1 or self._refused_batches % 100 == 0:
-                            log.error("the aggregator refused %d observations, dropped (%d "
-                                      "refused in all): %s", len(batch), self.refused, exc)
+                        self._refuse(len(batch), exc)
                         break
                     self.failures += 1
                     if self.failures == 1 or backoff >= 5.0:

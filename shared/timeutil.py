@@ -43,11 +43,14 @@ def in_range(ts: float) -> bool:
 def obs_time_problem(ts: float, now: float) -> str | None:
     """Why ``ts`` cannot be an observation's time when the hub's clock says ``now`` (``None``:
     it can)."""
-    if ts >= EARLIEST_OBS_TS and ts <= now + FUTURE_SKEW_S:  # NaN fails both
+    # A hub whose own clock is not set yet (a board without a real-time clock, before NTP) still
+    # takes its own readings: the 2000 floor holds only once the clock is past it.
+    earliest = EARLIEST_OBS_TS if now >= EARLIEST_OBS_TS else 0.0
+    if ts >= earliest and ts <= now + FUTURE_SKEW_S:  # NaN fails both
         return None
     if not in_range(ts):
         return f"{ts!r:.40} is not a time between 1970 and 9999"
-    if ts < EARLIEST_OBS_TS:
+    if ts < earliest:
         return (f"{iso(ts)} is before 2000-01-01: an uptime counter or a clock not set yet, "
                 "not a time")
     return (f"{iso(ts)} is in the future: more than {FUTURE_SKEW_S:g} s ahead of the hub's clock "

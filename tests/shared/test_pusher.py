@@ -105,3 +105,26 @@ def test_a_batch_the_aggregator_refuses_is_dropped_and_the_next_one_goes(
     finally:
         pusher.stop()
         server.shutdown()
+
+
+def test_only_the_observations_out_of_time_are_dropped_from_a_refused_batch() -> None:
+    # One reading of the batch stamped an hour ahead (the clock stepped back after it was made):
+    # the aggregator refuses the batch whole, the pusher drops that one and sends the rest.
+    agg = RealAggregator(INSTANCE, handlers={}, cache_ttl=10, poll_interval=5)
+    server = make_server("127.0.0.1", free_port(), aggregator_app(agg), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    pusher = Pusher(RestClient(f"http://127.0.0.1:{server.server_port}", name="state-aggregator"),
+                    source="serial-handler")
+    now = time.time()
+    pusher.emit(ReadingObs(device_id="temp", ts=now - 2, values={"t": 1.0}))
+    pusher.emit(ReadingObs.model_construct(device_id="temp", ts=now + 3600, values={"t": 9.0}))
+    pusher.emit(ReadingObs(device_id="temp", ts=now - 1, values={"t": 2.0}))
+    pusher.start()  # all three in one batch
+    try:
+        wait_for(lambda: pusher.stats()["queued"] == 0, what="the batch answered")
+        assert agg.device("temp").values.get("t") == 2.0
+        assert pusher.stats() | {"failures": 0} == {
+            "queued": 0, "sent": 2, "batches": 1, "dropped": 0, "refused": 1, "failures": 0}
+    finally:
+        pusher.stop()
+        server.shutdown()

@@ -2,7 +2,9 @@
 (root only), the bridge stopped so nothing is published while a handler's pusher sends
 readings with a large payload. Past ``OUTBOX_MAX_MB`` the unpublished intermediate states are
 thinned; the instance keeps running and accepting; once the bridge is back every device's
-newest state and every event reach MQTT, and ``meta/health`` counts what was thinned."""
+newest state and every event reach MQTT, and ``meta/health`` counts what was thinned. The
+restarted bridge replays the whole backlog from its committed cursor, a page at a time, at the
+pace of the live drain (its rate is measured by ``python -m bench.outbox --restart-bridge``)."""
 
 from __future__ import annotations
 

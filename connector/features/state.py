@@ -232,7 +232,8 @@ class StateFeature(Feature):
         folded = 0
         while seq < snap.seq:
             page = ChangesPage.model_validate_json(self.ctx.aggregator.get_bytes(
-                "/changes", params={"since": seq, "epoch": snap.epoch}, timeout=30.0))
+                "/changes", params={"since": seq, "epoch": snap.epoch, "limit": PAGE_CHANGES},
+                timeout=30.0))
             if page.resync or not page.changes:
                 break  # the aggregator restarted again: _follow finds out and resyncs
             changes = [c for c in page.changes if c.seq <= snap.seq]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shared.models import (
@@ -51,15 +51,18 @@ def same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Replay:
     """A replay in progress: the seq of the state each device of the snapshot holds
     (``None``: none), and each device's values so far (a property topic goes out when its
     value changed). A restarted bridge's backlog is as long as its outage was, so it is
-    replayed a page at a time, never held whole."""
+    replayed a page at a time, never held whole. ``announced``: the availability each device
+    was last given in the replay, so the load's publishing does not say it again."""
 
     held: dict[str, int | None]
     values: dict[str, dict[str, Any]]
+    announced: dict[str, bool] = field(default_factory=dict)
+    generation: int = -1  # the connection ``announced`` went out on
 
 
 class DeviceTopics:
@@ -98,11 +101,13 @@ class DeviceTopics:
                  sum(1 for r in devices.values() if r.state is not None), len(changed))
         return changed
 
-    def publish_all(self) -> int:
-        """Availability, state and every property of every device."""
+    def publish_all(self, announced: dict[str, bool] | None = None) -> int:
+        """Availability, state and every property of every device (availability not for a
+        device whose ``announced`` availability, just published by a replay, is the same)."""
         records = list(self.ctx.mirror.devices.values())
         for rec in records:
-            self.publish_device(rec)
+            self.publish_device(rec, availability=announced is None
+                                or announced.get(rec.device_id) is not rec.online)
         self.flush()
         return len(records)
 
@@ -146,6 +151,7 @@ class DeviceTopics:
                 continue
             elif isinstance(change, AvailabilityChange):
                 self._availability(change.device_id, change.online)
+                replay.announced[change.device_id] = change.online
             elif isinstance(change, StateChange) and change.seq != held[change.device_id]:
                 before = values.get(change.device_id, {})
                 values[change.device_id] = change.values
@@ -153,8 +159,9 @@ class DeviceTopics:
                             self._properties(change, before))
         self.flush()
 
-    def publish_device(self, rec: DeviceRecord) -> None:
-        self._availability(rec.device_id, rec.online)
+    def publish_device(self, rec: DeviceRecord, *, availability: bool = True) -> None:
+        if availability:
+            self._availability(rec.device_id, rec.online)
         if rec.state is not None:
             self._state(rec.device_id, rec.state,
                         list(rec.state.values) if self.policy != "off" else [])

@@ -319,7 +319,11 @@ class StateFeature(Feature):
         if isinstance(item, _Folded):
             if self._replay is None or self._replay[0] is not item.snapshot:
                 self._replay = (item.snapshot, self.devices.start_replay(item.snapshot))
-            self.devices.replay(self._replay[1], item.changes)
+            replay = self._replay[1]
+            if replay.generation != generation:  # a new connection: it has heard nothing yet
+                replay.announced.clear()
+                replay.generation = generation
+            self.devices.replay(replay, item.changes)
             self._delivered(item.snapshot.epoch, item.upto)
         elif isinstance(item, _Loaded):
             self._handle_loaded(item, generation)
@@ -337,18 +341,21 @@ class StateFeature(Feature):
             item.done(self._publish_all(generation))
 
     def _handle_loaded(self, item: _Loaded, generation: int) -> None:
+        replay = self._replay[1] if self._replay and self._replay[0] is item.snapshot else None
         self._replay = None
         changed = self.devices.load(item.snapshot)
         if self._full_gen < generation:
-            self._publish_all(generation)
+            # what the replay just announced on this connection is not said twice
+            self._publish_all(generation, replay.announced
+                              if replay is not None and replay.generation == generation else None)
         else:  # a resync within a session that has everything: only what differs
             for rec in changed:
                 self.devices.publish_device(rec)
             self.devices.flush()
 
-    def _publish_all(self, generation: int) -> int:
+    def _publish_all(self, generation: int, announced: dict[str, bool] | None = None) -> int:
         self._full_gen = generation
-        return self.devices.publish_all()
+        return self.devices.publish_all(announced)
 
     def _publish_page(self, page: ChangesPage) -> None:
         n = len(page.changes)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from services.state_aggregator.app import create_app
 from services.state_aggregator.core import Aggregator
 from services.state_aggregator.outbox.service import Outbox
 from shared.instance import parse_instance
-from shared.models import ReadingObs, RegisterDevice
+from shared.models import LinkObs, ReadingObs, RegisterDevice
 from shared.settings import Settings
 from tests.helpers import Broker, Subscriber, free_port, unique_base, wait_for
 
@@ -160,3 +161,38 @@ def test_a_restarted_bridge_replays_its_backlog_page_by_page_in_order(
     # device's one reading at the start of the backlog.
     early = [seq for seq, synced in recorder.commits if not synced]
     assert all(seq < min(held) for seq in early), (early, held)
+
+
+def availability(sub: Subscriber, root: str, device: str) -> list[str]:
+    return [m.text for m in sub.on(f"{root}/devices/{device}/availability") if not m.retain]
+
+
+def test_a_replay_says_each_availability_once(broker: Broker, durable: Durable,
+                                              tmp_path: Path) -> None:
+    # While the bridge is away each device reports (online), then r1 drops and comes back and r2
+    # drops: the replay publishes those changes in order, and the snapshot's load that ends it
+    # does not say them again (it used to publish every device's availability once more).
+    agg = durable.agg
+    first = durable.bridge(broker, tmp_path)
+    wait_for(lambda: first.ctx.mirror.synced and (agg.outbox is not None and (
+        agg.outbox.cursor(READER) or -1) >= agg.changes.seq), what="the first bridge committed")
+    first.stop()
+    now = time.time()
+    for device in [QUIET, *DEVICES]:
+        agg.ingest([ReadingObs(device_id=device, ts=now - 3, values={"n": 0})],
+                   source="http-poller")
+    agg.ingest([LinkObs(device_id="r1", ts=now - 2, up=False, reason="gone"),
+                LinkObs(device_id="r2", ts=now - 2, up=False, reason="gone")],
+               source="http-poller")
+    agg.ingest([LinkObs(device_id="r1", ts=now - 1, up=True)], source="http-poller")
+    # Past the replay the quiet device's state comes with the load: a marker that it is over.
+    sub = Subscriber(broker.host, broker.port).subscribe(f"{durable.root}/devices/#")
+    try:
+        durable.bridge(broker, tmp_path)
+        wait_for(lambda: states(sub, durable.root, QUIET) and availability(
+            sub, durable.root, QUIET), timeout=30, what="the snapshot's load published")
+        assert availability(sub, durable.root, "r1") == ["online", "offline", "online"]
+        assert availability(sub, durable.root, "r2") == ["online", "offline"]
+        assert availability(sub, durable.root, QUIET) == ["online"]
+    finally:
+        sub.close()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from shared.compact import detached
 from shared.models import (
     AvailabilityChange,
     Change,
@@ -51,6 +52,36 @@ def same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotRecords:
+    """A ``GET /snapshot``, already turned into what the mirror keeps: each device's record
+    (with its last state), and the change-log ``seq`` of the state each device holds (``None``:
+    none) for the fold and the replay. ``of`` makes it from the body, validated as the
+    ``Snapshot`` model, as a copy made once the models of every device are gone (``detached``):
+    10,000 devices' models at once are a peak of tens of MB, and the records made among them
+    kept most of it (CPython gives an arena back only once all of it is free)."""
+
+    epoch: str
+    seq: int
+    records: list[DeviceRecord]
+    held: dict[str, int | None]
+    groups: dict[str, list[str]]
+    asked_seq: int | None = None
+
+    @classmethod
+    def of(cls, body: bytes) -> SnapshotRecords:
+        """The snapshot in ``body`` (raises pydantic's ``ValidationError`` as the model does)."""
+        return detached(lambda: cls.of_model(Snapshot.model_validate_json(body)))
+
+    @classmethod
+    def of_model(cls, snap: Snapshot) -> SnapshotRecords:
+        records = [DeviceRecord.of(e.info, state=None if e.state is None
+                                   else LastState.of(e.state)) for e in snap.devices]
+        held = {e.info.device_id: None if e.state is None else e.state.seq
+                for e in snap.devices}
+        return cls(snap.epoch, snap.seq, records, held, snap.groups, snap.asked_seq)
+
+
 @dataclass(slots=True)
 class Replay:
     """A replay in progress: the seq of the state each device of the snapshot holds
@@ -73,7 +104,7 @@ class DeviceTopics:
         self._later: list[tuple[str, Any]] = []  # (topic, value) of the batch's properties
 
     # --- whole mirror ---------------------------------------------------------------------------
-    def load(self, snap: Snapshot) -> list[DeviceRecord]:
+    def load(self, snap: SnapshotRecords) -> list[DeviceRecord]:
         """Replace the mirror with ``snap`` and clear the topics of devices that are gone.
         Returns the devices that are new or whose availability or state differ from what was
         published (after the aggregator restarts, only those need publishing again)."""
@@ -81,13 +112,11 @@ class DeviceTopics:
         old = mirror.devices
         devices: dict[str, DeviceRecord] = {}
         changed: list[DeviceRecord] = []
-        for entry in snap.devices:
-            device_id = entry.info.device_id
+        for rec in snap.records:
+            device_id = rec.device_id
             before = old.get(device_id)
-            new_state = entry.state is not None and (
-                before is None or before.state is None or before.state.ts != entry.state.ts)
-            rec = DeviceRecord.of(entry.info, state=None if entry.state is None
-                                  else LastState.of(entry.state))
+            new_state = rec.state is not None and (
+                before is None or before.state is None or before.state.ts != rec.state.ts)
             devices[device_id] = rec
             if before is None or new_state or before.online != rec.online:
                 changed.append(rec)
@@ -129,13 +158,11 @@ class DeviceTopics:
         for topic, value in later:
             pub.json(topic, value, qos=qos, retain=True)
 
-    def start_replay(self, snap: Snapshot) -> Replay:
+    def start_replay(self, snap: SnapshotRecords) -> Replay:
         """A replay of what ``snap`` took in (see ``replay``), before it is loaded."""
-        held = {e.info.device_id: e.state.seq if e.state is not None else None
-                for e in snap.devices}
         values = {d: r.state.values for d, r in self.ctx.mirror.devices.items()
                   if r.state is not None}
-        return Replay(held, values)
+        return Replay(snap.held, values)
 
     def replay(self, replay: Replay, changes: list[Change]) -> None:
         """Publish one page of what a snapshot took in and cannot carry, before it is loaded:

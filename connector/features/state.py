@@ -27,18 +27,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import ValidationError
 
 from shared.errors import ServiceError
-from shared.models import Change, ChangesPage, Snapshot
+from shared.models import Change, ChangesPage
 from shared.mqtt import Delivery
 
 from ..context import BridgeContext
 from .base import Feature
-from .device_topics import DeviceTopics, Replay
+from .device_topics import DeviceTopics, Replay, SnapshotRecords
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class _Folded:
     had not delivered (from its committed cursor on). Published before the snapshot is loaded;
     once they are, everything up to ``upto`` is delivered."""
 
-    snapshot: Snapshot
+    snapshot: SnapshotRecords
     changes: list[Change]
     upto: int
 
@@ -76,7 +76,7 @@ class _Folded:
 class _Loaded:
     """A snapshot, after the pages of what it took in."""
 
-    snapshot: Snapshot
+    snapshot: SnapshotRecords
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +123,7 @@ class StateFeature(Feature):
         # Where the next snapshot's fold starts when the last one broke off (the aggregator
         # went away during a long replay): the pages queued so far are not fetched again.
         self._unfolded: tuple[str, int] | None = None
-        self._replay: tuple[Snapshot, Replay] | None = None  # the publisher's replay in progress
+        self._replay: tuple[SnapshotRecords, Replay] | None = None  # the publisher's replay in progress
         self._commit_wake = threading.Event()
 
     def start(self) -> None:
@@ -197,15 +197,15 @@ class StateFeature(Feature):
     def _load_snapshot(self) -> None:
         cursor = None if self._resumed else self._cursor()
         resume = cursor or self._unfolded
-        # The body validated straight from JSON: one pass instead of decode, then validate.
-        snap = Snapshot.model_validate_json(self.ctx.aggregator.get_bytes("/snapshot",
-                                                                          timeout=30.0))
+        # Validated straight from JSON (one pass instead of decode, then validate) and kept
+        # only as the records the mirror holds.
+        snap = SnapshotRecords.of(self.ctx.aggregator.get_bytes("/snapshot", timeout=30.0))
         asked = snap.seq if snap.asked_seq is None else snap.asked_seq
         if resume is not None and resume[0] == snap.epoch:
             if resume[1] < asked:
                 log.info("resuming from position %d: %d changes were accepted and not yet "
                          "delivered", resume[1], asked - resume[1])
-                snap = snap.model_copy(update={"asked_seq": resume[1]})
+                snap = replace(snap, asked_seq=resume[1])
             if cursor is not None:
                 self._committed = cursor
         self._resumed = True
@@ -214,7 +214,7 @@ class StateFeature(Feature):
         self.epoch, self.seq = snap.epoch, snap.seq
         self._put(_Loaded(snap))
 
-    def _fold(self, snap: Snapshot) -> None:
+    def _fold(self, snap: SnapshotRecords) -> None:
         """Queue, a page at a time, the changes between the position the snapshot was asked at
         and the one it was made at. A restarted aggregator answers only after its warm-up (up
         to seconds): a device registered meanwhile, its first states, its events would
@@ -227,7 +227,7 @@ class StateFeature(Feature):
         twice): a page past it commits only the position before it until the snapshot is
         loaded, or a restart in between would skip it."""
         seq = snap.seq if snap.asked_seq is None else snap.asked_seq
-        held = {e.state.seq for e in snap.devices if e.state is not None}
+        held = {seq for seq in snap.held.values() if seq is not None}
         safe = snap.seq  # the newest position that is delivered once the pages are
         folded = 0
         while seq < snap.seq:

@@ -18,13 +18,18 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def detached(make: Callable[[], T]) -> T:
+def detached(make: Callable[[], T], release: Callable[[], None] | None = None) -> T:
     """What ``make()`` returns, as a copy made once everything else ``make`` allocated is gone.
 
     ``make`` must keep nothing it allocated (load the instance file inside it, return only what
     is kept); its result must be plain data that pickles (strings, numbers, containers, slotted
-    records, models). The copy's objects are new ones, packed into the memory left in use."""
+    records, models). The copy's objects are new ones, packed into the memory left in use.
+    ``release`` (called once the copy is taken, before it is made) lets go of the originals
+    when they are long-lived structures being packed again: the copy made while they lived
+    would land among them, in the arenas they keep."""
     blob = pickle.dumps(make(), protocol=pickle.HIGHEST_PROTOCOL)
+    if release is not None:
+        release()
     gc.collect()  # anything ``make`` left in a reference cycle goes before the copy is made
     # the blob is our own, made two lines above: nothing untrusted is unpickled
     return pickle.loads(blob)  # type: ignore[no-any-return]  # noqa: S301

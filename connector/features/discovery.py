@@ -37,6 +37,8 @@ HA_ONLINE_DELAY_S = (0.5, 3.0)  # random delay before answering Home Assistant's
 SPREAD_S = 3.0  # a full republish for Home Assistant is paced over this long
 CHUNK = 100
 DEVICES_PER_CHUNK = 200  # configs are built this many devices at a time
+# A round that published or cleared at least this many configs packs what it keeps (Ledger.pack).
+PACK_AFTER = 1000
 # Events a device of a source emits whatever its properties say (see services/http_poller/lan.py).
 SOURCE_EVENTS = {"probe": ("probe_rebooted",)}
 
@@ -76,6 +78,7 @@ class DiscoveryFeature(Feature):
         self._signature: int | None = None
         self._quick: int | None = None
         self.rounds = 0
+        self.packs = 0  # rounds after which the ledger and fingerprints were packed
 
     def handlers(self) -> dict[RouteKind, Inbound]:
         return {} if self.mode == "off" else {"ha_status": self._on_ha_status}
@@ -150,7 +153,11 @@ class DiscoveryFeature(Feature):
             return
         views, frozen, signature = self.views()
         if full or signature != self._signature:
-            self.reconcile(views, frozen, full=full, spread=spread)
+            sent, cleared = self.reconcile(views, frozen, full=full, spread=spread)
+            del views  # the round's views are gone before what it keeps is packed
+            if sent + cleared >= PACK_AFTER and self.ledger is not None:
+                self._published = self.ledger.pack(self._published)
+                self.packs += 1
         self._signature, self._quick = signature, quick
 
     def _quick_signature(self) -> int:

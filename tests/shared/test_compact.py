@@ -57,3 +57,23 @@ def test_a_result_that_cannot_be_copied_is_an_error() -> None:
 
     with pytest.raises(TypeError):
         detached(threading.Lock)
+
+
+def test_release_lets_go_of_the_originals_before_the_copy_is_made() -> None:
+    """Packing long-lived structures again: ``release`` runs after the copy is taken and
+    before it is made, so the originals are gone (the copy is not made among them)."""
+    store: dict[str, list[Scratch]] = {"rows": [Scratch(), Scratch()]}
+    alive = [weakref.ref(s) for s in store["rows"]]
+    order: list[str] = []
+
+    def make() -> list[str]:
+        order.append("make")
+        return [type(s).__name__ for s in store["rows"]]
+
+    def release() -> None:
+        order.append("release")
+        store.clear()
+
+    assert detached(make, release) == ["Scratch", "Scratch"]
+    assert order == ["make", "release"]
+    assert all(ref() is None for ref in alive)

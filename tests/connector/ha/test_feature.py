@@ -16,6 +16,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from connector.bridge import Bridge
+from connector.features import discovery as discovery_module
 from connector.features.discovery import CHECK_EVERY_S, DiscoveryFeature
 from services.state_aggregator.app import create_app
 from services.state_aggregator.core import Aggregator
@@ -187,8 +188,13 @@ def test_a_restart_with_a_changed_instance_file_leaves_no_ghosts(
     assert off.discovery.rounds >= 1
 
 
+@pytest.mark.parametrize("pack_after", [discovery_module.PACK_AFTER, 1])
 def test_home_assistant_online_and_a_new_device_are_answered(
-        mosquitto: Broker, ids: tuple[str, str], runs: list[Run], tmp_path: Path) -> None:
+        mosquitto: Broker, ids: tuple[str, str], runs: list[Run], tmp_path: Path,
+        pack_after: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also with every round packing what it keeps (``Ledger.pack``, after rounds of at least
+    ``PACK_AFTER`` configs): the rounds after it plan from the packed ledger and fingerprints."""
+    monkeypatch.setattr(discovery_module, "PACK_AFTER", pack_after)
     base, prefix = ids
     run = start(runs, mosquitto, ids, tmp_path, instance("s1"))
     run.agg.ingest([reading("s1", temperature=20.5)])
@@ -219,6 +225,7 @@ def test_home_assistant_online_and_a_new_device_are_answered(
                  what="every config again after a rebirth")
     finally:
         sub.close()
+    assert (run.discovery.packs > 0) == (pack_after == 1)  # few configs: no pack by default
 
 
 def test_a_republish_due_before_the_mirror_is_synced_waits_instead_of_spinning(

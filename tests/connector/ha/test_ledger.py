@@ -64,3 +64,32 @@ def test_the_ledger_file_survives_a_restart_and_a_broken_one_is_set_aside(tmp_pa
     path.write_text("{not json")
     assert Ledger(path).entries == {}
     assert path.with_suffix(".bad").read_text() == "{not json"
+
+
+def test_packing_keeps_every_entry_and_fingerprint_with_one_topic_string_each(
+        tmp_path: Path) -> None:
+    """After a big round the ledger packs what it keeps: the same entries and fingerprints,
+    ``published`` keyed by the ledger's own topic strings (a round's two passes made each
+    topic twice), and nothing written."""
+    path = tmp_path / FILE_NAME
+    ledger = Ledger(path)
+    topics = [f"{P}/sensor/i_{d}/{k}/config" for d in ("a", "b") for k in ("t", "h")]
+    ledger.update({t: Entry(t.split("/")[2][2:], (f"sensor:{t.split('/')[3]}",))
+                   for t in topics}, [])
+    written = path.read_bytes()
+    entries = dict(ledger.entries)
+    # the second pass's strings: equal topics, other objects
+    published = {"".join(list(t)): fingerprint(cfg(t)) for t in topics[:3]}
+    published["".join(list(f"{P}/sensor/i_c/t/config"))] = 7  # not in the ledger: kept too
+    expect = dict(published)
+    kept = ledger.pack(published)
+    assert kept == expect and published == {}
+    assert ledger.entries == entries and list(ledger.entries) == list(entries)
+    keys = {t: t for t in ledger.entries}
+    assert all(keys[t] is t for t in kept if t in keys)  # one string per topic
+    assert path.read_bytes() == written
+    # what a later round plans from the packed ledger and fingerprints is unchanged
+    desired = {t: (t.split("/")[2][2:], cfg(t)) for t in topics}
+    assert set(plan(desired, ledger.entries, previous=kept).publish) == {topics[3]}
+    ledger.update({}, [topics[0]])
+    assert topics[0] not in Ledger(path).entries and len(Ledger(path).entries) == 3

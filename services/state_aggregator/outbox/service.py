@@ -160,27 +160,34 @@ class Outbox:
                                 "thinned (every n-th kept; the newest per device, availability "
                                 "always), and when that is not enough, events, errors and "
                                 "command results too")
-            pending = self._thin(store, after, ("state",), pending)
-            if self._over(pending) is not None:
-                # A log full of events, errors or command results: bounded too, the same way.
-                pending = self._thin(store, after, OTHER_KINDS, pending)
-            store.give_back()
+            pending, exhausted = self._thin(store, after, ("state",), pending)
+            if exhausted and self._over(pending) is not None:
+                # A log full of events, errors or command results: bounded too, the same way,
+                # but only once no intermediate state is left to give.
+                pending, _ = self._thin(store, after, OTHER_KINDS, pending)
         store.checkpoint()
         self.pending = pending
 
     def _thin(self, store: OutboxStore, after: int, kinds: tuple[str, ...],
-              pending: Pending) -> Pending:
-        """Halve the unread rows of ``kinds`` (stratified) until under the limits; counted."""
+              pending: Pending) -> tuple[Pending, bool]:
+        """Halve the unread rows of ``kinds`` (stratified) until under the limits; counted.
+        Each round hands the freed pages back to the filesystem, so the free-disk floor sees
+        what it gained before the next (without, a disk short of space thinned every round and
+        then the events too). Also says whether nothing of ``kinds`` was left to thin."""
         for _ in range(THIN_ROUNDS):
             removed = store.thin(after, 2, kinds=kinds)
             if kinds == ("state",):
                 self.thinned += removed
             else:
                 self.thinned_events += removed
+            if removed:
+                store.give_back()
             pending = store.pending(after)
-            if removed == 0 or self._over(pending) is None:
+            if removed == 0:
+                return pending, True
+            if self._over(pending) is None:
                 break
-        return pending
+        return pending, False
 
     def _short_of_space(self) -> bool:
         free = free_bytes(self.path.parent)

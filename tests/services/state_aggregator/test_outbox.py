@@ -116,6 +116,29 @@ def test_past_the_limit_old_intermediate_states_are_thinned(tmp_path: Path) -> N
         assert len(gaps - {1}) <= 2, gaps  # evenly thinned: one stride (and the live edge)
 
 
+def test_events_are_not_thinned_while_intermediate_states_are_left_to_give(
+        tmp_path: Path) -> None:
+    """A backlog that one check cannot thin under the limit (its rounds halve the states at
+    most 8 times) keeps every event: they are thinned only once no state is left to give (they
+    used to go in the same check, and a hub short of disk lost a backlog's events)."""
+    t0 = time.time() - 20_000
+    box = outbox(tmp_path, max_mb=0.01)
+    agg = make(box)
+    for k in range(10):  # a mark among every 1,000 readings
+        agg.ingest([EventObs(device_id="temp", ts=t0 + k * 1000, event=f"mark{k}"),
+                    *(ReadingObs(device_id="temp", ts=t0 + k * 1000 + i, values={"t": i})
+                      for i in range(1000))])
+    assert box.store is not None
+    box.maintain()
+    health = box.health()
+    assert health["thinned"] > 0 and box.store.pending(0).bytes > 0.01 * MB  # still over
+    assert health["thinned_events"] == 0
+    assert sum(c.kind == "event" for c in box.store.changes()) == 10
+    for _ in range(10):  # the states give what they can, then the events are bounded too
+        box.maintain()
+    assert box.health()["thinned_events"] > 0
+
+
 def test_a_log_full_of_events_errors_and_command_results_is_bounded_too(
         tmp_path: Path) -> None:
     """Past the limit with nothing but events and errors unread (no state to thin), the oldest of

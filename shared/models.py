@@ -177,6 +177,17 @@ class IngestBatch(_Model):
     batch_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
 
 
+class ReadingsPage(_Model):
+    """A handler's ``GET /readings``: the last reading of its sensors ``offset`` to ``offset +
+    limit`` (in the handler's order; a sensor with none yet has no entry), ``next`` the next
+    page's offset (``None`` after the last), ``total`` how many sensors it has. What the
+    aggregator's warm-up takes, a page at a time, instead of every sensor's ``/sensors`` view."""
+
+    readings: list[ReadingObs]
+    next: int | None = None
+    total: int
+
+
 class RegisterDevice(_Model):
     """``POST /devices/register``: a device found at run time (an ESP32 probe, ``hub_system``)."""
 

@@ -5,18 +5,27 @@ pydantic model (400 for bad JSON, 422 for a body of the wrong shape), and JSON e
 from __future__ import annotations
 
 import logging
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from flask import Flask, Response, request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from shared.errors import ReadError, ServiceError, UnknownDevice
 from shared.jsonutil import NotAJsonObject, dumps, loads_object
+from shared.models import ReadingObs, to_json
 from shared.timeutil import iso
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
+
+# A handler's ``GET /readings`` (``ReadingsPage``): its sensors' last readings, a page at a time.
+# Out-of-range numbers are clamped, not refused.
+READINGS_PAGE = 1_000
+READINGS_PAGE_MAX = 10_000
+READINGS_QUERY = {"offset": Annotated[int, Field(ge=0)],
+                  "limit": Annotated[int, Field(ge=1, le=READINGS_PAGE_MAX)]}
 
 
 class ApiError(Exception):
@@ -27,6 +36,30 @@ class ApiError(Exception):
         self.status = status
         self.error = error
         self.message = message
+
+
+def int_arg(name: str, default: int, lo: int, hi: int) -> int:
+    """The query argument ``name`` as an integer clamped to ``[lo, hi]`` (``default`` when
+    absent); 400 when it is not an integer."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_argument", f"{name} must be an integer, got {raw!r}") from exc
+    return max(lo, min(hi, value))
+
+
+def readings_response(page_of: Callable[[int, int], tuple[list[ReadingObs], int]]) -> Response:
+    """``GET /readings?offset=N&limit=M`` of a handler, ``page_of(offset, limit)`` giving the
+    page's last readings and how many sensors there are (a ``ReadingsPage``)."""
+    offset = int_arg("offset", 0, 0, 2**62)
+    limit = int_arg("limit", READINGS_PAGE, 1, READINGS_PAGE_MAX)
+    readings, total = page_of(offset, limit)
+    following = offset + limit
+    return Response(to_json({"readings": readings, "next": following if following < total else None,
+                             "total": total, "timestamp": iso()}), mimetype="application/json")
 
 
 def json_response(obj: Any, status: int = 200) -> Response:

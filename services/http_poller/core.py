@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import requests
@@ -252,6 +253,14 @@ class HttpPoller:
 
     def health_of(self, sensor_id: str) -> dict[str, Any]:
         return self._polled(sensor_id).health()
+
+    def last_readings(self, offset: int, limit: int) -> tuple[list[ReadingObs], int]:
+        """The last reading of the sensors ``offset`` to ``offset + limit`` (those that have one)
+        and how many sensors there are: a page of ``GET /readings``."""
+        page = islice(self.sensors.values(), offset, offset + limit)
+        readings = [ReadingObs(device_id=p.sensor.sensor_id, ts=p.last_ts, values=p.last_values)
+                    for p in page if p.last_ts is not None and p.last_values]
+        return readings, len(self.sensors)
 
     def list(self) -> list[dict[str, Any]]:
         return [{"sensor_id": p.sensor.sensor_id, "sensor_type": p.sensor.sensor_type,

@@ -9,7 +9,7 @@ from shared.models import CommandRequest
 from shared.openapi import describe
 from shared.pusher import Pusher
 from shared.timeutil import iso
-from shared.web import ApiError, json_response, parse_body
+from shared.web import READINGS_QUERY, ApiError, json_response, parse_body, readings_response
 
 from .core import HttpPoller
 from .lan import ProbeSide
@@ -37,6 +37,16 @@ def health() -> Response:
 @describe(responses={200: "the HTTP sensors"})
 def sensors() -> Response:
     return json_response({"sensors": _poller().list(), "timestamp": iso()})
+
+
+@bp.get("/readings")
+@describe(query=READINGS_QUERY,
+          responses={200: "the sensors' last readings, a page of them", 400: "bad argument"})
+def readings() -> Response:
+    """``?offset=N&limit=M``: the last reading of the sensors ``offset`` to ``offset + M`` and
+    the next page's offset, what the aggregator's warm-up takes (``/sensors`` says much more
+    about each sensor, and all of them at once)."""
+    return readings_response(_poller().last_readings)
 
 
 @bp.get("/sensor/<sensor_id>")

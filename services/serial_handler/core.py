@@ -13,6 +13,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from shared.errors import ReadError, UnknownDevice
@@ -156,6 +157,14 @@ class SerialHandler:
 
     def sensor_list(self) -> list[dict[str, Any]]:
         return [self.sensor_view(s) for s in self.sensors]
+
+    def last_readings(self, offset: int, limit: int) -> tuple[list[ReadingObs], int]:
+        """The last reading of the sensors ``offset`` to ``offset + limit`` (those that have one)
+        and how many sensors there are: a page of ``GET /readings``."""
+        page = islice(self.sensors, offset, offset + limit)
+        readings = [last for sensor_id in page
+                    if (last := self._worker(sensor_id).slots[sensor_id].last) is not None]
+        return readings, len(self.sensors)
 
     def read(self, sensor_id: str, properties: list[str] | None = None) -> ReadingObs:
         """A fresh reading (``ReadError`` when the sensor does not give one); with

@@ -34,6 +34,7 @@ from shared.models import (
     LinkObs,
     Observation,
     ReadingObs,
+    ReadingsPage,
     RegisterDevice,
     Severity,
     Snapshot,
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_WARM_WAIT_S = 5.0
 BATCH_IDS_REMEMBERED = 10_000  # a handler resends its one unanswered batch, not thousands
+WARM_UP_PAGE = 1_000  # sensors per page of a handler's last readings
 
 
 def _updated(seq: int, *, device_id: str, ts: float, info: DeviceInfo) -> DeviceChange:
@@ -355,21 +357,59 @@ class Aggregator:
 
     def _warm_up(self, deadline_s: float) -> None:
         end = time.monotonic() + deadline_s
-        pending = dict(self.handlers)
+        pending = {name: 0 for name in self.handlers}  # each handler's next page (its offset)
         while pending and not self._stop.is_set():
-            for name, client in list(pending.items()):
+            for name in list(pending):
+                client = self.handlers[name]
                 try:
-                    sensors = client.get("/sensors", timeout=2.0)["sensors"]
-                except (ServiceError, KeyError, TypeError):
-                    continue
-                readings = [ReadingObs.model_validate(s["reading"])
-                            for s in sensors if isinstance(s, dict) and s.get("reading")]
-                self.ingest(readings, source=f"{client.name} (warm-up)")
-                log.info("warm-up: %d last readings from %s", len(readings), client.name)
-                del pending[name]
+                    offset = self._warm_up_from(client, pending[name])
+                except ServiceError:
+                    continue  # still starting: again, from the page it stopped at
+                if offset is None:
+                    del pending[name]
+                else:
+                    pending[name] = offset
             if time.monotonic() > end:
                 break
             self._stop.wait(0.5)
+
+    def _warm_up_from(self, client: RestClient, offset: int) -> int | None:
+        """Take a handler's last readings a page at a time from ``offset`` (``GET /readings``),
+        each page applied before the next is asked for: ``/sensors`` of 10,000 sensors parsed
+        at once was most of the aggregator's peak, which the process keeps. ``None`` when all
+        were taken; the offset to go on from when a page could not be had (``ServiceError``)."""
+        taken = 0
+        while True:
+            try:
+                body = client.get_bytes("/readings", params={"offset": offset,
+                                                             "limit": WARM_UP_PAGE}, timeout=2.0)
+            except ServiceError as exc:
+                if exc.status != 404 or offset:
+                    raise
+                self._warm_up_from_sensors(client)  # a handler older than the route
+                return None
+            try:
+                page = ReadingsPage.model_validate_json(body)
+            except ValidationError as exc:
+                raise ServiceError(f"{client.name}'s /readings is not a page of readings: "
+                                   f"{exc.errors()[0]['msg']}") from exc
+            self.ingest(page.readings, source=f"{client.name} (warm-up)")
+            taken += len(page.readings)
+            if page.next is None or page.next <= offset:
+                log.info("warm-up: %d last readings from %s", taken, client.name)
+                return None
+            offset = page.next
+
+    def _warm_up_from_sensors(self, client: RestClient) -> None:
+        """The warm-up from a handler without ``/readings``: every sensor's view at once."""
+        try:
+            sensors = client.get("/sensors", timeout=2.0)["sensors"]
+        except (KeyError, TypeError) as exc:
+            raise ServiceError(f"{client.name}'s /sensors has no sensors list") from exc
+        readings = [ReadingObs.model_validate(s["reading"])
+                    for s in sensors if isinstance(s, dict) and s.get("reading")]
+        self.ingest(readings, source=f"{client.name} (warm-up)")
+        log.info("warm-up: %d last readings from %s (/sensors)", len(readings), client.name)
 
     # --- queries ---------------------------------------------------------------------------------
     def device(self, device_id: str) -> Device:

@@ -18,7 +18,7 @@ from shared.models import (
 )
 from shared.openapi import describe
 from shared.timeutil import iso
-from shared.web import ApiError, json_response, parse_body
+from shared.web import ApiError, int_arg, json_response, parse_body
 
 from .core import Aggregator
 from .registry import RegistryRefusal
@@ -37,17 +37,6 @@ def _agg() -> Aggregator:
 def _models_response(obj: Any) -> Response:
     """Models (or data holding them) written once, by orjson, at the edge."""
     return Response(to_json(obj), mimetype="application/json")
-
-
-def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ApiError(400, "invalid_argument", f"{name} must be an integer, got {raw!r}") from exc
-    return max(lo, min(hi, value))
 
 
 @bp.get("/health")
@@ -170,9 +159,9 @@ def snapshot() -> Response:
 def changes() -> Response:
     """Long poll: ``?since=SEQ&epoch=E&wait=S&limit=N``."""
     agg = _agg()
-    since = _int_arg("since", 0, 0, 2**62)
-    wait = _int_arg("wait", 0, 0, 30)
-    limit = _int_arg("limit", 10_000, 1, 100_000)
+    since = int_arg("since", 0, 0, 2**62)
+    wait = int_arg("wait", 0, 0, 30)
+    limit = int_arg("limit", 10_000, 1, 100_000)
     epoch = request.args.get("epoch")
     if epoch is not None and epoch != agg.changes.epoch:
         return json_response({"epoch": agg.changes.epoch, "seq": agg.changes.seq,
@@ -194,8 +183,8 @@ def changed_devices() -> Response:
     memory or the durable log. ``complete: false`` when the log no longer holds the range (or
     the epoch is another): the browser reloads."""
     agg = _agg()
-    since = _int_arg("since", 0, 0, 2**62)
-    until = _int_arg("until", 2**62, 0, 2**62)
+    since = int_arg("since", 0, 0, 2**62)
+    until = int_arg("until", 2**62, 0, 2**62)
     epoch = request.args.get("epoch")
     found = None
     if epoch is None or epoch == agg.changes.epoch:

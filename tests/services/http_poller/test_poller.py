@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 
@@ -157,3 +158,33 @@ def test_routes_through_the_flask_test_client(poller: tuple[HttpPoller, Recorder
     assert cmd.get_json()["status"] == "rejected"
     bad = client.post("/sensor/good/command", data=b"{nope")
     assert bad.status_code == 400
+
+
+def test_readings_in_pages_are_the_same_as_in_one_page(poller: tuple[HttpPoller, Recorder],
+                                                       sensors: SensorServer) -> None:
+    """``/readings`` (what the aggregator's warm-up takes): each sensor's last reading, the same
+    whether asked in pages of 1 or 4 sensors or at once, and the same as ``/sensors`` says."""
+    p, _ = poller
+    sensors.flaky_fail = False
+    polled = {sid: p.poll(p.sensors[sid]) for sid in ("good", "flaky")}
+    client = create_app(p).test_client()
+    whole = client.get("/readings").get_json()
+    assert (whole["total"], whole["next"]) == (6, None)
+    listed = [s["reading"] for s in client.get("/sensors").get_json()["sensors"] if s["reading"]]
+    assert whole["readings"] == listed == [r.model_dump() for r in polled.values()]
+    for limit in (1, 4):
+        paged: list[dict[str, Any]] = []
+        offsets = []
+        offset: int | None = 0
+        while offset is not None:
+            offsets.append(offset)
+            page = client.get(f"/readings?offset={offset}&limit={limit}").get_json()
+            assert page["total"] == 6
+            paged += page["readings"]
+            offset = page["next"]
+        assert paged == whole["readings"]
+        assert offsets == list(range(0, 6, limit))
+    assert client.get("/readings?offset=99").get_json() == {
+        **whole, "readings": [], "next": None, "timestamp": ANY}
+    bad = client.get("/readings?limit=many")
+    assert bad.status_code == 400 and bad.get_json()["error"] == "invalid_argument"

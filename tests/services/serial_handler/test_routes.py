@@ -3,6 +3,7 @@ fresh read through a real HTTP server, as the aggregator makes it."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -170,3 +171,38 @@ def test_a_fresh_read_through_the_aggregator_becomes_state_once(setup: Setup, ht
     # A line nobody asked for still takes the push path.
     b.send("id=t1 temperature=24")
     recorder.wait(ReadingObs, "t1", lambda r: r.values == {"temperature": 24})
+
+
+def test_readings_pages_and_the_aggregators_warm_up_from_them(
+        setup: Setup, http_server: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """``/readings`` gives each sensor's last reading a page at a time; a restarted
+    aggregator's warm-up takes them over real HTTP, page by page, to the same state as in one
+    page."""
+    handler, client, b = setup
+    caplog.set_level(logging.INFO, logger="services.state_aggregator.core")
+    b.send("id=t1 temperature=20")
+    last = wait_for(lambda: handler.ports[b.path].slots["t1"].last, what="t1's reading")
+    whole = client.get("/readings").get_json()
+    assert (whole["readings"], whole["next"], whole["total"]) == ([last.model_dump()], None, 2)
+    first = client.get("/readings?limit=1").get_json()
+    second = client.get("/readings?offset=1&limit=1").get_json()
+    assert (first["readings"], first["next"]) == (whole["readings"], 1)
+    assert (second["readings"], second["next"]) == ([], None)
+
+    def warmed(page: int) -> Aggregator:
+        monkeypatch.setattr("services.state_aggregator.core.WARM_UP_PAGE", page)
+        agg = Aggregator(make_instance(serial_sensor("t1", b.path), serial_sensor("relay1", b.path)),
+                         poll_interval=5, cache_ttl=10,
+                         handlers={"serial": RestClient(http_server, name="serial-handler")})
+        agg.warm_up(deadline_s=5)
+        return agg
+
+    paged, at_once = warmed(1), warmed(1_000)
+    for agg in (paged, at_once):
+        assert agg.devices["t1"].values == {"temperature": 20}
+        assert agg.devices["t1"].state_ts == last.ts and agg.devices["t1"].device_seq == 1
+        assert agg.devices["relay1"].last_seen is None
+        assert agg.counters["readings"] == 1
+    assert caplog.text.count("warm-up: 1 last readings from serial-handler\n") == 2  # not /sensors
+    assert "GET /readings?offset=1&limit=1 " in caplog.text and "GET /sensors" not in caplog.text

@@ -53,7 +53,8 @@ def test_a_damaged_registry_file_is_set_aside_not_fatal(tmp_path: Path,
 
 @pytest.fixture
 def handler_url() -> Iterator[str]:
-    """A real HTTP server that answers /sensors as a handler does."""
+    """A real HTTP server that answers /sensors as a handler older than ``/readings`` does (a
+    404 for that route): the warm-up takes every sensor's view at once from it."""
     app = Flask("fake-handler")
     now = time.time()
 

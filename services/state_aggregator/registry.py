@@ -111,9 +111,14 @@ def build_registry(instance: Instance, *, poll_interval: float,
                    update_interval: float | None = None) -> dict[str, Device]:
     """The devices of the instance file; HTTP sensors default to the poll interval."""
     devices: dict[str, Device] = {}
+    # Sensors with the same units share one dict (about 0.2 KB a device otherwise); nothing
+    # changes a device's units in place (``DeviceInfo`` takes a copy).
+    units: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
     for sensor in instance.config.sensors:
         default = poll_interval if sensor.source.type == "http" else update_interval
-        devices[sensor.sensor_id] = _from_sensor(sensor, instance.interval_of(sensor, default))
+        device = _from_sensor(sensor, instance.interval_of(sensor, default))
+        device.units = units.setdefault(tuple(device.units.items()), device.units)
+        devices[sensor.sensor_id] = device
     return devices
 
 

@@ -8,13 +8,14 @@ import logging
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from flask import Flask, Response, request
+from flask import Blueprint, Flask, Response, request
 from pydantic import BaseModel, Field, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from shared.errors import ReadError, ServiceError, UnknownDevice
 from shared.jsonutil import NotAJsonObject, dumps, loads_object
 from shared.models import ReadingObs, to_json
+from shared.openapi import describe
 from shared.timeutil import iso
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,9 @@ class ApiError(Exception):
         self.message = message
 
 
-def int_arg(name: str, default: int, lo: int, hi: int) -> int:
+def int_arg(name: str, default: int, lo: int, hi: int, *, strict: bool = False) -> int:
     """The query argument ``name`` as an integer clamped to ``[lo, hi]`` (``default`` when
-    absent); 400 when it is not an integer."""
+    absent); 400 when it is not an integer, or (``strict``) outside ``[lo, hi]``."""
     raw = request.args.get(name)
     if raw is None:
         return default
@@ -48,10 +49,29 @@ def int_arg(name: str, default: int, lo: int, hi: int) -> int:
         value = int(raw)
     except ValueError as exc:
         raise ApiError(400, "invalid_argument", f"{name} must be an integer, got {raw!r}") from exc
+    if strict and not lo <= value <= hi:
+        raise ApiError(400, "invalid_argument", f"{name} must be {lo}..{hi}, got {value}")
     return max(lo, min(hi, value))
 
 
-def readings_response(page_of: Callable[[int, int], tuple[list[ReadingObs], int]]) -> Response:
+PageOf = Callable[[int, int], tuple[list[ReadingObs], int]]
+
+
+def add_readings_route(bp: Blueprint, source: Callable[[], PageOf]) -> None:
+    """A handler's ``GET /readings?offset=N&limit=M``: the last reading of the sensors
+    ``offset`` to ``offset + M`` and the next page's offset, what the aggregator's warm-up takes
+    (``/sensors`` says much more about each sensor, and all of them at once). ``source()`` gives
+    the handler's ``last_readings(offset, limit)``."""
+
+    @describe(query=READINGS_QUERY,
+              responses={200: "the sensors' last readings, a page of them", 400: "bad argument"})
+    def readings() -> Response:
+        return readings_response(source())
+
+    bp.add_url_rule("/readings", "readings", readings, methods=["GET"])
+
+
+def readings_response(page_of: PageOf) -> Response:
     """``GET /readings?offset=N&limit=M`` of a handler, ``page_of(offset, limit)`` giving the
     page's last readings and how many sensors there are (a ``ReadingsPage``)."""
     offset = int_arg("offset", 0, 0, 2**62)

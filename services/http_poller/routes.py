@@ -9,7 +9,7 @@ from shared.models import CommandRequest
 from shared.openapi import describe
 from shared.pusher import Pusher
 from shared.timeutil import iso
-from shared.web import READINGS_QUERY, ApiError, json_response, parse_body, readings_response
+from shared.web import ApiError, add_readings_route, json_response, parse_body
 
 from .core import HttpPoller
 from .lan import ProbeSide
@@ -39,14 +39,7 @@ def sensors() -> Response:
     return json_response({"sensors": _poller().list(), "timestamp": iso()})
 
 
-@bp.get("/readings")
-@describe(query=READINGS_QUERY,
-          responses={200: "the sensors' last readings, a page of them", 400: "bad argument"})
-def readings() -> Response:
-    """``?offset=N&limit=M``: the last reading of the sensors ``offset`` to ``offset + M`` and
-    the next page's offset, what the aggregator's warm-up takes (``/sensors`` says much more
-    about each sensor, and all of them at once)."""
-    return readings_response(_poller().last_readings)
+add_readings_route(bp, lambda: _poller().last_readings)
 
 
 @bp.get("/sensor/<sensor_id>")

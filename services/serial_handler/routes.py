@@ -8,7 +8,7 @@ from shared.models import CommandRequest
 from shared.openapi import describe
 from shared.pusher import Pusher
 from shared.timeutil import iso
-from shared.web import READINGS_QUERY, json_response, parse_body, readings_response
+from shared.web import add_readings_route, json_response, parse_body
 
 from .core import SerialHandler
 
@@ -34,14 +34,7 @@ def sensors() -> Response:
     return json_response({"sensors": _handler().sensor_list(), "timestamp": iso()})
 
 
-@bp.get("/readings")
-@describe(query=READINGS_QUERY,
-          responses={200: "the sensors' last readings, a page of them", 400: "bad argument"})
-def readings() -> Response:
-    """``?offset=N&limit=M``: the last reading of the sensors ``offset`` to ``offset + M`` and
-    the next page's offset, what the aggregator's warm-up takes (``/sensors`` says much more
-    about each sensor, and all of them at once)."""
-    return readings_response(_handler().last_readings)
+add_readings_route(bp, lambda: _handler().last_readings)
 
 
 @bp.get("/sensor/<sensor_id>")

@@ -29,7 +29,7 @@ from shared.jsonutil import JSONDecodeError, loads
 from shared.openapi import describe
 from shared.timeutil import parse_iso
 from shared.topics import ID_RE
-from shared.web import ApiError, json_object_body, json_response, validation_message
+from shared.web import ApiError, int_arg, json_object_body, json_response, validation_message
 
 from .service import History, HistoryUnavailable
 from .store import CursorError, Page, StoreError
@@ -77,19 +77,6 @@ def _device_arg() -> str | None:
     return raw
 
 
-def _limit_arg(default: int) -> int:
-    raw = request.args.get("limit")
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ApiError(400, "invalid_argument", f"limit must be an integer, got {raw!r}") from exc
-    if not 1 <= value <= PAGE_MAX:
-        raise ApiError(400, "invalid_argument", f"limit must be 1..{PAGE_MAX}, got {value}")
-    return value
-
-
 def selection() -> dict[str, Any]:
     start, end = _time_arg("start_date"), _time_arg("end_date")
     if start is not None and end is not None and end <= start:
@@ -101,7 +88,7 @@ def selection() -> dict[str, Any]:
 @describe(query=READINGS_QUERY, responses={200: "a page of readings, oldest first",
                                           400: "bad argument", 503: "history unavailable"})
 def readings() -> Response:
-    page: Page = _history().query(**selection(), limit=_limit_arg(1000),
+    page: Page = _history().query(**selection(), limit=int_arg("limit", 1000, 1, PAGE_MAX, strict=True),
                                   cursor=request.args.get("cursor") or None)
     return json_response({"readings": page.readings, "count": len(page.readings),
                           "next_cursor": page.next_cursor})

@@ -31,7 +31,7 @@ from shared.master_models import (
 from shared.openapi import describe
 from shared.settings import Settings
 from shared.topics import validate_id
-from shared.web import ApiError, error_response, json_response, parse_body
+from shared.web import ApiError, error_response, int_arg, json_response, parse_body
 
 from .admin import MasterAdmin
 from .db import Database
@@ -91,16 +91,9 @@ def _row(value: int, what: str) -> int:
 
 
 def _int_arg(name: str, default: int | None, lo: int, hi: int) -> int | None:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ApiError(400, "invalid_argument", f"{name} must be an integer, got {raw!r}") from exc
-    if not lo <= value <= hi:
-        raise ApiError(400, "invalid_argument", f"{name} must be between {lo} and {hi}")
-    return value
+    if default is None and name not in request.args:
+        return None
+    return int_arg(name, lo if default is None else default, lo, hi, strict=True)
 
 
 @bp.before_request

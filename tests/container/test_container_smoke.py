@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,7 +48,6 @@ INSTANCE = "demo"
 IMAGE = "localhost/sensor-hub:test"
 # Generous: the first reading of every device, on a 2-core machine that may be busy.
 STARTUP_S = 90.0
-STOP_S = 5.0
 # The containers' own network namespace; the host's 127.0.0.1 is 10.0.2.2 in it.
 NETWORK = "slirp4netns:allow_host_loopback=true"
 HOST_LOOPBACK = "10.0.2.2"
@@ -379,12 +377,12 @@ def test_stop_publishes_retained_offline(hub: Hub) -> None:
     live = hub.subscribe(f"{hub.topic}/status")
     try:
         live.wait_for(lambda m: m.payload == b"online", timeout=STARTUP_S, what="'online' first")
-        started = time.monotonic()
         stopped = podman(hub.env, "stop", "--time", "30", hub.name, timeout=60)
-        took = time.monotonic() - started
         assert stopped.returncode == 0, stopped.stderr
-        # Well within docker stop's default of 10 s, after which the programs would be killed.
-        assert took < STOP_S, f"podman stop took {took:.1f} s\n{hub.logs()}"
+        # A graceful stop: supervisord exited 0 on the SIGTERM, not killed when the 30 s ran
+        # out (how long it takes is a bench figure: the start-up section's "graceful stop").
+        code = podman(hub.env, "inspect", "--format", "{{.State.ExitCode}}", hub.name)
+        assert code.stdout.strip() == "0", code.stdout + hub.logs()
         live.wait_for(
             lambda m: m.payload == b"offline" and m.retain,
             timeout=30,

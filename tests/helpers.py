@@ -88,9 +88,10 @@ def tmpfs(mount: Path, size: str) -> Iterator[Path]:
 
 
 def wait_for(condition: Callable[[], T | Literal[False] | None], *, timeout: float = 10.0,
-             interval: float = 0.02, what: str = "condition") -> T:
+             interval: float = 0.02, what: str | Callable[[], str] = "condition") -> T:
     """Poll ``condition`` until it returns something truthy (never ``None`` or ``False``, which
-    the type says); fail with ``what`` at the deadline."""
+    the type says); fail with ``what`` at the deadline (a callable is asked then, so a state it
+    reports is the deadline's, not the start's)."""
     deadline = time.monotonic() + timeout
     last: T | Literal[False] | None = None
     while time.monotonic() < deadline:
@@ -98,7 +99,8 @@ def wait_for(condition: Callable[[], T | Literal[False] | None], *, timeout: flo
         if last is not None and last is not False and last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
+    said = what() if callable(what) else what
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {said} (last: {last!r})")
 
 
 class Clock:

@@ -67,7 +67,7 @@ def test_a_copied_instance_file_stops_every_program_for_good_with_its_message_on
     programs = conf_programs()
     try:
         wait_for(lambda: all(stopped_for_good(inst, p) for p in programs), timeout=60,
-                 interval=0.2, what=f"{programs} FATAL: {states(inst)}\n{inst.log()}")
+                 interval=0.2, what=lambda: f"{programs} FATAL: {states(inst)}\n{inst.log()}")
         log = inst.log()
         for program in programs:
             assert log.count(f"spawned: '{program}'") == 1, log
@@ -97,12 +97,12 @@ def test_a_program_restarted_on_a_broken_file_stops_for_good_and_the_others_run_
                  timeout=60, where=lambda m: m.text == "online")
         # RUNNING, not only answering: supervisord calls a program RUNNING after startsecs (5 s).
         wait_for(lambda: all(states(inst).get(p) == "RUNNING" for p in programs), timeout=60,
-                 interval=0.2, what=f"every program RUNNING: {states(inst)}")
+                 interval=0.2, what=lambda: f"every program RUNNING: {states(inst)}")
         data["instance_id"] = "demo"  # an edit that breaks the file under the running instance
         (instances / "lab.json").write_text(json.dumps(data))
         inst.supervisorctl("restart", "serial-handler")
         wait_for(lambda: stopped_for_good(inst, "serial-handler"), timeout=30,
-                 interval=0.2, what=f"serial-handler FATAL: {states(inst)}\n{inst.log()}")
+                 interval=0.2, what=lambda: f"serial-handler FATAL: {states(inst)}\n{inst.log()}")
         log = inst.log()
         assert log.count("spawned: 'serial-handler'") == 2, log
         assert log.count("instance_id: is 'demo' but INSTANCE_NAME is 'lab'") == 1, log
@@ -132,13 +132,13 @@ def test_a_taken_port_stops_its_service_for_good_naming_the_holder(mosquitto: Br
         inst = Instance(env, f"{env['MQTT_BASE_TOPIC']}/v1/instances/busy", proc, output)
         try:
             wait_for(lambda: stopped_for_good(inst, "serial-handler"), timeout=60, interval=0.2,
-                     what=f"serial-handler FATAL: {states(inst)}\n{inst.log()}")
+                     what=lambda: f"serial-handler FATAL: {states(inst)}\n{inst.log()}")
             # The others run on: the bridge says online, and every program but one is RUNNING.
             retained(mosquitto.host, mosquitto.port, f"{inst.root_topic}/status", timeout=60,
                      where=lambda m: m.text == "online")
             wait_for(lambda: all(state == "RUNNING" for program, state in states(inst).items()
                                  if program != "serial-handler"), timeout=60, interval=0.2,
-                     what=f"the other programs RUNNING: {states(inst)}")
+                     what=lambda: f"the other programs RUNNING: {states(inst)}\n{inst.log()}")
             log = inst.log()
             assert log.count("spawned: 'serial-handler'") == 1, log
             said = [line for line in log.splitlines() if "cannot listen on" in line]

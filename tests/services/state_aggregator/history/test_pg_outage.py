@@ -24,14 +24,24 @@ def server() -> Iterator[Postgres]:
     pg.stop()
 
 
+def started(server: Postgres, database: str, *, halted: bool = False) -> History:
+    """A running history on a new database of ``server`` (stopped first when ``halted``), no
+    retention in the way."""
+    url = server.create_database(database)
+    if halted:
+        server.halt()
+    history = History(url, tz="UTC", limits=Limits(max_bytes=None, disk_percent=100),
+                      check_interval=3600)
+    history.start()
+    return history
+
+
 def batch(start: int, n: int) -> list[ReadingObs]:
     return [ReadingObs(device_id="s", ts=T0 + i, values={"i": i}) for i in range(start, start + n)]
 
 
 def test_a_server_restart_loses_no_reading(server: Postgres) -> None:
-    history = History(server.create_database("outage"), tz="UTC",
-                      limits=Limits(max_bytes=None, disk_percent=100), check_interval=3600)
-    history.start()
+    history = started(server, "outage")
     try:
         assert history.writer is not None and history.store is not None
         history.append(batch(0, 100))
@@ -57,11 +67,7 @@ def test_a_server_away_at_the_start_is_connected_when_it_answers(server: Postgre
     """The aggregator starts while its server is down: the history is made all the same, says
     ``degraded`` (one reason, ``unavailable``), queues the readings, and once the server answers
     it connects, creates its schema and stores every reading queued meanwhile."""
-    url = server.create_database("late")
-    server.halt()
-    history = History(url, tz="UTC", limits=Limits(max_bytes=None, disk_percent=100),
-                      check_interval=3600)
-    history.start()
+    history = started(server, "late", halted=True)
     try:
         assert history.writer is not None and history.store is not None
         health = history.health()
@@ -79,11 +85,7 @@ def test_a_server_away_at_the_start_is_connected_when_it_answers(server: Postgre
 
 
 def test_with_nothing_to_write_the_history_still_reconnects(server: Postgres) -> None:
-    url = server.create_database("idle")
-    server.halt()
-    history = History(url, tz="UTC", limits=Limits(max_bytes=None, disk_percent=100),
-                      check_interval=3600)
-    history.start()
+    history = started(server, "idle", halted=True)
     try:
         assert history.health()["state"] == "degraded"
         server.serve()

@@ -26,6 +26,7 @@ CONFIG_ERROR_EXIT = 2
 """A program's exit status for a configuration error. supervisord.conf lists it in
 ``exitcodes``: a program that stops on a bad configuration is not restarted, since retrying
 would only print the same message again."""
+HEALTH_ASK_TIMEOUT_S = 5.0  # see wait_for_health
 
 
 def check_config() -> tuple[Settings, Instance]:
@@ -57,7 +58,10 @@ def load_config(process: str) -> tuple[Settings, Instance]:
 
 def wait_for_health(urls: Sequence[str], *, secret: str, deadline_s: float = 60.0) -> None:
     """Poll each internal service's ``{url}/health`` (with the instance's ``secret``) until it
-    answers 200; exit 1 when the deadline passes."""
+    answers 200; exit 1 when the deadline passes. A request may take ``HEALTH_ASK_TIMEOUT_S``:
+    the aggregator's answer includes its handlers', each asked with a 1 s timeout, so a handler
+    that holds a connection without answering makes it a second late, and a shorter timeout
+    here never saw it answer (a program waiting on it then gave up after a minute)."""
     import requests  # here, not at the top: load_config runs before any heavy import
 
     from shared.internal import HEADER
@@ -69,7 +73,7 @@ def wait_for_health(urls: Sequence[str], *, secret: str, deadline_s: float = 60.
         end = time.monotonic() + deadline_s
         while True:
             try:
-                if session.get(f"{url}/health", timeout=1.0).status_code == 200:
+                if session.get(f"{url}/health", timeout=HEALTH_ASK_TIMEOUT_S).status_code == 200:
                     break
             except requests.RequestException:
                 pass

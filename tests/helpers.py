@@ -328,8 +328,10 @@ def iter_lines(path: Path) -> Iterator[str]:
 
 
 def retained(host: str, port: int, topic: str, *, timeout: float = 10.0,
-             where: Callable[[Received], bool] = lambda _m: True) -> Received:
-    """What the broker keeps retained on ``topic``, as a new subscriber receives it."""
+             where: Callable[[Received], bool] = lambda _m: True,
+             what: str | Callable[[], str] | None = None) -> Received:
+    """What the broker keeps retained on ``topic``, as a new subscriber receives it; ``what``
+    says more at the deadline (as ``wait_for``'s)."""
     def look() -> Received | None:
         sub = Subscriber(host, port).subscribe(topic)
         try:
@@ -340,7 +342,8 @@ def retained(host: str, port: int, topic: str, *, timeout: float = 10.0,
             return None
         finally:
             sub.close()
-    return wait_for(look, timeout=timeout, interval=0.1, what=f"a retained message on {topic}")
+    return wait_for(look, timeout=timeout, interval=0.1,
+                    what=what or f"a retained message on {topic}")
 
 
 class Recorder:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -54,6 +55,7 @@ from .registry import Device, InstanceRegistry, RegistryRefusal, refusal
 log = logging.getLogger(__name__)
 
 SNAPSHOT_WARM_WAIT_S = 5.0
+HANDLER_HEALTH_TIMEOUT_S = 1.0
 BATCH_IDS_REMEMBERED = 10_000  # a handler resends its one unanswered batch, not thousands
 WARM_UP_PAGE = 1_000  # sensors per page of a handler's last readings
 
@@ -568,14 +570,21 @@ class Aggregator:
 
     # --- health ----------------------------------------------------------------------------------
     def handler_health(self) -> dict[str, str]:
-        result: dict[str, str] = {}
-        for client in self.handlers.values():
+        """Each handler's ``/health``, asked at once: a handler that does not answer costs
+        ``HANDLER_HEALTH_TIMEOUT_S``, not that times the handlers, and this ``/health`` answers
+        within it (the programs that wait for the aggregator ask it with a longer timeout)."""
+        def ask(client: RestClient) -> str:
             try:
-                client.get("/health", timeout=1.0)
-                result[client.name] = "running"
+                client.get("/health", timeout=HANDLER_HEALTH_TIMEOUT_S)
+                return "running"
             except ServiceError:
-                result[client.name] = "down"
-        return result
+                return "down"
+
+        clients = list(self.handlers.values())
+        if not clients:
+            return {}
+        with ThreadPoolExecutor(max_workers=len(clients), thread_name_prefix="health") as pool:
+            return dict(zip((c.name for c in clients), pool.map(ask, clients), strict=True))
 
     def counts(self) -> dict[str, int]:
         now = self.clock()

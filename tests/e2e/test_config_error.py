@@ -135,7 +135,8 @@ def test_a_taken_port_stops_its_service_for_good_naming_the_holder(mosquitto: Br
                      what=lambda: f"serial-handler FATAL: {states(inst)}\n{inst.log()}")
             # The others run on: the bridge says online, and every program but one is RUNNING.
             retained(mosquitto.host, mosquitto.port, f"{inst.root_topic}/status", timeout=60,
-                     where=lambda m: m.text == "online")
+                     where=lambda m: m.text == "online",
+                     what=lambda: f"the bridge online: {states(inst)}\n{inst.log()}")
             wait_for(lambda: all(state == "RUNNING" for program, state in states(inst).items()
                                  if program != "serial-handler"), timeout=60, interval=0.2,
                      what=lambda: f"the other programs RUNNING: {states(inst)}\n{inst.log()}")

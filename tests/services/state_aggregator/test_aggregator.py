@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from shared.models import (
     StateChange,
 )
 from shared.rest import RestClient
+from tests.connector.conftest import serve
 from tests.helpers import Clock
 
 INSTANCE = parse_instance({
@@ -236,6 +238,33 @@ def test_health_reports_dead_handlers(client: FlaskClient) -> None:
     health = body(client.get("/health"))
     assert health["status"] == "degraded"
     assert health["handlers"] == {"serial-handler": "down", "http-poller": "down"}
+
+
+def test_the_handlers_are_asked_for_their_health_at_once(clock: Clock) -> None:
+    """Each handler's /health answers only once both were asked: asked one after the other, the
+    first waits out the aggregator's timeout (a handler that does not answer cost the callers
+    of /health, which time out too, the whole answer)."""
+    both_asked = threading.Barrier(2, timeout=5)
+
+    def handler(environ: Any, start_response: Any) -> list[bytes]:
+        try:
+            both_asked.wait()
+        except threading.BrokenBarrierError:
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"asked alone"]
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b'{"status": "ok"}']
+
+    servers = [serve(handler), serve(handler)]
+    try:
+        handlers = {name: RestClient(f"http://127.0.0.1:{server.server_port}", name=name)
+                    for name, server in zip(("serial-handler", "http-poller"), servers,
+                                            strict=True)}
+        agg = Aggregator(INSTANCE, handlers=handlers, cache_ttl=10, poll_interval=5, clock=clock)
+        assert agg.handler_health() == {"serial-handler": "running", "http-poller": "running"}
+    finally:
+        for server in servers:
+            server.shutdown()
 
 
 def test_snapshot_and_changes_carry_the_shared_models(client: FlaskClient, agg: Aggregator,

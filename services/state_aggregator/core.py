@@ -50,7 +50,7 @@ from shared.timeutil import iso
 from .changes import ChangeLog
 from .outbox.service import Outbox
 from .persist import Registration, RegistryStore
-from .registry import Device, InstanceRegistry, RegistryRefusal, refusal
+from .registry import Device, InstanceRegistry, RegistryRefusal, refusal, shape
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,7 @@ class Aggregator:
         for state in outbox.states():
             device = self.devices.get(state.device_id)
             if device is not None:
-                device.state = state
-                device.device_seq = state.device_seq
+                device.keep(state)
         for batch_id, accepted, rejected in outbox.batch_answers(BATCH_IDS_REMEMBERED):
             self._batches[batch_id] = (accepted, rejected)
 
@@ -197,20 +196,31 @@ class Aggregator:
         return accepted, rejected
 
     def _apply_reading(self, device: Device, reading: ReadingObs, now: float) -> None:
-        last = device.state
-        if last is not None and reading.ts <= last.ts:
+        last_ts = device.state_ts
+        if last_ts is not None and reading.ts <= last_ts:
             # Older than what we hold (or the same reading again): it must not roll the state
             # back.
             self.counters["stale"] += 1
             return
         self.counters["readings"] += 1
-        values = reading.values if last is None else {**last.values, **reading.values}
-        device.device_seq += 1
-        device_seq = device.device_seq
+        values = reading.values
+        sampled = tuple(values)
+        names = device.names
+        if sampled == names:  # every property again, the usual reading: nothing to merge
+            sampled = names
+        elif last_ts is None:
+            sampled = names = shape(sampled)
+        else:
+            values = {**device.values, **values}
+            sampled, names = shape(sampled), shape(tuple(values))
+        device_seq = device.device_seq + 1
         # trusted: every part comes from a validated reading (one state per reading: measured)
-        device.state = self.changes.append(lambda seq: trusted(
+        change = self.changes.append(lambda seq: trusted(
             StateChange, seq=seq, device_seq=device_seq, device_id=device.device_id,
-            ts=reading.ts, values=values, sampled=list(reading.values)))
+            ts=reading.ts, values=values, sampled=list(sampled)))
+        # The state is kept as these fields, not as the model: the change log has its JSON.
+        device.state_ts, device.state_seq, device.device_seq = reading.ts, change.seq, device_seq
+        device.names, device.readings, device.sampled = names, tuple(values.values()), sampled
         device.cached_at = now
         device.last_seen = reading.ts if device.last_seen is None else max(device.last_seen, reading.ts)
 
@@ -470,7 +480,7 @@ class Aggregator:
         device = self.device(device_id)
         now = self.clock()
         with self._lock:
-            stored = device.cached_at if device.state is not None else None
+            stored = device.cached_at if device.state_ts is not None else None
             age = None if stored is None else now - stored
             if age is not None and age < self.cache_ttl:
                 self.cache_counters["hits"] += 1
@@ -485,7 +495,7 @@ class Aggregator:
         now = self.clock()
         with self._lock:
             stored = [d.cached_at for d in self.devices.values()
-                      if d.state is not None and d.cached_at is not None]
+                      if d.state_ts is not None and d.cached_at is not None]
             hits, misses = self.cache_counters["hits"], self.cache_counters["misses"]
             return {"ttl": self.cache_ttl, "size": len(stored),
                     "live": sum(1 for t in stored if now - t < self.cache_ttl),
@@ -525,11 +535,11 @@ class Aggregator:
     def _device_view(self, device: Device, now: float, *, cached: bool,
                      age: float) -> dict[str, Any]:
         with self._lock:
-            state = device.state
+            ts = device.state_ts
             return {**device.info(now).model_dump(),
-                    "state": {} if state is None else state.values,
-                    "timestamp": None if state is None else iso(state.ts),
-                    "device_seq": None if state is None else state.device_seq,
+                    "state": device.values,
+                    "timestamp": None if ts is None else iso(ts),
+                    "device_seq": None if ts is None else device.device_seq,
                     "cached": cached, "cache_age": round(age, 3)}
 
     def _handler(self, device: Device) -> RestClient:

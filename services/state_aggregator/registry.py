@@ -2,8 +2,12 @@
 
 Availability is derived from ``last_seen`` and the device's cadence each time it is asked for;
 ``announced`` only remembers what the change log last said, so that transitions can be found.
-``state`` is the device's last ``StateChange`` as the change log carried it: the snapshot and
-``/device/{id}`` serve that object, nothing rebuilt by hand.
+
+A device's last state is kept in a few fields of its entry (its change's numbers, its time, its
+values as a shared tuple of names and a tuple of values), not as the ``StateChange`` model the
+change log carried (about 0.6 KB more a device: the model, its dict, a values dict, a ``sampled``
+list): ``Device.state`` makes that model again, equal to it field for field, when the snapshot
+or ``/device/{id}`` asks.
 """
 
 from __future__ import annotations
@@ -14,13 +18,30 @@ from typing import Any
 
 from shared.errors import HubError
 from shared.instance import HttpSource, Instance, SensorConfig, SerialSource
-from shared.models import DeviceInfo, Source, StateChange
+from shared.models import DeviceInfo, Source, StateChange, trusted
 from shared.processes import WEB
 
 MIN_OFFLINE_AFTER = 30.0
 # Pushers (by their source name) that speak for clients on the LAN: they may write probes only,
 # so a probe_id equal to a serial sensor's or hub_system's id cannot overwrite that device.
 LAN_WRITERS = frozenset({WEB.name})
+
+
+# One tuple per set of property names, shared by every device whose values have those names (a
+# tuple per device otherwise). Bounded: a pusher inventing names cannot grow it without end;
+# clearing it only stops the sharing of the shapes seen so far.
+_SHAPES: dict[tuple[str, ...], tuple[str, ...]] = {}
+MAX_SHAPES = 4096
+
+
+def shape(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` as the one tuple every device with these property names shares."""
+    known = _SHAPES.get(names)
+    if known is None:
+        if len(_SHAPES) >= MAX_SHAPES:
+            _SHAPES.clear()
+        known = _SHAPES[names] = names
+    return known
 
 
 class RegistryRefusal(HubError):
@@ -49,18 +70,39 @@ class Device:
     units: dict[str, str] = field(default_factory=dict)
     last_seen: float | None = None
     link_down: str | None = None
-    state: StateChange | None = None
+    # The last state (``state`` makes its model again); ``state_ts`` None: none yet.
+    state_ts: float | None = None
+    state_seq: int = 0  # its change's position in the change log
     device_seq: int = 0  # states this device has had since the aggregator started
-    cached_at: float | None = None  # when ``state`` was stored; None after /cache/clear
+    names: tuple[str, ...] = ()  # its property names: one tuple shared by the devices (``shape``)
+    readings: tuple[Any, ...] = ()  # their values, in that order
+    sampled: tuple[str, ...] = ()  # what the reading that made it carried (``shape``)
+    cached_at: float | None = None  # when the state was stored; None after /cache/clear
     announced: bool = False
 
     @property
-    def state_ts(self) -> float | None:
-        return None if self.state is None else self.state.ts
+    def state(self) -> StateChange | None:
+        """The last state as the change log carried it: the same model, made again (not
+        validated again: it is the hub's own data)."""
+        if self.state_ts is None:
+            return None
+        # The fields in the order of the change the log carried, as the snapshot's JSON does.
+        return trusted(StateChange, seq=self.state_seq, device_seq=self.device_seq,
+                       device_id=self.device_id, ts=self.state_ts, values=self.values,
+                       sampled=list(self.sampled))
 
     @property
     def values(self) -> dict[str, Any]:
-        return {} if self.state is None else self.state.values
+        """The last state's values, in the order its change had them (the aggregator reads them
+        under its lock; without it a reading may be caught between ``names`` and ``readings``)."""
+        return dict(zip(self.names, self.readings, strict=False))
+
+    def keep(self, change: StateChange) -> None:
+        """Hold ``change`` as the last state (a restart's states from the durable log; ingest
+        sets the same fields itself, without making the tuples again)."""
+        self.state_ts, self.state_seq, self.device_seq = change.ts, change.seq, change.device_seq
+        self.names, self.readings = shape(tuple(change.values)), tuple(change.values.values())
+        self.sampled = shape(tuple(change.sampled))
 
     @property
     def offline_after(self) -> float:
@@ -114,9 +156,11 @@ def build_registry(instance: Instance, *, poll_interval: float,
     # Sensors with the same units share one dict (about 0.2 KB a device otherwise); nothing
     # changes a device's units in place (``DeviceInfo`` takes a copy).
     units: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+    intervals: dict[float, float] = {}  # and one float per interval (each sensor parsed its own)
     for sensor in instance.config.sensors:
         default = poll_interval if sensor.source.type == "http" else update_interval
-        device = _from_sensor(sensor, instance.interval_of(sensor, default))
+        interval = instance.interval_of(sensor, default)
+        device = _from_sensor(sensor, intervals.setdefault(interval, interval))
         device.units = units.setdefault(tuple(device.units.items()), device.units)
         devices[sensor.sensor_id] = device
     return devices

@@ -28,6 +28,7 @@ from shared.models import (
     StateChange,
 )
 from shared.rest import RestClient
+from shared.timeutil import iso
 from tests.connector.conftest import serve
 from tests.helpers import Clock
 
@@ -281,6 +282,41 @@ def test_snapshot_and_changes_carry_the_shared_models(client: FlaskClient, agg: 
     assert states["temp"] is not None and states["temp"].seq == 3  # its real log position
     assert (states["temp"].device_seq, states["temp"].values) == (2, {"t": 21, "h": 1})
     assert states["relay"] is None and snap.seq == agg.changes.seq
+
+
+def test_the_snapshot_and_device_serve_each_last_state_byte_for_byte_as_the_log_carried_it(
+        client: FlaskClient, agg: Aggregator, clock: Clock) -> None:
+    """The registry keeps a device's last state as a compact tuple, not the model the change
+    log carried: what ``/snapshot`` and ``/device/{id}`` make of it again is the log's JSON,
+    byte for byte (the values' order after merges, their types, the reading's ``sampled``)."""
+    t = clock.now
+    client.post("/ingest", json={"source": "t", "items": [
+        {"kind": "reading", "device_id": "temp", "ts": t, "values": {"t": 20, "h": 1.5}},
+        {"kind": "reading", "device_id": "temp", "ts": t + 1, "values": {"t": 21}},  # a merge
+        {"kind": "reading", "device_id": "temp", "ts": t + 2,
+         "values": {"h": 2, "t": 22.25}},  # every property, in another order: still t, h
+        {"kind": "reading", "device_id": "relay", "ts": t + 0.5,
+         "values": {"state": "on", "raw": None, "cfg": {"a": [1, True]}}},
+        {"kind": "reading", "device_id": "relay", "ts": t + 1.5,
+         "values": {"state": "off", "raw": None, "cfg": {"a": [1, True]}}}]})
+    carried: dict[str, bytes] = {}
+    for item in agg.changes.since_json(0)[2]:
+        change = json.loads(item)
+        if change["kind"] == "state":
+            carried[change["device_id"]] = item
+    assert json.loads(carried["temp"])["values"] == {"t": 22.25, "h": 2}
+    snapshot = client.get("/snapshot").data
+    for device_id in ("temp", "relay"):
+        assert b'"state":' + carried[device_id] + b"}" in snapshot, device_id
+    assert snapshot.count(b'"state":null') == 1  # slow: no state yet
+    assert agg.snapshot_json() == snapshot
+    for device_id in ("temp", "relay"):
+        view = client.get(f"/device/{device_id}").data
+        change = json.loads(carried[device_id])
+        assert (b'"state":' + carried[device_id].split(b'"values":')[1].split(b',"sampled"')[0]
+                in view), device_id
+        assert json.loads(view)["device_seq"] == change["device_seq"]
+        assert json.loads(view)["timestamp"] == iso(change["ts"])
 
 
 def test_the_snapshot_json_made_in_chunks_is_the_snapshot(agg: Aggregator, clock: Clock) -> None:

@@ -58,9 +58,10 @@ def analysis(r: dict[str, Any]) -> list[str]:
         big = r["scale"]["sizes"][-1]
         msgs = big["devices"] * 3  # state + state/temperature + state/seq
         share = big["cpu_s"].get("mqtt-bridge", 0) / big["cpu_s_total"] if big["cpu_s_total"] else 0
-        notes.append(f"scale: a cycle of {big['devices']:,} devices is {msgs:,} QoS 1 messages "
-                     f"(state + one per sampled property); at this run's bare-paho QoS 1 ceiling "
-                     f"({q1:,} msgs/s) that alone takes {msgs / q1:.2f} s; the bridge used "
+        notes.append(f"scale: a cycle of {big['devices']:,} devices is {msgs:,} messages (the "
+                     f"state at MQTT_QOS 1, one per sampled property at MQTT_PROPERTY_QOS 0); "
+                     f"at this run's bare-paho QoS 1 ceiling ({q1:,} msgs/s) they would take "
+                     f"{msgs / q1:.2f} s, an upper bound; the bridge used "
                      f"{share * 100:.0f} % of the cycle's CPU")
     return notes
 

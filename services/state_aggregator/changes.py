@@ -5,8 +5,10 @@ changes as have piled up, so the bridge makes a constant number of calls however
 there are.
 
 The shared change models (``StateChange`` ...) are built once when the change happens and kept
-as their JSON (one ``bytes`` each, a small part of the model with its dicts): ``/changes``
-joins them as they are, and nothing is encoded again per reader. The log is bounded by count
+as their JSON, one after the other in one buffer with an array of where each ends (a ``bytes``
+object each cost about 40 bytes more a change, and thousands of small objects kept among the
+ingest's short-lived ones): ``/changes`` joins them as they are, and nothing is encoded again
+per reader. The log is bounded by count
 and by bytes (``CHANGELOG_MAX``, ``CHANGELOG_MAX_MB``): past either, the oldest changes go (down
 to three quarters of the bound, so trimming is rare), and a reader that falls behind them gets
 ``resync`` and reloads the snapshot, which holds every device's last state.
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import threading
 import uuid
+from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,8 +76,9 @@ class ChangeLog:
         self.epoch: str = stored or uuid.uuid4().hex[:12]
         self._capacity = capacity
         self._max_bytes = max_bytes
-        self._items: list[bytes] = []  # each change as its JSON, in seq order
-        self._bytes = 0  # their total length
+        self._json = bytearray()  # every change held, as its JSON, one after the other
+        self._ends = array("Q")  # where each ends, counted from the first change ever held
+        self._cut = 0  # how many bytes of changes the bounds dropped (where ``_json`` starts)
         self._seq = self._outbox.last_seq() if self._outbox is not None else 0
         self._first = self._seq + 1  # seq of self._items[0]
         self.trimmed = 0  # changes dropped by the bounds since start
@@ -96,16 +101,16 @@ class ChangeLog:
         frozen, so the number goes in as it is built) and wake the waiting readers."""
         with self._cond:
             change = make(self._seq + 1)
-            # A copy of exactly its length: orjson's own result keeps its whole 4 KB buffer
-            # (measured with tracemalloc: 4,098 B for a 100-byte change, 108 B copied).
-            data = bytes(memoryview(to_json(change)))
+            data = to_json(change)  # the buffer takes a copy
             self._seq += 1
-            self._items.append(data)
-            self._bytes += len(data)
-            if len(self._items) > self._capacity or self._bytes > self._max_bytes:
+            self._json += data
+            self._ends.append(self._cut + len(self._json))
+            if len(self._ends) > self._capacity or len(self._json) > self._max_bytes:
                 self._trim()
             if self._outbox is not None:
-                self._unsaved.append((change, data))
+                # A copy of exactly its length until the batch is saved: orjson's own result
+                # keeps its whole 4 KB buffer (tracemalloc: 4,098 B for a 100-byte change).
+                self._unsaved.append((change, bytes(memoryview(data))))
             if not self._batching:
                 self._save(None)
                 self._cond.notify_all()
@@ -114,20 +119,40 @@ class ChangeLog:
     def _trim(self) -> None:
         """Drop the oldest changes until both bounds have a quarter of room again."""
         keep_n, keep_bytes = int(self._capacity * KEEP), int(self._max_bytes * KEEP)
-        drop = max(0, len(self._items) - keep_n)
-        freed = sum(map(len, self._items[:drop]))
-        while self._bytes - freed > keep_bytes and drop < len(self._items) - 1:
-            freed += len(self._items[drop])
-            drop += 1
-        del self._items[:drop]
-        self._bytes -= freed
+        held = len(self._ends)
+        drop = max(0, held - keep_n)
+        if len(self._json) > keep_bytes:  # the fewest oldest changes that leave keep_bytes
+            fewest = bisect_left(self._ends, self._cut + len(self._json) - keep_bytes) + 1
+            drop = max(drop, min(fewest, held - 1))  # the newest change stays, however large
+        if not drop:
+            return
+        freed = self._ends[drop - 1] - self._cut
+        del self._json[:freed]  # the front of a bytearray goes without moving the rest
+        del self._ends[:drop]
+        self._cut += freed
         self._first += drop
         self.trimmed += drop
+
+    def _held(self, start: int, stop: int) -> list[bytes]:
+        """The held changes from index ``start`` to ``stop`` (0: the oldest held), a ``bytes``
+        each (with the lock held)."""
+        ends, cut = self._ends[start:stop], self._cut
+        if not ends:
+            return []
+        first = self._ends[start - 1] - cut if start else 0
+        with memoryview(self._json) as view:  # released at once: a view stops the buffer growing
+            chunk = view[first:ends[-1] - cut].tobytes()
+        out: list[bytes] = []
+        begin, shift = 0, cut + first
+        for end in ends:
+            out.append(chunk[begin:end - shift])
+            begin = end - shift
+        return out
 
     def stats(self) -> dict[str, int]:
         """What the log holds now, and its bounds (``/health``)."""
         with self._cond:
-            return {"changes": len(self._items), "bytes": self._bytes,
+            return {"changes": len(self._ends), "bytes": len(self._json),
                     "max_changes": self._capacity, "max_bytes": self._max_bytes,
                     "trimmed": self.trimmed}
 
@@ -174,7 +199,7 @@ class ChangeLog:
                 return self._seq, True, []
             if seq + 1 >= self._first:
                 start = seq + 1 - self._first
-                items = self._items[start : start + limit]
+                items = self._held(start, start + limit)
                 last = self._first + start + len(items) - 1 if items else self._seq
                 return last, False, items
             first = self._first
@@ -203,7 +228,7 @@ class ChangeLog:
                 return [], []
             if since + 1 >= self._first:
                 start = since + 1 - self._first
-                items = self._items[start : until + 1 - self._first]
+                items: list[bytes] | None = self._held(start, until + 1 - self._first)
             else:
                 items = None
                 if self._outbox is None or since < self._unstored:

@@ -3,10 +3,14 @@ fell behind them is told to resync (it reloads the snapshot)."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.state_aggregator.changes import ChangeLog
-from shared.models import EventChange, StateChange, trusted
+from shared.models import EventChange, StateChange, to_json, trusted
 
 
 def _state(seq: int, n: int = 1) -> StateChange:
@@ -38,6 +42,10 @@ def test_the_byte_bound_holds_whatever_the_size_of_the_changes() -> None:
     assert not resync and len(changes) == stats["changes"] and last == 2000
 
 
+def _sized(seq: int, *, n: int) -> StateChange:
+    return _state(seq, n)
+
+
 @pytest.mark.parametrize("limit", [1, 3, 10_000])
 def test_pages_carry_the_changes_as_built_in_order(limit: int) -> None:
     log = ChangeLog()
@@ -50,3 +58,29 @@ def test_pages_carry_the_changes_as_built_in_order(limit: int) -> None:
     assert not resync and page == built[:limit] and last == built[:limit][-1].seq
     json_last, _, raw = log.since_json(0, limit=limit)
     assert json_last == last and len(raw) == len(page)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 40), min_size=1, max_size=120),
+       capacity=st.integers(1, 50), max_bytes=st.integers(1, 6000),
+       readers=st.lists(st.integers(0, 130), max_size=5))
+def test_every_page_is_the_json_of_the_changes_as_appended_across_trims(
+        sizes: list[int], capacity: int, max_bytes: int, readers: list[int]) -> None:
+    """The log keeps its changes in one buffer with their ends: whatever the bounds dropped, a
+    page from any held position is each change's own JSON, in order, and the held bytes are
+    theirs."""
+    log = ChangeLog(capacity=capacity, max_bytes=max_bytes)
+    appended: list[bytes] = []
+    for n in sizes:
+        appended.append(to_json(log.append(partial(_sized, n=n))))
+        stats = log.stats()
+        held = appended[len(appended) - stats["changes"]:]
+        assert stats["bytes"] == sum(map(len, held))
+        assert log.since_json(len(appended) - len(held))[2] == held
+        for seq in readers:
+            last, resync, page = log.since_json(seq, limit=7)
+            if seq < len(appended) - len(held):
+                assert resync  # behind the bounds: reload the snapshot
+            elif seq <= len(appended):
+                assert not resync and page == appended[seq:seq + 7]
+                assert last == (seq + len(page) if page else len(appended))

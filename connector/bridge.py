@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from shared.compact import give_back_soon
 from shared.instance import Instance
 from shared.mqtt import MqttClient, Tls, Will
 from shared.rest import RestClient
@@ -94,6 +95,7 @@ class Bridge:
         # The features took what they need of the sensors (discovery: their declared
         # properties); the instance file's sensor models (about 2.3 KB a sensor) are let go.
         self.ctx.instance = slim(instance)
+        give_back_soon()
         self.running: list[Feature] = []
         self.dispatch: dict[RouteKind, Inbound] = {}
         self._stopped = threading.Event()

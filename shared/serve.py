@@ -121,3 +121,20 @@ def die_with_parent(parent_pid: int) -> None:
 def post_fork(server: Any, worker: Any) -> None:
     """gunicorn hook, in the worker right after the fork."""
     die_with_parent(server.pid)
+
+
+def post_worker_init(worker: Any) -> None:
+    """gunicorn hook, in the worker once the app is loaded: what loading the instance file
+    freed goes back to the system (``shared.compact.give_back_soon``)."""
+    from shared.compact import give_back_soon
+
+    give_back_soon()
+
+
+def post_request(worker: Any, req: Any, environ: Any, resp: Any) -> None:
+    """gunicorn hook, in the worker after each request: a request's peak (an ingest batch, a
+    page of changes, a snapshot) goes back to the system once requests pause (a burst of them
+    gets one trim, after it; see ``shared.compact.give_back_soon``)."""
+    from shared.compact import give_back_soon
+
+    give_back_soon()

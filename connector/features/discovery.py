@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from shared import CONNECTOR_TYPE, __version__
+from shared.compact import give_back_soon
 from shared.errors import TopicError
 from shared.instance import Instance, PropertySpec
 from shared.models import to_json
@@ -123,6 +124,7 @@ class DiscoveryFeature(Feature):
                 continue
             try:
                 self._round()
+                give_back_soon()  # the round's views and configs are gone
             except Exception:
                 log.exception("discovery round failed; retrying")
                 self._stop.wait(CHECK_EVERY_S)

@@ -32,6 +32,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from shared.compact import give_back_soon
 from shared.errors import ServiceError
 from shared.models import Change, ChangesPage
 from shared.mqtt import Delivery
@@ -303,6 +304,8 @@ class StateFeature(Feature):
                 self._handle(item, generation)
             except Exception:
                 log.exception("publishing %s failed", type(item).__name__)
+            del item  # a page of changes, a snapshot's records: free before the trim
+            give_back_soon()
 
     def _wait_for_session(self) -> int | None:
         """The current session's generation once it is live (connected and ``online`` out);

@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -188,6 +189,48 @@ def test_supervisorctl_shows_every_program_running(demo: Instance) -> None:
                       == len(PROCESS_NAMES) and r, timeout=20, what="every program RUNNING")
     for name in PROCESS_NAMES:
         assert name in result.stdout
+
+
+def environ(pid: int) -> dict[str, str]:
+    """The environment ``pid`` was started with."""
+    raw = (Path("/proc") / str(pid) / "environ").read_bytes()
+    return dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # after the command's closing parenthesis: state, then the parent's pid
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue  # a process that ended meanwhile
+    return found
+
+
+# supervisord.conf's allocator settings, each measured (bench/README.md, memory per device)
+GLIBC = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072",
+         "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+def test_every_program_runs_with_the_allocator_settings_of_the_config(demo: Instance) -> None:
+    """The settings come from supervisord.conf (not from the test's environment) and reach
+    each program's processes as they run, the gunicorn workers too; Python's own allocator
+    stays (``PYTHONMALLOC=malloc`` was measured: more memory, more CPU)."""
+    assert not {"PYTHONMALLOC", *GLIBC} & demo.env.keys()
+    def pid_of(name: str) -> int | None:
+        pid = demo.supervisorctl("pid", name).stdout.strip()
+        return int(pid) if pid.isdigit() and pid != "0" else None
+
+    for name in PROCESS_NAMES:
+        pid = wait_for(lambda: pid_of(name), timeout=20, what=f"{name}'s pid")  # noqa: B023
+        pids = [pid, *children(pid)]
+        assert len(pids) == (1 if name == "mqtt-bridge" else 2), (name, pids)  # master + worker
+        for p in pids:
+            env = environ(p)
+            assert {k: env.get(k) for k in GLIBC} == GLIBC, (name, p)
+            assert "PYTHONMALLOC" not in env, (name, p)
 
 
 def test_supervisorctl_restart_brings_the_bridge_back_publishing_once(

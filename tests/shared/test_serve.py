@@ -1,5 +1,6 @@
-"""shared.serve: the gunicorn master's command line, and the worker's parent-death guard with
-real processes (a parent killed with SIGKILL must take its child along)."""
+"""shared.serve: the gunicorn master's command line, the worker's parent-death guard with
+real processes (a parent killed with SIGKILL must take its child along), and the hook that gives
+a request's peak back to the system, in a real gunicorn."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import requests
+
+from shared.compact import MAX_WAIT_S, QUIET_S
 from shared.processes import STATE_AGGREGATOR, WEB
 from shared.serve import Spec, gunicorn_args
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 
 # A parent that forks a child; the child asks to die with its parent, then waits for ever. The
 # parent prints the child's pid and waits for ever too (until the test kills it).
@@ -65,3 +69,42 @@ def test_the_master_loads_the_app_in_the_worker_only() -> None:
     assert web.count("--keep-alive") == 1
     assert web[web.index("--worker-class") + 1] == "services.web.worker.LanWorker"
 
+
+
+def test_a_requests_peak_goes_back_to_the_system_after_it() -> None:
+    """gunicorn with this module as its config (as every service runs) and a gthread worker:
+    a request that freed a peak (a few of its objects kept) leaves the worker's RSS where the
+    peak took it until the ``post_request`` hook's trim; then the peak is given back."""
+    port = free_port()
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHONMALLOC", "MALLOC_"))}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--config", "python:shared.serve", "--bind",
+         f"127.0.0.1:{port}", "--worker-class", "gthread", "--threads", "2", "--workers", "1",
+         "--no-control-socket", "tests.shared.peak_app:app"],
+        cwd=root, env={**env, "PYTHONPATH": str(root)}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def rss_and_trims(path: str = "/rss") -> tuple[float, int] | None:
+        try:
+            rss, trims = requests.get(f"{url}{path}", timeout=60).text.split()
+        except requests.RequestException:
+            return None
+        return float(rss), int(trims)
+
+    # Polled less often than QUIET_S: each request asks for a trim, and one that comes sooner
+    # postpones it (up to MAX_WAIT_S).
+    try:
+        # the worker's own trim after loading the app (post_worker_init) is behind it
+        idle, _ = wait_for(lambda: (r := rss_and_trims()) is not None and r[1] >= 1 and r,
+                           timeout=30, interval=2 * QUIET_S,
+                           what="gunicorn serving, its start-up trim made")
+        rss, trims = wait_for(lambda: rss_and_trims("/peak"))
+        assert rss > idle + 50  # freed, and still held: the peak is real
+        wait_for(lambda: (r := rss_and_trims()) is not None and r[0] < idle + 10 and r[1] > trims,
+                 timeout=MAX_WAIT_S + 10, interval=2 * QUIET_S,
+                 what=lambda: f"the peak given back ({rss_and_trims()}, idle {idle})")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(10)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from connector.ha.ledger import FILE_NAME, Entry, Ledger, fingerprint, plan
+import orjson
+import pytest
+
+from connector.ha import ledger as ledger_module
+from connector.ha.ledger import FILE_NAME, VERSION, Entry, Ledger, fingerprint, plan
 
 P = "homeassistant"
 
@@ -93,3 +97,20 @@ def test_packing_keeps_every_entry_and_fingerprint_with_one_topic_string_each(
     assert set(plan(desired, ledger.entries, previous=kept).publish) == {topics[3]}
     ledger.update({}, [topics[0]])
     assert topics[0] not in Ledger(path).entries and len(Ledger(path).entries) == 3
+
+
+@pytest.mark.parametrize("count", [0, 1, 6, 7, 20])
+def test_the_file_written_a_few_entries_at_a_time_is_the_whole_file_s_json(
+        tmp_path: Path, count: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ledger file is written ``SAVE_EVERY`` entries at a time (10,000 devices' entries at
+    once were the discovery round's largest peak); the bytes are those of one ``orjson.dumps``
+    of it all, sorted, indented, and load back as the same entries."""
+    monkeypatch.setattr(ledger_module, "SAVE_EVERY", 3)
+    path = tmp_path / FILE_NAME
+    ledger = Ledger(path)
+    ledger.update({f'{P}/sensor/i_"é{n}/t{n % 4}/config': Entry(f"d{n}", tuple(
+        f"sensor:k{j}" for j in range(n % 3))) for n in reversed(range(count))}, [])
+    whole = {"version": VERSION, "topics": {t: {"device": e.device, "entities": list(e.entities)}
+                                            for t, e in sorted(ledger.entries.items())}}
+    assert path.read_bytes() == orjson.dumps(whole, option=orjson.OPT_INDENT_2)
+    assert Ledger(path).entries == ledger.entries and len(ledger.entries) == count

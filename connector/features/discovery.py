@@ -18,14 +18,16 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
+
 from shared import CONNECTOR_TYPE, __version__
 from shared.compact import give_back_soon
 from shared.errors import TopicError
 from shared.instance import Instance, PropertySpec
-from shared.models import to_json
+from shared.models import DeviceInfo, to_json, trusted
 from shared.topics import DiscoveryTopics, Route, RouteKind
 
-from ..context import BridgeContext
+from ..context import BridgeContext, LastState
 from ..ha.builder import ERROR_KEY, EVENT_KEY, Builder, DeviceView, Origin
 from ..ha.ledger import FILE_NAME, Entry, Ledger, absent, fingerprint, plan
 from ..ha.props import infer
@@ -42,6 +44,9 @@ DEVICES_PER_CHUNK = 200  # configs are built this many devices at a time
 PACK_AFTER = 1000
 # Events a device of a source emits whatever its properties say (see services/http_poller/lan.py).
 SOURCE_EVENTS = {"probe": ("probe_rebooted",)}
+
+# One device as a round takes it from the mirror: its id, registry entry (JSON) and last state.
+Input = tuple[str, bytes, LastState | None]
 
 
 def declared_properties(instance: Instance) -> dict[str, dict[str, PropertySpec]]:
@@ -153,77 +158,93 @@ class DiscoveryFeature(Feature):
         quick = self._quick_signature()
         if not full and quick == self._quick:
             return
-        views, frozen, signature = self.views()
-        if full or signature != self._signature:
-            sent, cleared = self.reconcile(views, frozen, full=full, spread=spread)
-            del views  # the round's views are gone before what it keeps is packed
-            if sent + cleared >= PACK_AFTER and self.ledger is not None:
-                self._published = self.ledger.pack(self._published)
-                self.packs += 1
+        sent, cleared, signature = self.reconcile(self.inputs(), full=full, spread=spread)
+        if sent + cleared >= PACK_AFTER and self.ledger is not None:
+            # The round's views and configs are gone before what it keeps is packed.
+            self._published = self.ledger.pack(self._published)
+            self.packs += 1
         self._signature, self._quick = signature, quick
 
     def _quick_signature(self) -> int:
         return hash(tuple((d, rec.info_json, tuple(rec.state.values) if rec.state else ())
                           for d, rec in list(self.ctx.mirror.devices.items())))
 
-    def views(self) -> tuple[list[DeviceView], frozenset[str], int]:
-        """The devices as discovery sees them, the devices to leave alone (no state yet, but an
-        earlier run published them: their properties are not known again yet) and a signature
-        that changes when any of that does."""
-        mirror = self.ctx.mirror
-        ledgered = {e.device for e in self.ledger.entries.values()} if self.ledger else set()
-        views: list[DeviceView] = []
-        frozen: set[str] = set()
-        for device_id, rec in list(mirror.devices.items()):
-            # The round's own copy: its availability is not part of any config.
-            info = rec.info_with(online=False, last_seen=None)
-            values: dict[str, Any] = rec.state.values if rec.state else {}
-            if not values and device_id in ledgered:
-                frozen.add(device_id)
-            props = infer(values, self._declared.get(device_id, {}), info.units)
-            events = {e for p in props for e in p.events} | set(SOURCE_EVENTS.get(info.source, ()))
-            views.append(DeviceView(info, props, tuple(sorted(events))))
-        # A hash of the views' JSON: the views themselves are not kept between rounds.
-        signature = hash(to_json([[(v.info, v.props, v.events) for v in views], sorted(frozen)]))
-        return views, frozenset(frozen), signature
+    def inputs(self) -> list[Input]:
+        """What the round's views are made of, as the mirror holds it now: the round's own, so
+        the views it builds again (each pass makes those of a few devices at a time) are equal
+        whatever the state publisher changes meanwhile (it replaces a record's info and state,
+        never changes them)."""
+        return [(d, rec.info_json, rec.state) for d, rec in list(self.ctx.mirror.devices.items())]
 
-    def reconcile(self, views: list[DeviceView], frozen: frozenset[str], *, full: bool,
-                  spread: float = 0.0) -> tuple[int, int]:
+    def view(self, item: Input) -> DeviceView:
+        """One device as discovery sees it: its registry entry (without its availability, which
+        is part of no config), the properties inferred from its last values and its events."""
+        device_id, info_json, state = item
+        info = trusted(DeviceInfo, **(orjson.loads(info_json) | {"online": False,
+                                                                  "last_seen": None}))
+        values: dict[str, Any] = state.values if state else {}
+        props = infer(values, self._declared.get(device_id, {}), info.units)
+        events = {e for p in props for e in p.events} | set(SOURCE_EVENTS.get(info.source, ()))
+        return DeviceView(info, props, tuple(sorted(events)))
+
+    def reconcile(self, items: list[Input], *, full: bool, spread: float = 0.0
+                  ) -> tuple[int, int, int]:
         """Publish what changed (everything when ``full``), clear what is gone; returns the
-        number of configs published and cleared.
+        number of configs published and cleared and the round's signature (a hash that changes
+        when the views or the devices left alone do). Unless ``full``, a round whose signature
+        is the last one's publishes and clears nothing.
 
-        The configs are built a few devices at a time, twice: first to learn which topics
-        should exist (what is gone is cleared before anything new is published, so a mode
-        change never shows Home Assistant two configs of one entity) and which differ from
-        what was published, then again only for the devices that have something to send.
-        All configs of 10,000 devices at once were about 40 MB, and a Python process keeps
-        such a peak."""
+        The views and configs are built ``DEVICES_PER_CHUNK`` devices at a time, twice: first
+        to learn the signature, which topics should exist (what is gone is cleared before
+        anything new is published, so a mode change never shows Home Assistant two configs of
+        one entity) and which differ from what was published, then again only for the devices
+        that have something to send. Nothing of them is kept: the views of 10,000 devices at
+        once and their configs (about 40 MB) were a peak that a Python process keeps."""
         assert self.ledger is not None
         ledger = self.ledger.entries
-        # Off clears everything, whether or not a device's properties are known again.
-        keep = frozen if self.mode != "off" else frozenset()
+        ledgered = {e.device for e in ledger.values()}
         previous = None if full else self._published
+        # The devices to leave alone (no state yet, but an earlier run published them: their
+        # properties are not known again yet); off clears everything all the same (it wants
+        # no config at all).
+        frozen: set[str] = set()
+        hashes: list[int] = []
         wanted: set[str] = set()
         entries: dict[str, Entry] = {}
         send: set[str] = set()
         to_send: set[str] = set()  # the devices (``""``: the hub) with configs in ``send``
-        for desired in self._desired(views):
-            todo = plan(desired, ledger, frozen=keep, previous=previous, clears=False)
+        for i, chunk in enumerate(self._chunks(items)):
+            views = [self.view(item) for item in chunk]
+            hashes.append(hash(to_json([(v.info, v.props, v.events) for v in views])))
+            held = {d for d, _, state in chunk if d in ledgered and not (state and state.values)}
+            frozen |= held
+            desired = self._desired(views, hub=i == 0)
+            del views
+            todo = plan(desired, ledger, frozen=frozenset(held), previous=previous, clears=False)
             wanted.update(desired)
             entries.update(todo.entries)
             send.update(todo.publish)
             to_send.update(desired[topic][0] for topic in todo.publish)
+            del desired, todo
+        signature = hash((tuple(hashes), tuple(sorted(frozen))))
+        if not full and signature == self._signature:
+            return 0, 0, signature
+        keep = frozenset(frozen) if self.mode != "off" else frozenset()
         clear = absent(wanted, ledger, keep)
         pub = self.ctx.publisher
         for topic in clear:
             pub.raw(topic, b"", qos=1, retain=True)
             self._published.pop(topic, None)
-        present = {v.info.device_id for v in views}
+        present = {d for d, _, _ in items}
         for topic in self._leftovers(clear, present):
             pub.raw(topic, b"", qos=1, retain=True)
         pause = spread / max(1, len(send) // CHUNK) if spread else 0.0
         sent = 0
-        for desired in self._desired(views, only=to_send):
+        chosen = [item for item in items if item[0] in to_send]
+        for i, chunk in enumerate(self._chunks(chosen)):
+            views = [self.view(item) for item in chunk]
+            desired = self._desired(views, hub=i == 0 and "" in to_send)
+            del views
             todo = plan({t: d for t, d in desired.items() if t in send}, ledger, frozen=keep,
                         clears=False)
             for topic, payload in todo.publish.items():
@@ -239,22 +260,27 @@ class DiscoveryFeature(Feature):
         if send or clear:
             log.info("discovery (%s): %d configs published, %d cleared", self.mode,
                      len(send), len(clear))
-        return len(send), len(clear)
+        return len(send), len(clear), signature
 
-    def _desired(self, views: list[DeviceView], *, only: set[str] | None = None
-                 ) -> Iterator[dict[str, tuple[str, dict[str, Any]]]]:
-        """What should be on the broker (``{topic: (device, config)}``, the hub's as device
-        ``""``), ``DEVICES_PER_CHUNK`` devices at a time; with ``only``, of those devices."""
+    @staticmethod
+    def _chunks(items: list[Input]) -> Iterator[list[Input]]:
+        """``items`` ``DEVICES_PER_CHUNK`` at a time; one empty chunk when there are none (the
+        hub's configs go with the first)."""
+        for i in range(0, max(1, len(items)), DEVICES_PER_CHUNK):
+            yield items[i:i + DEVICES_PER_CHUNK]
+
+    def _desired(self, views: list[DeviceView], *, hub: bool
+                 ) -> dict[str, tuple[str, dict[str, Any]]]:
+        """What should be on the broker of these devices (``{topic: (device, config)}``), with
+        ``hub`` the hub's first (as device ``""``)."""
         if self.mode == "off":
-            return
-        if only is None or "" in only:
-            yield {topic: ("", payload)
-                   for topic, payload in self.builder.hub_messages(self.mode).items()}
-        chosen = views if only is None else [v for v in views if v.info.device_id in only]
-        for i in range(0, len(chosen), DEVICES_PER_CHUNK):
-            yield {topic: (view.info.device_id, payload)
-                   for view in chosen[i:i + DEVICES_PER_CHUNK]
-                   for topic, payload in self._device_messages(view).items()}
+            return {}
+        out = {topic: ("", payload) for topic, payload in
+               (self.builder.hub_messages(self.mode).items() if hub else ())}
+        for view in views:
+            out.update((topic, (view.info.device_id, payload))
+                       for topic, payload in self._device_messages(view).items())
+        return out
 
     def _device_messages(self, view: DeviceView) -> dict[str, dict[str, Any]]:
         """One device's configs; none (logged) for a device that cannot be described, so one

@@ -18,6 +18,7 @@ from werkzeug.serving import make_server
 from connector.bridge import Bridge
 from connector.features import discovery as discovery_module
 from connector.features.discovery import CHECK_EVERY_S, DiscoveryFeature
+from connector.ha.builder import DeviceView
 from services.state_aggregator.app import create_app
 from services.state_aggregator.core import Aggregator
 from shared.instance import Instance, parse_instance
@@ -246,3 +247,38 @@ def test_a_republish_due_before_the_mirror_is_synced_waits_instead_of_spinning(
     assert discovery.next_wait() == CHECK_EVERY_S
     bridge.ctx.mirror.synced = True  # the snapshot is loaded: the republish goes at once
     assert discovery.next_wait() == 0.0
+
+
+def test_a_round_holds_the_views_of_one_chunk_of_devices_at_a_time(
+        mosquitto: Broker, ids: tuple[str, str], runs: list[Run], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pass of a round builds the devices' views (and their configs) a chunk at a time and
+    lets go of them before the next: the views of 10,000 devices at once, with the signature's
+    JSON of them all, were a peak that the bridge kept. Every device is discovered all the
+    same."""
+    live, most, made = 0, 0, 0
+
+    class Counted(DeviceView):
+        __slots__ = ()
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            nonlocal live, most, made
+            live, made = live + 1, made + 1
+            most = max(most, live)
+
+        def __del__(self) -> None:
+            nonlocal live
+            live -= 1
+
+    chunk = 10
+    monkeypatch.setattr(discovery_module, "DeviceView", Counted)
+    monkeypatch.setattr(discovery_module, "DEVICES_PER_CHUNK", chunk)
+    base, prefix = ids
+    sensors = [f"s{i}" for i in range(6 * chunk + 3)]
+    run = start(runs, mosquitto, ids, tmp_path, instance(*sensors))
+    run.agg.ingest([reading(s, temperature=20.0 + i % 5) for i, s in enumerate(sensors)])
+    valid(wait_configs(mosquitto, prefix, entity_topics(prefix, *sensors)), prefix,
+          f"{base}/v1/instances/ha")
+    assert run.discovery.rounds >= 1 and made >= len(sensors)
+    assert most <= chunk, f"{most} views of {len(sensors)} devices at once"

@@ -18,16 +18,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import orjson
-
 from shared import CONNECTOR_TYPE, __version__
 from shared.compact import give_back_soon
 from shared.errors import TopicError
 from shared.instance import Instance, PropertySpec
-from shared.models import DeviceInfo, to_json, trusted
+from shared.models import to_json
 from shared.topics import DiscoveryTopics, Route, RouteKind
 
-from ..context import BridgeContext, LastState
+from ..context import BridgeContext, DeviceRecord
 from ..ha.builder import ERROR_KEY, EVENT_KEY, Builder, DeviceView, Origin
 from ..ha.ledger import FILE_NAME, Entry, Ledger, absent, fingerprint, plan
 from ..ha.props import infer
@@ -44,9 +42,6 @@ DEVICES_PER_CHUNK = 200  # configs are built this many devices at a time
 PACK_AFTER = 1000
 # Events a device of a source emits whatever its properties say (see services/http_poller/lan.py).
 SOURCE_EVENTS = {"probe": ("probe_rebooted",)}
-
-# One device as a round takes it from the mirror: its id, registry entry (JSON) and last state.
-Input = tuple[str, bytes, LastState | None]
 
 
 def declared_properties(instance: Instance) -> dict[str, dict[str, PropertySpec]]:
@@ -169,25 +164,24 @@ class DiscoveryFeature(Feature):
         return hash(tuple((d, rec.info_json, tuple(rec.state.values) if rec.state else ())
                           for d, rec in list(self.ctx.mirror.devices.items())))
 
-    def inputs(self) -> list[Input]:
-        """What the round's views are made of, as the mirror holds it now: the round's own, so
-        the views it builds again (each pass makes those of a few devices at a time) are equal
-        whatever the state publisher changes meanwhile (it replaces a record's info and state,
-        never changes them)."""
-        return [(d, rec.info_json, rec.state) for d, rec in list(self.ctx.mirror.devices.items())]
+    def inputs(self) -> list[DeviceRecord]:
+        """What the round's views are made of, as the mirror holds it now: the round's own copy
+        of each record, so the views it builds again (each pass makes those of a few devices at
+        a time) are equal whatever the state publisher changes meanwhile (it sets a record's
+        info and state anew, never changes them in place)."""
+        return [DeviceRecord(d, rec.info_json, rec.online, rec.state)
+                for d, rec in list(self.ctx.mirror.devices.items())]
 
-    def view(self, item: Input) -> DeviceView:
+    def view(self, item: DeviceRecord) -> DeviceView:
         """One device as discovery sees it: its registry entry (without its availability, which
         is part of no config), the properties inferred from its last values and its events."""
-        device_id, info_json, state = item
-        info = trusted(DeviceInfo, **(orjson.loads(info_json) | {"online": False,
-                                                                  "last_seen": None}))
-        values: dict[str, Any] = state.values if state else {}
-        props = infer(values, self._declared.get(device_id, {}), info.units)
+        info = item.info_with(online=False, last_seen=None)
+        values: dict[str, Any] = item.state.values if item.state else {}
+        props = infer(values, self._declared.get(item.device_id, {}), info.units)
         events = {e for p in props for e in p.events} | set(SOURCE_EVENTS.get(info.source, ()))
         return DeviceView(info, props, tuple(sorted(events)))
 
-    def reconcile(self, items: list[Input], *, full: bool, spread: float = 0.0
+    def reconcile(self, items: list[DeviceRecord], *, full: bool, spread: float = 0.0
                   ) -> tuple[int, int, int]:
         """Publish what changed (everything when ``full``), clear what is gone; returns the
         number of configs published and cleared and the round's signature (a hash that changes
@@ -216,7 +210,8 @@ class DiscoveryFeature(Feature):
         for i, chunk in enumerate(self._chunks(items)):
             views = [self.view(item) for item in chunk]
             hashes.append(hash(to_json([(v.info, v.props, v.events) for v in views])))
-            held = {d for d, _, state in chunk if d in ledgered and not (state and state.values)}
+            held = {r.device_id for r in chunk
+                    if r.device_id in ledgered and not (r.state and r.state.values)}
             frozen |= held
             desired = self._desired(views, hub=i == 0)
             del views
@@ -235,12 +230,12 @@ class DiscoveryFeature(Feature):
         for topic in clear:
             pub.raw(topic, b"", qos=1, retain=True)
             self._published.pop(topic, None)
-        present = {d for d, _, _ in items}
+        present = {r.device_id for r in items}
         for topic in self._leftovers(clear, present):
             pub.raw(topic, b"", qos=1, retain=True)
         pause = spread / max(1, len(send) // CHUNK) if spread else 0.0
         sent = 0
-        chosen = [item for item in items if item[0] in to_send]
+        chosen = [r for r in items if r.device_id in to_send]
         for i, chunk in enumerate(self._chunks(chosen)):
             views = [self.view(item) for item in chunk]
             desired = self._desired(views, hub=i == 0 and "" in to_send)
@@ -263,7 +258,7 @@ class DiscoveryFeature(Feature):
         return len(send), len(clear), signature
 
     @staticmethod
-    def _chunks(items: list[Input]) -> Iterator[list[Input]]:
+    def _chunks(items: list[DeviceRecord]) -> Iterator[list[DeviceRecord]]:
         """``items`` ``DEVICES_PER_CHUNK`` at a time; one empty chunk when there are none (the
         hub's configs go with the first)."""
         for i in range(0, max(1, len(items)), DEVICES_PER_CHUNK):

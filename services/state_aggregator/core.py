@@ -218,9 +218,7 @@ class Aggregator:
         change = self.changes.append(lambda seq: trusted(
             StateChange, seq=seq, device_seq=device_seq, device_id=device.device_id,
             ts=reading.ts, values=values, sampled=list(sampled)))
-        # The state is kept as these fields, not as the model: the change log has its JSON.
-        device.state_ts, device.state_seq, device.device_seq = reading.ts, change.seq, device_seq
-        device.names, device.readings, device.sampled = names, tuple(values.values()), sampled
+        device.hold(change, names, sampled)  # as a few fields: the change log has its JSON
         device.cached_at = now
         device.last_seen = reading.ts if device.last_seen is None else max(device.last_seen, reading.ts)
 

@@ -98,11 +98,15 @@ class Device:
         return dict(zip(self.names, self.readings, strict=False))
 
     def keep(self, change: StateChange) -> None:
-        """Hold ``change`` as the last state (a restart's states from the durable log; ingest
-        sets the same fields itself, without making the tuples again)."""
+        """Hold ``change`` as the last state (a restart's states from the durable log)."""
+        self.hold(change, shape(tuple(change.values)), shape(tuple(change.sampled)))
+
+    def hold(self, change: StateChange, names: tuple[str, ...],
+             sampled: tuple[str, ...]) -> None:
+        """Hold ``change`` as the last state, ``names`` and ``sampled`` its values' names and
+        what its reading carried as shared tuples (``shape``; ingest has them already)."""
         self.state_ts, self.state_seq, self.device_seq = change.ts, change.seq, change.device_seq
-        self.names, self.readings = shape(tuple(change.values)), tuple(change.values.values())
-        self.sampled = shape(tuple(change.sampled))
+        self.names, self.readings, self.sampled = names, tuple(change.values.values()), sampled
 
     @property
     def offline_after(self) -> float:

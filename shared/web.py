@@ -66,20 +66,16 @@ def add_readings_route(bp: Blueprint, source: Callable[[], PageOf]) -> None:
     @describe(query=READINGS_QUERY,
               responses={200: "the sensors' last readings, a page of them", 400: "bad argument"})
     def readings() -> Response:
-        return readings_response(source())
+        offset = int_arg("offset", 0, 0, 2**62)
+        limit = int_arg("limit", READINGS_PAGE, 1, READINGS_PAGE_MAX)
+        page, total = source()(offset, limit)
+        following = offset + limit
+        return Response(to_json({"readings": page,
+                                 "next": following if following < total else None,
+                                 "total": total, "timestamp": iso()}),
+                        mimetype="application/json")
 
     bp.add_url_rule("/readings", "readings", readings, methods=["GET"])
-
-
-def readings_response(page_of: PageOf) -> Response:
-    """``GET /readings?offset=N&limit=M`` of a handler, ``page_of(offset, limit)`` giving the
-    page's last readings and how many sensors there are (a ``ReadingsPage``)."""
-    offset = int_arg("offset", 0, 0, 2**62)
-    limit = int_arg("limit", READINGS_PAGE, 1, READINGS_PAGE_MAX)
-    readings, total = page_of(offset, limit)
-    following = offset + limit
-    return Response(to_json({"readings": readings, "next": following if following < total else None,
-                             "total": total, "timestamp": iso()}), mimetype="application/json")
 
 
 def json_response(obj: Any, status: int = 200) -> Response:

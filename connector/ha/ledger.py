@@ -124,7 +124,6 @@ class Ledger:
         except OSError as exc:
             log.warning("cannot write the discovery ledger %s: %s", self.path, exc)
 
-
     def body(self) -> Iterator[bytes]:
         """The file: what ``orjson.dumps`` of it all with ``OPT_INDENT_2`` makes, byte for
         byte, ``SAVE_EVERY`` entries at a time (all of a round of 10,000 devices at once, their

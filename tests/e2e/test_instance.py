@@ -9,8 +9,8 @@ import signal
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
+import psutil
 import pytest
 
 from shared.processes import PROCESS_NAMES
@@ -191,24 +191,6 @@ def test_supervisorctl_shows_every_program_running(demo: Instance) -> None:
         assert name in result.stdout
 
 
-def environ(pid: int) -> dict[str, str]:
-    """The environment ``pid`` was started with."""
-    raw = (Path("/proc") / str(pid) / "environ").read_bytes()
-    return dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            # after the command's closing parenthesis: state, then the parent's pid
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue  # a process that ended meanwhile
-    return found
-
-
 # supervisord.conf's allocator settings, each measured (bench/README.md, memory per device)
 GLIBC = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072",
          "MALLOC_TRIM_THRESHOLD_": "131072"}
@@ -225,12 +207,13 @@ def test_every_program_runs_with_the_allocator_settings_of_the_config(demo: Inst
 
     for name in PROCESS_NAMES:
         pid = wait_for(lambda: pid_of(name), timeout=20, what=f"{name}'s pid")  # noqa: B023
-        pids = [pid, *children(pid)]
-        assert len(pids) == (1 if name == "mqtt-bridge" else 2), (name, pids)  # master + worker
-        for p in pids:
-            env = environ(p)
-            assert {k: env.get(k) for k in GLIBC} == GLIBC, (name, p)
-            assert "PYTHONMALLOC" not in env, (name, p)
+        master = psutil.Process(pid)
+        procs = [master, *master.children()]
+        assert len(procs) == (1 if name == "mqtt-bridge" else 2), (name, procs)  # master + worker
+        for proc in procs:
+            env = proc.environ()
+            assert {k: env.get(k) for k in GLIBC} == GLIBC, (name, proc)
+            assert "PYTHONMALLOC" not in env, (name, proc)
 
 
 def test_supervisorctl_restart_brings_the_bridge_back_publishing_once(

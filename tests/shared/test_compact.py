@@ -93,13 +93,10 @@ def test_release_lets_go_of_the_originals_before_the_copy_is_made() -> None:
 # are), one in 500 kept, the rest freed; then ``give_back`` now, or ``give_back_soon`` and its
 # trimmer thread. Its RSS growth over its start, MB, at each step.
 PEAK = """
-import gc, json, os, sys
+import gc, json, sys
 from shared import compact
 from tests.helpers import wait_for
-
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+from tests.shared.peak_app import rss_mb
 
 before = rss_mb()
 peak = [(b"%06d" % i) * 300 for i in range(50_000)]
